@@ -1,0 +1,153 @@
+//! The job-source seam: what the sampler needs from libvirt, as plain data.
+//!
+//! The real implementation lives in `conn.rs`; tests use [`crate::trace::ReplaySource`], driven
+//! by job-stat traces recorded from real migrations. Keeping the seam as plain data (typed
+//! parameters as a map) means a trace records exactly what libvirt said, nothing interpreted.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One libvirt typed parameter value (`virTypedParameter`), as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    UInt(u64),
+    Int(i64),
+    Double(f64),
+    Str(String),
+}
+
+impl ParamValue {
+    /// The value as an unsigned integer, when it is a non-negative number.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            ParamValue::UInt(v) => Some(v),
+            ParamValue::Int(v) => u64::try_from(v).ok(),
+            ParamValue::Double(v) if v >= 0.0 && v.is_finite() => Some(v as u64),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            ParamValue::Bool(v) => Some(v),
+            ParamValue::UInt(v) => Some(v != 0),
+            ParamValue::Int(v) => Some(v != 0),
+            _ => None,
+        }
+    }
+}
+
+/// Typed parameters of one `virDomainGetJobStats` answer or `JOB_COMPLETED` event.
+pub type Params = BTreeMap<String, ParamValue>;
+
+/// `virDomainJobType`.
+pub mod job_type {
+    pub const NONE: i32 = 0;
+    pub const BOUNDED: i32 = 1;
+    pub const UNBOUNDED: i32 = 2;
+    pub const COMPLETED: i32 = 3;
+    pub const FAILED: i32 = 4;
+    pub const CANCELLED: i32 = 5;
+}
+
+/// `virDomainJobOperation` values that matter here.
+pub mod job_operation {
+    pub const MIGRATION_IN: u64 = 4;
+    pub const MIGRATION_OUT: u64 = 5;
+}
+
+/// `virDomainEventType` and the details we act on.
+pub mod lifecycle {
+    pub const SUSPENDED: i32 = 3;
+    pub const RESUMED: i32 = 4;
+    pub const STOPPED: i32 = 5;
+    pub const SUSPENDED_MIGRATED: i32 = 1;
+    pub const SUSPENDED_POSTCOPY: i32 = 7;
+    pub const SUSPENDED_POSTCOPY_FAILED: i32 = 8;
+    pub const RESUMED_MIGRATED: i32 = 1;
+    pub const RESUMED_POSTCOPY: i32 = 3;
+    pub const STOPPED_MIGRATED: i32 = 3;
+    pub const STOPPED_FAILED: i32 = 5;
+}
+
+/// A domain as libvirt names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DomainId {
+    pub name: String,
+    pub uuid: String,
+}
+
+/// The raw answer of `virDomainGetJobStats`: job type plus typed parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RawJob {
+    pub job_type: i32,
+    pub params: Params,
+}
+
+/// Domain events the exporter subscribes to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DomainEvent {
+    /// `VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION`: a new pass over memory started.
+    Iteration { domain: DomainId, iteration: i64 },
+    /// `VIR_DOMAIN_EVENT_ID_JOB_COMPLETED`: the final statistics of the job.
+    JobCompleted { domain: DomainId, params: Params },
+    /// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
+    Lifecycle {
+        domain: DomainId,
+        event: i32,
+        detail: i32,
+    },
+}
+
+impl DomainEvent {
+    pub fn domain(&self) -> &DomainId {
+        match self {
+            DomainEvent::Iteration { domain, .. }
+            | DomainEvent::JobCompleted { domain, .. }
+            | DomainEvent::Lifecycle { domain, .. } => domain,
+        }
+    }
+}
+
+/// What a connection tells the sampler besides answers to calls.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceEvent {
+    /// The connection is (re)established; event callbacks are registered.
+    Connected,
+    /// The connection was lost; the source is retrying with backoff.
+    Disconnected { reason: String },
+    Domain(DomainEvent),
+}
+
+/// Why a call to the job source failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum SourceError {
+    #[error("libvirt is not connected: {0}")]
+    NotConnected(String),
+    /// The domain went away between listing and asking (common at migration switch-over).
+    #[error("domain {0} no longer exists")]
+    NoDomain(String),
+    #[error("libvirt call {call} failed: {message}")]
+    Call { call: &'static str, message: String },
+}
+
+/// What the sampler needs from libvirt. All calls may block; the sampler runs them off the
+/// async runtime, and `/metrics` never waits on them.
+pub trait JobSource: Send + Sync {
+    /// Whether the connection is currently open.
+    fn is_connected(&self) -> bool;
+    /// Active (running or paused) domains.
+    fn list_domains(&self) -> Result<Vec<DomainId>, SourceError>;
+    /// The current job of a domain; `None` when it has no job (`VIR_DOMAIN_JOB_NONE`).
+    fn job_stats(&self, domain: &DomainId) -> Result<Option<RawJob>, SourceError>;
+    /// Statistics of the last completed job, read with `COMPLETED | KEEP_COMPLETED` so that
+    /// they stay there for Nova and `virsh domjobinfo --completed`.
+    fn completed_job_stats(&self, domain: &DomainId) -> Result<Option<RawJob>, SourceError>;
+    /// `virDomainMigrateGetMaxDowntime` in milliseconds; `None` when libvirt refuses
+    /// (for example on a read-only connection to an older libvirt).
+    fn max_downtime_ms(&self, domain: &DomainId) -> Result<Option<u64>, SourceError>;
+}

@@ -1,0 +1,5 @@
+//! Everything that talks to libvirt. `ffi` holds the only unsafe code in the crate.
+
+pub mod jobs;
+
+pub use jobs::{DomainEvent, DomainId, JobSource, Params, ParamValue, RawJob, SourceError, SourceEvent};
