@@ -1,6 +1,16 @@
 //! vm-migration-exporter: watches libvirt live migrations and exposes them to Prometheus.
 //!
-//! `unsafe` code is confined to `libvirt::ffi`; everything else forbids it.
+//! `unsafe` code is confined to `libvirt::ffi`; everything else denies it.
 #![deny(unsafe_code)]
 
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod exposition;
 pub mod libvirt;
+pub mod logging;
+pub mod metrics;
+pub mod migration;
+pub mod server;
+pub mod state;
+pub mod trace;

@@ -2,4 +2,6 @@
 
 pub mod jobs;
 
-pub use jobs::{DomainEvent, DomainId, JobSource, Params, ParamValue, RawJob, SourceError, SourceEvent};
+pub use jobs::{
+    DomainEvent, DomainId, JobSource, ParamValue, Params, RawJob, SourceError, SourceEvent,
+};

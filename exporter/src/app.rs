@@ -1,0 +1,85 @@
+//! Wiring: state, metrics, the sampler thread and the HTTP server.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::cli::Settings;
+use crate::libvirt::{JobSource, SourceEvent};
+use crate::metrics::Metrics;
+use crate::migration::sampler::{Sampler, SamplerConfig};
+use crate::server::{router, AppState};
+use crate::state;
+use crate::trace::TraceWriter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source} (check --web.listen-address)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Run the exporter until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    source: Arc<dyn JobSource>,
+    events: Receiver<SourceEvent>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let shared = state::shared();
+    let (registry, metrics) = Metrics::register(shared.clone());
+    let trace = match &settings.trace_path {
+        Some(p) => Some(TraceWriter::create(p)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(settings.listen_address)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: settings.listen_address.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(AppError::Serve)?;
+    info!(address = %local, telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = Sampler::new(
+        source,
+        shared.clone(),
+        metrics,
+        trace,
+        SamplerConfig {
+            interval: settings.sample_interval,
+            idle_interval: settings.sample_idle_interval,
+            grace: settings.completion_grace,
+        },
+    );
+    let stop_sampler = stop.clone();
+    let sampler_thread = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || sampler.run(events, stop_sampler))
+        .map_err(AppError::Serve)?;
+
+    let app = router(AppState {
+        registry: Arc::new(registry),
+        state: shared,
+        telemetry_path: settings.telemetry_path.clone(),
+        libvirt_uri: settings.libvirt_uri.clone(),
+    });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(AppError::Serve);
+    stop.store(true, Ordering::Relaxed);
+    // The sampler wakes at least once per sample interval and sees the flag.
+    let _ = sampler_thread.join();
+    served
+}

@@ -1,0 +1,274 @@
+//! Command-line flags, in Prometheus exporter style (`--web.listen-address`, `--libvirt.uri`),
+//! each with an environment-variable fallback, merged with the optional YAML config file.
+//!
+//! Precedence: flag, then environment, then config file, then the built-in default.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+use crate::config::{Config, ConfigError};
+
+/// Default port: 9177 is taken by the existing libvirt exporters, so this one uses 9745.
+pub const DEFAULT_LISTEN: &str = ":9745";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Prometheus exporter for libvirt/QEMU live migrations.
+///
+/// Watches every migration job on this host through a read-only libvirt connection: live
+/// progress (data remaining, dirty vs transfer rate, iteration, expected and max downtime,
+/// auto-converge throttle, post-copy page requests) while a job runs, and the final figures of
+/// every finished migration (outcome, duration, downtime), from libvirt's job-completed event.
+/// Scrapes never wait on libvirt: a background sampler keeps the latest state.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vm-migration-exporter",
+    version,
+    about,
+    long_about,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Address to listen on for HTTP: `host:port`, `[v6]:port`, or `:port` for all IPv4
+    /// interfaces. The default port 9745 avoids 9177, used by other libvirt exporters.
+    #[arg(long = "web.listen-address", env = "VM_MIGRATION_EXPORTER_WEB_LISTEN_ADDRESS", default_value = DEFAULT_LISTEN, value_parser = parse_listen_address, value_name = "ADDR")]
+    pub listen_address: SocketAddr,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", env = "VM_MIGRATION_EXPORTER_WEB_TELEMETRY_PATH", default_value = "/metrics", value_parser = parse_telemetry_path, value_name = "PATH")]
+    pub telemetry_path: String,
+
+    /// libvirt connection URI, opened read-only. A local daemon on a non-default socket:
+    /// `qemu:///system?socket=/path/to/libvirt-sock`.
+    #[arg(
+        long = "libvirt.uri",
+        env = "VM_MIGRATION_EXPORTER_LIBVIRT_URI",
+        default_value = "qemu:///system",
+        value_name = "URI"
+    )]
+    pub libvirt_uri: String,
+
+    /// Longest wait between reconnection attempts after libvirtd goes away (the wait doubles
+    /// from 0.5 s up to this).
+    #[arg(long = "libvirt.reconnect-max-backoff", env = "VM_MIGRATION_EXPORTER_LIBVIRT_RECONNECT_MAX_BACKOFF", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub reconnect_max_backoff: Duration,
+
+    /// How often to sample job statistics while a migration job runs.
+    #[arg(long = "sample.interval", env = "VM_MIGRATION_EXPORTER_SAMPLE_INTERVAL", default_value = "1s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub sample_interval: Duration,
+
+    /// How often to look for jobs while none runs. libvirt events (a migration's first
+    /// iteration, post-copy, completion) wake the sampler at once regardless.
+    #[arg(long = "sample.idle-interval", env = "VM_MIGRATION_EXPORTER_SAMPLE_IDLE_INTERVAL", default_value = "15s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub sample_idle_interval: Duration,
+
+    /// How long to wait for libvirt's job-completed event after a migrating domain left this
+    /// host, before counting the migration from its last sample.
+    #[arg(long = "sample.completion-grace", env = "VM_MIGRATION_EXPORTER_SAMPLE_COMPLETION_GRACE", default_value = "5s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub completion_grace: Duration,
+
+    /// Only log messages at this level or above.
+    #[arg(
+        long = "log.level",
+        env = "VM_MIGRATION_EXPORTER_LOG_LEVEL",
+        default_value = "info",
+        value_enum
+    )]
+    pub log_level: LogLevel,
+
+    /// Log line format.
+    #[arg(
+        long = "log.format",
+        env = "VM_MIGRATION_EXPORTER_LOG_FORMAT",
+        default_value = "logfmt",
+        value_enum
+    )]
+    pub log_format: LogFormat,
+
+    /// YAML configuration file. Keys: `libvirt.uri`, `libvirt.reconnect_max_backoff`,
+    /// `sample.interval`, `sample.idle_interval`, `sample.completion_grace`. Flags and
+    /// environment variables win over the file; unknown keys are errors.
+    #[arg(
+        long = "config.file",
+        env = "VM_MIGRATION_EXPORTER_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    pub config_file: Option<PathBuf>,
+
+    /// Append every raw libvirt job-stat sample and event to this file as JSON lines (used by
+    /// the lab to record traces that tests replay). Off by default.
+    #[arg(
+        long = "trace.path",
+        env = "VM_MIGRATION_EXPORTER_TRACE_PATH",
+        value_name = "FILE"
+    )]
+    pub trace_path: Option<PathBuf>,
+}
+
+/// The settings the daemon runs with, after merging flags, environment and config file.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen_address: SocketAddr,
+    pub telemetry_path: String,
+    pub libvirt_uri: String,
+    pub reconnect_max_backoff: Duration,
+    pub sample_interval: Duration,
+    pub sample_idle_interval: Duration,
+    pub completion_grace: Duration,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    pub trace_path: Option<PathBuf>,
+}
+
+/// Why the command line could not be turned into settings.
+#[derive(Debug)]
+pub enum CliError {
+    /// `--help` or `--version`: print and exit 0.
+    Display(clap::Error),
+    /// A bad flag: one line, exit 2.
+    Flag(String),
+    Config(ConfigError),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Display(e) => write!(f, "{e}"),
+            CliError::Flag(m) => write!(f, "{m}"),
+            CliError::Config(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Parse arguments (including argv[0]) and the config file they name.
+pub fn parse<I, T>(args: I) -> Result<Settings, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(flag_error)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(flag_error)?;
+    let config = match &cli.config_file {
+        Some(path) => Config::load(path).map_err(CliError::Config)?,
+        None => Config::default(),
+    };
+    Ok(merge(cli, &matches, config))
+}
+
+fn flag_error(e: clap::Error) -> CliError {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => CliError::Display(e),
+        _ => {
+            // clap's message spans several lines (usage, hint): keep its first, which names
+            // the flag and the problem.
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad command line")
+                .trim()
+                .to_string();
+            CliError::Flag(format!("{first} (see --help)"))
+        }
+    }
+}
+
+fn from_default(m: &ArgMatches, id: &str) -> bool {
+    matches!(m.value_source(id), Some(ValueSource::DefaultValue) | None)
+}
+
+fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Settings {
+    let pick = |id: &str, flag: Duration, file: Option<Duration>| match file {
+        Some(v) if from_default(m, id) => v,
+        _ => flag,
+    };
+    Settings {
+        listen_address: cli.listen_address,
+        telemetry_path: cli.telemetry_path,
+        libvirt_uri: match cfg.libvirt.uri {
+            Some(u) if from_default(m, "libvirt_uri") => u,
+            _ => cli.libvirt_uri,
+        },
+        reconnect_max_backoff: pick(
+            "reconnect_max_backoff",
+            cli.reconnect_max_backoff,
+            cfg.libvirt.reconnect_max_backoff,
+        ),
+        sample_interval: pick("sample_interval", cli.sample_interval, cfg.sample.interval),
+        sample_idle_interval: pick(
+            "sample_idle_interval",
+            cli.sample_idle_interval,
+            cfg.sample.idle_interval,
+        ),
+        completion_grace: pick(
+            "completion_grace",
+            cli.completion_grace,
+            cfg.sample.completion_grace,
+        ),
+        log_level: cli.log_level,
+        log_format: cli.log_format,
+        trace_path: cli.trace_path,
+    }
+}
+
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not host:port ({e}); use e.g. :9745 or 127.0.0.1:9745"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s == "/" || s.starts_with("/-/") || s.starts_with("/api/") {
+        return Err(format!(
+            "'{s}' must be an absolute path other than /, /-/… and /api/…, e.g. /metrics"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 500ms, 1s, 2m"))?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be longer than zero"));
+    }
+    Ok(d)
+}

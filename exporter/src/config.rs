@@ -1,0 +1,154 @@
+//! The optional YAML config file. Strict: unknown keys are errors, so a typo never silently
+//! falls back to a default.
+//!
+//! ```yaml
+//! libvirt:
+//!   uri: qemu:///system
+//!   reconnect_max_backoff: 30s
+//! sample:
+//!   interval: 1s
+//!   idle_interval: 15s
+//!   completion_grace: 5s
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub libvirt: LibvirtConfig,
+    #[serde(default)]
+    pub sample: SampleConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtConfig {
+    pub uri: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_max_backoff: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub completion_grace: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: cannot read it: {source} (check --config.file)")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message} (fix the file; keys are listed in --help under --config.file)")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parse YAML text; the error is one line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let cfg: Config = serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let durations = [
+            (
+                "libvirt.reconnect_max_backoff",
+                self.libvirt.reconnect_max_backoff,
+            ),
+            ("sample.interval", self.sample.interval),
+            ("sample.idle_interval", self.sample.idle_interval),
+            ("sample.completion_grace", self.sample.completion_grace),
+        ];
+        for (key, d) in durations {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(format!("{key} must be longer than zero"));
+            }
+        }
+        if self
+            .libvirt
+            .uri
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            return Err("libvirt.uri is empty".into());
+        }
+        Ok(())
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            "libvirt:\n  uri: qemu:///system?socket=/tmp/s\n  reconnect_max_backoff: 10s\nsample:\n  interval: 500ms\n  idle_interval: 5s\n",
+        )
+        .expect("valid config");
+        assert_eq!(
+            c.libvirt.uri.as_deref(),
+            Some("qemu:///system?socket=/tmp/s")
+        );
+        assert_eq!(c.sample.interval, Some(Duration::from_millis(500)));
+        assert_eq!(
+            c.libvirt.reconnect_max_backoff,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(c.sample.completion_grace, None);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let e = Config::parse("sample:\n  intervall: 1s\n").expect_err("typo must fail");
+        assert!(e.contains("intervall"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn bad_duration_and_zero_are_errors() {
+        assert!(Config::parse("sample:\n  interval: soon\n").is_err());
+        let e = Config::parse("sample:\n  interval: 0s\n").expect_err("zero must fail");
+        assert!(e.contains("sample.interval"), "{e}");
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(
+            Config::parse("\n").expect("empty is fine"),
+            Config::default()
+        );
+    }
+}

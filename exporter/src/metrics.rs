@@ -1,0 +1,386 @@
+//! The one place that names and registers every metric.
+//!
+//! Two kinds: cumulative metrics of finished migrations (counters, histograms, `last_*` gauges)
+//! live in the registry and are updated as migrations finish; live job gauges are produced at
+//! encode time from the shared [`Snapshot`](crate::state::Snapshot) by [`LiveCollector`], so a
+//! job's series vanish the moment it is no longer running, with no stale series to clean up.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
+use crate::state::SharedState;
+
+/// Downtime buckets: 5 ms .. 60 s.
+pub const DOWNTIME_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Duration buckets: 1 s .. 1 h.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FinishedLabels {
+    pub outcome: &'static str,
+    pub mode: &'static str,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DowntimeLabels {
+    pub mode: &'static str,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DomainLabels {
+    pub domain: String,
+    pub uuid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub call: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn downtime_histogram() -> Histogram {
+    Histogram::new(DOWNTIME_BUCKETS)
+}
+
+/// Registered metrics of finished migrations and libvirt call errors.
+pub struct Metrics {
+    pub finished: Family<FinishedLabels, Counter>,
+    pub duration: Family<FinishedLabels, Histogram, fn() -> Histogram>,
+    pub downtime: Family<DowntimeLabels, Histogram, fn() -> Histogram>,
+    pub last_duration: Family<DomainLabels, FloatGauge>,
+    pub last_downtime: Family<DomainLabels, FloatGauge>,
+    pub last_finished: Family<DomainLabels, FloatGauge>,
+    pub last_data_processed: Family<DomainLabels, FloatGauge>,
+    pub last_iterations: Family<DomainLabels, FloatGauge>,
+    pub call_errors: Family<CallLabels, Counter>,
+}
+
+impl Metrics {
+    /// Build the registry: finished-migration metrics, build info and the live collector.
+    pub fn register(state: SharedState) -> (Registry, std::sync::Arc<Metrics>) {
+        let mut reg = Registry::default();
+        let m = Metrics {
+            finished: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            downtime: Family::new_with_constructor(downtime_histogram as fn() -> Histogram),
+            last_duration: Family::default(),
+            last_downtime: Family::default(),
+            last_finished: Family::default(),
+            last_data_processed: Family::default(),
+            last_iterations: Family::default(),
+            call_errors: Family::default(),
+        };
+        // Pre-create every outcome × mode × direction so rate() has a zero to start from.
+        for outcome in [Outcome::Completed, Outcome::Failed, Outcome::Aborted] {
+            for mode in [Phase::Precopy, Phase::Postcopy] {
+                for direction in ["out", "in"] {
+                    let _ = m.finished.get_or_create(&FinishedLabels {
+                        outcome: outcome.as_str(),
+                        mode: mode.as_str(),
+                        direction,
+                    });
+                }
+            }
+        }
+        reg.register(
+            "vm_migration_finished",
+            "Migrations finished on this host, by outcome (completed|failed|aborted), mode (precopy|postcopy) and direction (out: this host was the source, in: the destination).",
+            m.finished.clone(),
+        );
+        reg.register(
+            "vm_migration_duration_seconds",
+            "Total time of finished migrations (libvirt time_elapsed).",
+            m.duration.clone(),
+        );
+        reg.register(
+            "vm_migration_downtime_seconds",
+            "Guest pause of completed migrations as measured by libvirt (downtime).",
+            m.downtime.clone(),
+        );
+        reg.register(
+            "vm_migration_last_duration_seconds",
+            "Total time of the last finished migration of the domain.",
+            m.last_duration.clone(),
+        );
+        reg.register(
+            "vm_migration_last_downtime_seconds",
+            "Downtime of the last completed migration of the domain.",
+            m.last_downtime.clone(),
+        );
+        reg.register(
+            "vm_migration_last_finished_timestamp_seconds",
+            "Unix time the last migration of the domain finished.",
+            m.last_finished.clone(),
+        );
+        reg.register(
+            "vm_migration_last_data_processed_bytes",
+            "Bytes sent by the last finished migration of the domain (libvirt data_processed).",
+            m.last_data_processed.clone(),
+        );
+        reg.register(
+            "vm_migration_last_iterations",
+            "Memory passes of the last finished migration of the domain (libvirt memory_iteration).",
+            m.last_iterations.clone(),
+        );
+        reg.register(
+            "vm_migration_libvirt_call_errors",
+            "libvirt calls that failed, by call.",
+            m.call_errors.clone(),
+        );
+        reg.register_collector(Box::new(LiveCollector { state }));
+        (reg, std::sync::Arc::new(m))
+    }
+
+    pub fn record_finished(&self, f: &FinishedMigration) {
+        let labels = FinishedLabels {
+            outcome: f.outcome.as_str(),
+            mode: f.mode.as_str(),
+            direction: f.direction.as_str(),
+        };
+        self.finished.get_or_create(&labels).inc();
+        let dom = DomainLabels {
+            domain: f.domain.name.clone(),
+            uuid: f.domain.uuid.clone(),
+        };
+        if let Some(d) = f.duration_seconds {
+            self.duration.get_or_create(&labels).observe(d);
+            self.last_duration.get_or_create(&dom).set(d);
+        }
+        if let Some(d) = f.downtime_seconds {
+            self.downtime
+                .get_or_create(&DowntimeLabels {
+                    mode: f.mode.as_str(),
+                    direction: f.direction.as_str(),
+                })
+                .observe(d);
+            self.last_downtime.get_or_create(&dom).set(d);
+        }
+        if let Some(b) = f.data_processed_bytes {
+            self.last_data_processed.get_or_create(&dom).set(b as f64);
+        }
+        if let Some(i) = f.iterations {
+            self.last_iterations.get_or_create(&dom).set(i as f64);
+        }
+        self.last_finished.get_or_create(&dom).set(f.finished_at);
+    }
+
+    pub fn call_error(&self, call: &'static str) {
+        self.call_errors.get_or_create(&CallLabels { call }).inc();
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Encodes the live state at scrape time.
+#[derive(Debug)]
+struct LiveCollector {
+    state: SharedState,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One gauge family built at encode time; empty families are not written.
+struct GaugeFamily {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(Labels, f64)>,
+}
+
+impl GaugeFamily {
+    fn new(name: &'static str, help: &'static str) -> Self {
+        GaugeFamily {
+            name,
+            help,
+            series: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: Labels, value: Option<f64>) {
+        if let Some(v) = value {
+            self.series.push((labels, v));
+        }
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.series.is_empty() {
+            return Ok(());
+        }
+        let mut me = encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (labels, v) in &self.series {
+            ConstGauge::new(*v).encode(me.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn secs(ms: Option<u64>) -> Option<f64> {
+    ms.map(|v| v as f64 / 1000.0)
+}
+
+fn num(v: Option<u64>) -> Option<f64> {
+    v.map(|v| v as f64)
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.state.lock();
+        let now = unix_now();
+
+        let mut up = GaugeFamily::new(
+            "vm_migration_libvirt_up",
+            "Whether the libvirt connection is open (1) or not (0).",
+        );
+        up.push(vec![], Some(if snap.libvirt_up { 1.0 } else { 0.0 }));
+        let mut domains = GaugeFamily::new(
+            "vm_migration_domains_active",
+            "Active (running or paused) domains seen by the last successful sample.",
+        );
+        domains.push(vec![], snap.domains_active.map(|n| n as f64));
+        let mut age = GaugeFamily::new(
+            "vm_migration_sample_age_seconds",
+            "Seconds since the last successful sample of libvirt jobs.",
+        );
+        age.push(vec![], snap.last_success_at.map(|t| (now - t).max(0.0)));
+        let mut success = GaugeFamily::new(
+            "vm_migration_collector_success",
+            "Whether the collector's last run succeeded (1) or failed (0).",
+        );
+        let mut duration = GaugeFamily::new(
+            "vm_migration_collector_duration_seconds",
+            "How long the collector's last run took.",
+        );
+        for (name, st) in &snap.collectors {
+            let l = vec![("collector", (*name).to_string())];
+            success.push(l.clone(), Some(if st.success { 1.0 } else { 0.0 }));
+            duration.push(l, Some(st.duration_seconds));
+        }
+        let mut build = GaugeFamily::new(
+            "vm_migration_exporter_build_info",
+            "Build information of vm-migration-exporter; always 1.",
+        );
+        build.push(
+            vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                (
+                    "revision",
+                    option_env!("VM_MIGRATION_EXPORTER_REVISION")
+                        .unwrap_or("unknown")
+                        .to_string(),
+                ),
+            ],
+            Some(1.0),
+        );
+        for f in [&up, &domains, &age, &success, &duration, &build] {
+            f.encode(&mut encoder)?;
+        }
+
+        // Jobs are only shown while libvirt answers: a job we cannot see is not presented as live.
+        if snap.libvirt_up {
+            encode_jobs(&snap.active, &mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+type Extract = fn(&ActiveJob) -> Option<f64>;
+
+/// Per-job gauges labelled `domain`, `uuid`: name, help, value (absent → no series).
+const JOB_GAUGES: &[(&str, &str, Extract)] = &[
+    ("vm_migration_elapsed_seconds", "Time since the job started (libvirt time_elapsed).", |j| secs(j.stats.time_elapsed_ms)),
+    ("vm_migration_data_total_bytes", "Total data to transfer as libvirt estimates it (data_total).", |j| num(j.stats.data_total)),
+    ("vm_migration_data_processed_bytes", "Data transferred so far (data_processed).", |j| num(j.stats.data_processed)),
+    ("vm_migration_data_remaining_bytes", "Data still to transfer (data_remaining).", |j| num(j.stats.data_remaining)),
+    ("vm_migration_memory_total_bytes", "Guest memory to migrate (memory_total).", |j| num(j.stats.memory_total)),
+    ("vm_migration_memory_processed_bytes", "Memory transferred so far, pages sent again included (memory_processed).", |j| num(j.stats.memory_processed)),
+    ("vm_migration_memory_remaining_bytes", "Memory still to transfer (memory_remaining).", |j| num(j.stats.memory_remaining)),
+    ("vm_migration_dirty_memory_rate_bytes", "Rate the guest dirties memory, bytes per second (memory_dirty_rate x page size).", |j| num(j.stats.dirty_rate_bytes())),
+    ("vm_migration_memory_transfer_rate_bytes", "Rate memory is transferred, bytes per second (memory_bps).", |j| num(j.stats.memory_bps)),
+    ("vm_migration_iteration", "Current pass over guest memory (memory_iteration, or the latest MIGRATION_ITERATION event if newer).", |j| num(iteration(j))),
+    ("vm_migration_expected_downtime_seconds", "Downtime QEMU expects if it switched over now (downtime of a running job).", |j| secs(j.stats.downtime_ms)),
+    ("vm_migration_max_downtime_seconds", "Maximum tolerated downtime set for the migration (virDomainMigrateGetMaxDowntime).", |j| secs(j.max_downtime_ms)),
+    ("vm_migration_auto_converge_throttle_ratio", "Guest CPU throttle applied by auto-converge, 0..1.", |j| j.stats.auto_converge_throttle.map(|p| p as f64 / 100.0)),
+    ("vm_migration_postcopy_page_requests", "Pages the destination requested from the source in post-copy (memory_postcopy_requests).", |j| num(j.stats.memory_postcopy_requests)),
+    ("vm_migration_setup_seconds", "Time spent setting up the migration before data flowed (setup_time).", |j| secs(j.stats.setup_time_ms)),
+    ("vm_migration_disk_total_bytes", "Disk data to transfer for non-shared storage (disk_total).", |j| num(j.stats.disk_total)),
+    ("vm_migration_disk_processed_bytes", "Disk data transferred so far (disk_processed).", |j| num(j.stats.disk_processed)),
+    ("vm_migration_disk_remaining_bytes", "Disk data still to transfer (disk_remaining).", |j| num(j.stats.disk_remaining)),
+    ("vm_migration_start_timestamp_seconds", "Unix time the running job started.", |j| Some(j.started_at)),
+];
+
+/// The iteration from job stats, or from a newer `MIGRATION_ITERATION` event.
+fn iteration(j: &ActiveJob) -> Option<u64> {
+    let from_event = j.event_iteration.and_then(|i| u64::try_from(i).ok());
+    match (j.stats.memory_iteration, from_event) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The per-job gauge families, filled from the running jobs.
+fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut active = GaugeFamily::new(
+        "vm_migration_job_active",
+        "1 for each domain with a running job, labelled by libvirt's job operation.",
+    );
+    let mut phase = GaugeFamily::new(
+        "vm_migration_phase",
+        "Migration phase: 1 for the current one (precopy or postcopy), 0 for the other.",
+    );
+    let mut gauges: Vec<GaugeFamily> = JOB_GAUGES
+        .iter()
+        .map(|(n, h, _)| GaugeFamily::new(n, h))
+        .collect();
+    for job in jobs {
+        let dom = vec![
+            ("domain", job.domain.name.clone()),
+            ("uuid", job.domain.uuid.clone()),
+        ];
+        let with = |k: &'static str, v: &str| {
+            let mut l = dom.clone();
+            l.push((k, v.to_string()));
+            l
+        };
+        active.push(with("operation", job.stats.operation_label()), Some(1.0));
+        for p in [Phase::Precopy, Phase::Postcopy] {
+            phase.push(
+                with("phase", p.as_str()),
+                Some(if job.phase == p { 1.0 } else { 0.0 }),
+            );
+        }
+        for (fam, (_, _, extract)) in gauges.iter_mut().zip(JOB_GAUGES) {
+            fam.push(dom.clone(), extract(job));
+        }
+    }
+    active.encode(encoder)?;
+    phase.encode(encoder)?;
+    for f in &gauges {
+        f.encode(encoder)?;
+    }
+    Ok(())
+}

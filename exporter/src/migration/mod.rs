@@ -1,0 +1,5 @@
+//! Migration job tracking: typed job stats, the pure tracker, and the sampler that drives it.
+
+pub mod sampler;
+pub mod stats;
+pub mod tracker;

@@ -1,0 +1,457 @@
+//! Job tracking and finished-migration accounting, as pure logic.
+//!
+//! The tracker is fed sample rounds and libvirt events with explicit timestamps and decides
+//! which jobs are live and when a migration has finished, with what outcome. It does no I/O, so
+//! the same code runs in the daemon and in tests that replay recorded traces.
+//!
+//! How a finish is decided (see design.md, "Where finished-migration figures come from"):
+//! - `JOB_COMPLETED` event: the final figures, authoritative.
+//! - A job that vanished while its domain still runs here: read the kept completed stats
+//!   (`COMPLETED|KEEP_COMPLETED`); `FAILED` → failed, otherwise aborted (an abort leaves none).
+//! - A job whose domain left without an event: wait `grace` for the event, then count it as
+//!   completed if libvirt said "stopped: migrated", else failed, from the last sample.
+//! - Completed stats that appear on a domain we did not watch (an incoming migration on the
+//!   destination, or one finished while we were disconnected) are counted once, by fingerprint.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::stats::{Direction, JobStats};
+use crate::libvirt::jobs::{job_type, lifecycle, DomainEvent, DomainId, RawJob};
+
+/// Pre-copy or post-copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Precopy,
+    Postcopy,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Precopy => "precopy",
+            Phase::Postcopy => "postcopy",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// Where the figures of a finished migration came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FigureSource {
+    /// The `JOB_COMPLETED` event's parameters.
+    Event,
+    /// Completed stats kept by libvirt, read with `KEEP_COMPLETED`.
+    CompletedStats,
+    /// The last live sample (libvirt gave no final figures).
+    LastSample,
+}
+
+/// A migration job that is running now.
+#[derive(Clone, Debug)]
+pub struct ActiveJob {
+    pub domain: DomainId,
+    pub stats: JobStats,
+    /// Unix time of the latest sample.
+    pub sampled_at: f64,
+    /// Unix time the job started (now − elapsed at first sight).
+    pub started_at: f64,
+    pub phase: Phase,
+    pub max_downtime_ms: Option<u64>,
+    /// Highest iteration announced by `MIGRATION_ITERATION` events.
+    pub event_iteration: Option<i64>,
+    /// Unix time the job was first missing from a round, if it is.
+    vanished_at: Option<f64>,
+    /// libvirt said the domain stopped because it migrated.
+    stopped_migrated: bool,
+}
+
+/// One finished migration, with its final figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct FinishedMigration {
+    pub domain: DomainId,
+    pub direction: Direction,
+    pub outcome: Outcome,
+    pub mode: Phase,
+    pub started_at: f64,
+    pub finished_at: f64,
+    pub duration_seconds: Option<f64>,
+    /// Only for completed migrations: libvirt's measured downtime.
+    pub downtime_seconds: Option<f64>,
+    pub data_processed_bytes: Option<u64>,
+    pub data_total_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub iterations: Option<u64>,
+    pub postcopy_requests: Option<u64>,
+    pub figures: FigureSource,
+}
+
+/// What one sample round saw for one listed domain.
+#[derive(Clone, Debug)]
+pub enum JobObservation {
+    Running {
+        stats: Box<JobStats>,
+        max_downtime_ms: Option<u64>,
+    },
+    /// No job now; carries the kept completed stats when they were read this round.
+    Idle { completed: Option<RawJob> },
+    /// libvirt could not answer for this domain this round: keep what we knew.
+    Unknown,
+}
+
+/// One sample round: every active domain and what was seen of its job.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    pub observations: Vec<(DomainId, JobObservation)>,
+}
+
+/// Identifies one completed job so that it is counted once, however often it is seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    operation: Option<u64>,
+    elapsed: Option<u64>,
+    processed: Option<u64>,
+}
+
+impl Fingerprint {
+    fn of(s: &JobStats) -> Self {
+        Fingerprint {
+            operation: s.operation,
+            elapsed: s.time_elapsed_ms,
+            processed: s.data_processed,
+        }
+    }
+}
+
+pub struct Tracker {
+    active: BTreeMap<String, ActiveJob>,
+    /// Last completed job counted per domain UUID.
+    counted: HashMap<String, Fingerprint>,
+    /// Completed stats seen before the first round are history, not news.
+    first_round_done: bool,
+    /// How long to wait for `JOB_COMPLETED` after a domain left before deciding without it.
+    grace_seconds: f64,
+}
+
+impl Tracker {
+    pub fn new(grace_seconds: f64) -> Self {
+        Tracker {
+            active: BTreeMap::new(),
+            counted: HashMap::new(),
+            first_round_done: false,
+            grace_seconds,
+        }
+    }
+
+    pub fn active_jobs(&self) -> impl Iterator<Item = &ActiveJob> {
+        self.active.values()
+    }
+
+    pub fn is_active(&self, uuid: &str) -> bool {
+        self.active.contains_key(uuid)
+    }
+
+    pub fn has_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    /// Apply one sample round taken at `now` (unix seconds).
+    pub fn on_round(&mut self, now: f64, round: &Round) -> Vec<FinishedMigration> {
+        let mut finished = Vec::new();
+        let mut listed = std::collections::HashSet::new();
+        for (dom, obs) in &round.observations {
+            listed.insert(dom.uuid.as_str());
+            match obs {
+                JobObservation::Running {
+                    stats,
+                    max_downtime_ms,
+                } if stats.is_migration() => {
+                    self.upsert(now, dom, (**stats).clone(), *max_downtime_ms);
+                }
+                JobObservation::Running { .. } => {}
+                JobObservation::Idle { completed } => {
+                    let completed = completed.as_ref().map(JobStats::from_raw);
+                    if let Some(job) = self.active.remove(&dom.uuid) {
+                        // The job ended while the domain still runs here: failed or aborted.
+                        finished.push(self.finish_in_place(now, job, completed.as_ref()));
+                    } else if let Some(c) = completed {
+                        if let Some(f) = self.new_completed(now, dom, &c) {
+                            finished.push(f);
+                        }
+                    }
+                }
+                JobObservation::Unknown => {}
+            }
+        }
+        // Jobs whose domain is no longer listed: it left (migrated away) or died.
+        let gone: Vec<String> = self
+            .active
+            .keys()
+            .filter(|u| !listed.contains(u.as_str()))
+            .cloned()
+            .collect();
+        for uuid in gone {
+            let Some(job) = self.active.get_mut(&uuid) else {
+                continue;
+            };
+            let since = *job.vanished_at.get_or_insert(now);
+            if now - since >= self.grace_seconds {
+                if let Some(job) = self.active.remove(&uuid) {
+                    finished.push(self.finish_gone(now, job));
+                }
+            }
+        }
+        self.first_round_done = true;
+        finished
+    }
+
+    /// Apply one libvirt event received at `now`. Returns finished migrations, and whether the
+    /// event concerns a domain whose job the tracker has not sampled yet (sample soon).
+    pub fn on_event(&mut self, now: f64, ev: &DomainEvent) -> (Vec<FinishedMigration>, bool) {
+        let uuid = &ev.domain().uuid;
+        match ev {
+            DomainEvent::JobCompleted { domain, params } => {
+                let stats = JobStats::from_params(job_type::COMPLETED, params);
+                if !stats.is_migration() {
+                    return (Vec::new(), false);
+                }
+                let job = self.active.remove(uuid);
+                let outcome = if stats.success == Some(false) {
+                    Outcome::Failed
+                } else {
+                    Outcome::Completed
+                };
+                let f = self.finish_with(now, domain, job, &stats, outcome, FigureSource::Event);
+                (vec![f], false)
+            }
+            DomainEvent::Iteration { iteration, .. } => match self.active.get_mut(uuid) {
+                Some(job) => {
+                    job.event_iteration = Some(job.event_iteration.unwrap_or(0).max(*iteration));
+                    (Vec::new(), false)
+                }
+                None => (Vec::new(), true),
+            },
+            DomainEvent::Lifecycle { event, detail, .. } => {
+                let postcopy = matches!(
+                    (*event, *detail),
+                    (lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY)
+                        | (lifecycle::RESUMED, lifecycle::RESUMED_POSTCOPY)
+                );
+                let migrated_away =
+                    (*event, *detail) == (lifecycle::STOPPED, lifecycle::STOPPED_MIGRATED);
+                // A domain resumed after an incoming migration has fresh completed stats.
+                let incoming_done =
+                    (*event, *detail) == (lifecycle::RESUMED, lifecycle::RESUMED_MIGRATED);
+                match self.active.get_mut(uuid) {
+                    Some(job) => {
+                        if postcopy {
+                            job.phase = Phase::Postcopy;
+                        }
+                        if migrated_away {
+                            job.stopped_migrated = true;
+                        }
+                        (Vec::new(), false)
+                    }
+                    None => (Vec::new(), postcopy || incoming_done),
+                }
+            }
+        }
+    }
+
+    /// The connection dropped: events may be lost until it is back. Jobs stay tracked; the
+    /// next round after reconnecting decides what became of them.
+    pub fn on_disconnect(&mut self) {}
+
+    fn upsert(&mut self, now: f64, dom: &DomainId, stats: JobStats, max_downtime_ms: Option<u64>) {
+        let postcopy_seen = stats.memory_postcopy_requests.is_some_and(|r| r > 0);
+        let job = self
+            .active
+            .entry(dom.uuid.clone())
+            .or_insert_with(|| ActiveJob {
+                domain: dom.clone(),
+                stats: stats.clone(),
+                sampled_at: now,
+                started_at: now - stats.time_elapsed_ms.unwrap_or(0) as f64 / 1000.0,
+                phase: Phase::Precopy,
+                max_downtime_ms: None,
+                event_iteration: None,
+                vanished_at: None,
+                stopped_migrated: false,
+            });
+        job.domain = dom.clone();
+        job.stats = stats;
+        job.sampled_at = now;
+        job.vanished_at = None;
+        if max_downtime_ms.is_some() {
+            job.max_downtime_ms = max_downtime_ms;
+        }
+        if postcopy_seen {
+            job.phase = Phase::Postcopy;
+        }
+    }
+
+    /// Completed stats found on an idle domain: count them if they are news.
+    fn new_completed(
+        &mut self,
+        now: f64,
+        dom: &DomainId,
+        c: &JobStats,
+    ) -> Option<FinishedMigration> {
+        if !c.is_migration() {
+            return None;
+        }
+        let fp = Fingerprint::of(c);
+        let first_sight = !self.counted.contains_key(&dom.uuid);
+        if self.counted.get(&dom.uuid) == Some(&fp) {
+            return None;
+        }
+        self.counted.insert(dom.uuid.clone(), fp);
+        if first_sight && !self.first_round_done {
+            // Kept from before this exporter started: already history.
+            return None;
+        }
+        let outcome = outcome_of_completed(c);
+        Some(self.finish_with(now, dom, None, c, outcome, FigureSource::CompletedStats))
+    }
+
+    fn finish_in_place(
+        &mut self,
+        now: f64,
+        job: ActiveJob,
+        completed: Option<&JobStats>,
+    ) -> FinishedMigration {
+        let dom = job.domain.clone();
+        // Kept stats may belong to an older job (say, the migration that brought the domain
+        // here): only those of the same operation, at least as long as the job we watched, count.
+        let same_job = |c: &&JobStats| {
+            c.is_migration()
+                && c.operation == job.stats.operation
+                && c.time_elapsed_ms >= job.stats.time_elapsed_ms
+                && self.counted.get(&dom.uuid) != Some(&Fingerprint::of(c))
+        };
+        match completed.filter(same_job) {
+            Some(c) => {
+                let outcome = match outcome_of_completed(c) {
+                    // Completed stats while the domain still runs here: the job did not move it.
+                    Outcome::Completed if c.direction() == Direction::Out => Outcome::Aborted,
+                    o => o,
+                };
+                self.finish_with(
+                    now,
+                    &dom,
+                    Some(job),
+                    c,
+                    outcome,
+                    FigureSource::CompletedStats,
+                )
+            }
+            _ => {
+                let last = job.stats.clone();
+                self.finish_with(
+                    now,
+                    &dom,
+                    Some(job),
+                    &last,
+                    Outcome::Aborted,
+                    FigureSource::LastSample,
+                )
+            }
+        }
+    }
+
+    fn finish_gone(&mut self, now: f64, job: ActiveJob) -> FinishedMigration {
+        let outcome = if job.stopped_migrated {
+            Outcome::Completed
+        } else {
+            Outcome::Failed
+        };
+        let dom = job.domain.clone();
+        let last = job.stats.clone();
+        self.finish_with(
+            now,
+            &dom,
+            Some(job),
+            &last,
+            outcome,
+            FigureSource::LastSample,
+        )
+    }
+
+    fn finish_with(
+        &mut self,
+        now: f64,
+        dom: &DomainId,
+        job: Option<ActiveJob>,
+        stats: &JobStats,
+        outcome: Outcome,
+        figures: FigureSource,
+    ) -> FinishedMigration {
+        if figures != FigureSource::LastSample {
+            self.counted
+                .insert(dom.uuid.clone(), Fingerprint::of(stats));
+        }
+        let postcopy = stats.memory_postcopy_requests.is_some_and(|r| r > 0)
+            || job.as_ref().is_some_and(|j| j.phase == Phase::Postcopy);
+        let duration = stats.time_elapsed_ms.map(|ms| ms as f64 / 1000.0);
+        let started_at = match &job {
+            Some(j) => j.started_at,
+            None => now - duration.unwrap_or(0.0),
+        };
+        FinishedMigration {
+            domain: dom.clone(),
+            direction: stats.direction(),
+            outcome,
+            mode: if postcopy {
+                Phase::Postcopy
+            } else {
+                Phase::Precopy
+            },
+            started_at,
+            finished_at: now,
+            duration_seconds: duration,
+            downtime_seconds: match (outcome, figures) {
+                (Outcome::Completed, FigureSource::Event | FigureSource::CompletedStats) => {
+                    stats.downtime_ms.map(|ms| ms as f64 / 1000.0)
+                }
+                _ => None,
+            },
+            data_processed_bytes: stats.data_processed,
+            data_total_bytes: stats.data_total,
+            memory_total_bytes: stats.memory_total,
+            iterations: stats.memory_iteration.or(job
+                .as_ref()
+                .and_then(|j| j.event_iteration)
+                .and_then(|i| u64::try_from(i).ok())),
+            postcopy_requests: stats.memory_postcopy_requests,
+            figures,
+        }
+    }
+}
+
+fn outcome_of_completed(c: &JobStats) -> Outcome {
+    match (c.job_type, c.success) {
+        (job_type::FAILED, _) | (_, Some(false)) => Outcome::Failed,
+        (job_type::CANCELLED, _) => Outcome::Aborted,
+        _ => Outcome::Completed,
+    }
+}

@@ -1,0 +1,50 @@
+//! The latest known state, shared between the sampler (writer) and HTTP handlers (readers).
+//!
+//! The sampler takes the lock only to copy in results it already has, never across a libvirt
+//! call, so a scrape waits at most for a memory copy.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::migration::tracker::{ActiveJob, FinishedMigration};
+
+/// How many finished migrations the landing page keeps in memory.
+pub const RECENT_FINISHED: usize = 50;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CollectorStatus {
+    pub success: bool,
+    pub duration_seconds: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The libvirt connection is open.
+    pub libvirt_up: bool,
+    /// The sampler has finished its first round (whatever its result).
+    pub ready: bool,
+    /// Active domains in the last successful listing.
+    pub domains_active: Option<u64>,
+    /// Unix time of the last successful sample round.
+    pub last_success_at: Option<f64>,
+    pub collectors: BTreeMap<&'static str, CollectorStatus>,
+    /// Migration jobs running now, as of the last round.
+    pub active: Vec<ActiveJob>,
+    /// Newest first.
+    pub recent: VecDeque<FinishedMigration>,
+}
+
+impl Snapshot {
+    pub fn push_finished(&mut self, f: FinishedMigration) {
+        self.recent.push_front(f);
+        self.recent.truncate(RECENT_FINISHED);
+    }
+}
+
+pub type SharedState = Arc<Mutex<Snapshot>>;
+
+pub fn shared() -> SharedState {
+    Arc::new(Mutex::new(Snapshot::default()))
+}
