@@ -455,3 +455,7 @@ fn outcome_of_completed(c: &JobStats) -> Outcome {
         _ => Outcome::Completed,
     }
 }
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;
