@@ -18,7 +18,7 @@ use super::tracker::{FinishedMigration, JobObservation, Round, Tracker};
 use crate::libvirt::jobs::{DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
 use crate::state::{CollectorStatus, SharedState};
-use crate::trace::{TraceRecord, TraceWriter};
+use crate::trace::{ReplaySource, TraceRecord, TraceWriter};
 
 /// The collector name of the job sampler in `vm_migration_collector_*`.
 pub const COLLECTOR: &str = "jobs";
@@ -298,6 +298,48 @@ impl Sampler {
         }
     }
 
+    /// Drive the sampler through a recorded trace: events are delivered at their recorded times
+    /// and a round runs at each recorded round time. `after_round` sees each round's time.
+    pub fn replay(&mut self, source: &ReplaySource, mut after_round: impl FnMut(f64)) {
+        let records = source.records();
+        for (i, rec) in records.iter().enumerate() {
+            source.set_time(rec.t());
+            match rec {
+                TraceRecord::Event { t, event } => {
+                    self.handle(*t, SourceEvent::Domain(event.clone()));
+                }
+                TraceRecord::Connection { t, connected: true } => {
+                    self.handle(*t, SourceEvent::Connected);
+                }
+                TraceRecord::Connection {
+                    t,
+                    connected: false,
+                } => {
+                    self.handle(
+                        *t,
+                        SourceEvent::Disconnected {
+                            reason: "replay".into(),
+                        },
+                    );
+                }
+                TraceRecord::Round { t, .. } => {
+                    // Answer as of the end of this round's records, like the live round did.
+                    let end = records[i + 1..]
+                        .iter()
+                        .take_while(|r| {
+                            !matches!(r, TraceRecord::Round { .. } | TraceRecord::Event { .. })
+                        })
+                        .map(TraceRecord::t)
+                        .fold(*t, f64::max);
+                    source.set_time(end);
+                    self.round(*t);
+                    after_round(*t);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Run until `stop` is set or the event channel closes.
     pub fn run(mut self, events: Receiver<SourceEvent>, stop: Arc<AtomicBool>) {
         let mut next = Instant::now();
@@ -327,3 +369,7 @@ impl Sampler {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "sampler_tests.rs"]
+mod tests;

@@ -1,0 +1,241 @@
+//! The sampler behind the job-source seam: a trace replayed through it must produce the live
+//! series while the job runs, none after, and the finished-migration metrics.
+
+use super::*;
+use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, ParamValue, Params, RawJob};
+use crate::metrics::Metrics;
+use crate::state;
+
+fn dom() -> DomainId {
+    DomainId {
+        name: "g1".into(),
+        uuid: "0b0b0b0b-0000-4000-8000-000000000001".into(),
+    }
+}
+
+fn p(pairs: &[(&str, u64)]) -> Params {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
+        .collect()
+}
+
+fn running(t: f64, elapsed: u64, remaining: u64) -> Vec<TraceRecord> {
+    vec![
+        TraceRecord::Round {
+            t,
+            domains: vec![dom()],
+        },
+        TraceRecord::Job {
+            t,
+            domain: dom(),
+            job: Some(RawJob {
+                job_type: job_type::UNBOUNDED,
+                params: p(&[
+                    ("operation", job_operation::MIGRATION_OUT),
+                    ("time_elapsed", elapsed),
+                    ("data_remaining", remaining),
+                    ("memory_dirty_rate", 1000),
+                    ("memory_page_size", 4096),
+                    ("memory_bps", 50_000_000),
+                    ("memory_iteration", 2),
+                    ("downtime", 4000),
+                ]),
+            }),
+        },
+        TraceRecord::MaxDowntime {
+            t,
+            domain: dom(),
+            ms: Some(300),
+        },
+    ]
+}
+
+fn trace() -> Vec<TraceRecord> {
+    let mut r = vec![TraceRecord::Connection {
+        t: 100.0,
+        connected: true,
+    }];
+    r.extend(running(100.0, 1000, 300_000_000));
+    r.extend(running(101.0, 2000, 200_000_000));
+    r.push(TraceRecord::Event {
+        t: 101.5,
+        event: DomainEvent::Iteration {
+            domain: dom(),
+            iteration: 3,
+        },
+    });
+    r.push(TraceRecord::Round {
+        t: 102.0,
+        domains: vec![],
+    });
+    r.push(TraceRecord::Event {
+        t: 102.2,
+        event: DomainEvent::JobCompleted {
+            domain: dom(),
+            params: p(&[
+                ("operation", job_operation::MIGRATION_OUT),
+                ("time_elapsed", 2300),
+                ("downtime", 62),
+                ("data_processed", 91_000_000),
+                ("memory_iteration", 3),
+            ]),
+        },
+    });
+    r.push(TraceRecord::Round {
+        t: 103.0,
+        domains: vec![],
+    });
+    r
+}
+
+fn metrics_text(reg: &prometheus_client::registry::Registry) -> String {
+    crate::exposition::encode(reg, false).expect("encodes").0
+}
+
+#[test]
+fn replayed_migration_shows_live_then_finished() {
+    let shared = state::shared();
+    let (reg, metrics) = Metrics::register(shared.clone());
+    let source = Arc::new(ReplaySource::new(trace()));
+    let mut sampler = Sampler::new(
+        source.clone(),
+        shared.clone(),
+        metrics,
+        None,
+        SamplerConfig::default(),
+    );
+    let mut seen = Vec::new();
+    sampler.replay(&source, |t| seen.push((t, metrics_text(&reg))));
+
+    let at = |t: f64| &seen.iter().find(|(x, _)| *x == t).expect("round ran").1;
+    let uuid = &dom().uuid;
+    let live = at(101.0);
+    assert!(
+        live.contains(&format!(
+            "vm_migration_data_remaining_bytes{{domain=\"g1\",uuid=\"{uuid}\"}} 200000000"
+        )),
+        "{live}"
+    );
+    assert!(live.contains(&format!(
+        "vm_migration_dirty_memory_rate_bytes{{domain=\"g1\",uuid=\"{uuid}\"}} 4096000"
+    )));
+    assert!(live.contains(&format!(
+        "vm_migration_max_downtime_seconds{{domain=\"g1\",uuid=\"{uuid}\"}} 0.3"
+    )));
+    assert!(live.contains(&format!(
+        "vm_migration_expected_downtime_seconds{{domain=\"g1\",uuid=\"{uuid}\"}} 4"
+    )));
+    assert!(live.contains(&format!(
+        "vm_migration_job_active{{domain=\"g1\",uuid=\"{uuid}\",operation=\"migration_out\"}} 1"
+    )));
+    assert!(live.contains(&format!(
+        "vm_migration_phase{{domain=\"g1\",uuid=\"{uuid}\",phase=\"precopy\"}} 1"
+    )));
+    assert!(live.contains("vm_migration_libvirt_up 1"));
+    assert!(live.contains(
+        "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"} 0"
+    ));
+
+    let end = at(103.0);
+    assert!(
+        !end.contains("vm_migration_job_active{"),
+        "no stale job series: {end}"
+    );
+    assert!(!end.contains("vm_migration_data_remaining_bytes{"));
+    assert!(end.contains(
+        "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"} 1"
+    ));
+    assert!(end.contains(&format!(
+        "vm_migration_last_downtime_seconds{{domain=\"g1\",uuid=\"{uuid}\"}} 0.062"
+    )));
+    assert!(end.contains(&format!(
+        "vm_migration_last_duration_seconds{{domain=\"g1\",uuid=\"{uuid}\"}} 2.3"
+    )));
+    assert!(end.contains(&format!(
+        "vm_migration_last_iterations{{domain=\"g1\",uuid=\"{uuid}\"}} 3"
+    )));
+    assert!(
+        end.contains(
+            "vm_migration_downtime_seconds_bucket{le=\"0.1\",mode=\"precopy\",direction=\"out\"} 1"
+        ) || end.contains(
+            "vm_migration_downtime_seconds_bucket{mode=\"precopy\",direction=\"out\",le=\"0.1\"} 1"
+        ),
+        "{end}"
+    );
+    let recent = &shared.lock().recent;
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].iterations, Some(3));
+}
+
+#[test]
+fn iteration_event_newer_than_sample_wins() {
+    let shared = state::shared();
+    let (reg, metrics) = Metrics::register(shared.clone());
+    let mut recs = trace();
+    recs.truncate(
+        recs.iter()
+            .position(|r| matches!(r, TraceRecord::Round { t, .. } if *t == 102.0))
+            .expect("round"),
+    );
+    // One more round while still running, after the iteration-3 event.
+    recs.extend(running(102.0, 3000, 150_000_000));
+    let source = Arc::new(ReplaySource::new(recs));
+    let mut sampler = Sampler::new(
+        source.clone(),
+        shared,
+        metrics,
+        None,
+        SamplerConfig::default(),
+    );
+    sampler.replay(&source, |_| {});
+    let text = metrics_text(&reg);
+    assert!(
+        text.contains(&format!(
+            "vm_migration_iteration{{domain=\"g1\",uuid=\"{}\"}} 3",
+            dom().uuid
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn disconnected_source_hides_jobs_and_reports_down() {
+    let shared = state::shared();
+    let (reg, metrics) = Metrics::register(shared.clone());
+    let mut recs = vec![TraceRecord::Connection {
+        t: 1.0,
+        connected: true,
+    }];
+    recs.extend(running(1.0, 1000, 300_000_000));
+    recs.push(TraceRecord::Connection {
+        t: 1.5,
+        connected: false,
+    });
+    recs.push(TraceRecord::Round {
+        t: 2.0,
+        domains: vec![],
+    });
+    let source = Arc::new(ReplaySource::new(recs));
+    let mut sampler = Sampler::new(
+        source.clone(),
+        shared,
+        metrics,
+        None,
+        SamplerConfig::default(),
+    );
+    sampler.replay(&source, |_| {});
+    let text = metrics_text(&reg);
+    assert!(text.contains("vm_migration_libvirt_up 0"), "{text}");
+    assert!(text.contains("vm_migration_collector_success{collector=\"jobs\"} 0"));
+    assert!(
+        !text.contains("vm_migration_job_active{"),
+        "a job we cannot see is not live"
+    );
+    assert!(
+        text.contains(
+            "vm_migration_finished_total{outcome=\"failed\",mode=\"precopy\",direction=\"out\"} 0"
+        ),
+        "nothing finished yet"
+    );
+}
