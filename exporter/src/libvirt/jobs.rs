@@ -119,7 +119,9 @@ pub enum SourceEvent {
     /// The connection is (re)established; event callbacks are registered.
     Connected,
     /// The connection was lost; the source is retrying with backoff.
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
     Domain(DomainEvent),
 }
 
