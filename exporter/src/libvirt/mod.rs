@@ -1,7 +1,11 @@
 //! Everything that talks to libvirt. `ffi` holds the only unsafe code in the crate.
 
+pub mod conn;
+#[allow(unsafe_code)]
+pub mod ffi;
 pub mod jobs;
 
+pub use conn::LibvirtSource;
 pub use jobs::{
     DomainEvent, DomainId, JobSource, ParamValue, Params, RawJob, SourceError, SourceEvent,
 };

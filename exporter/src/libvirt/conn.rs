@@ -1,0 +1,391 @@
+//! The real [`JobSource`]: one read-only libvirt connection, kept open and reopened.
+//!
+//! ```text
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let source = LibvirtSource::start("qemu:///system", Duration::from_secs(30), tx);
+//! // rx yields SourceEvent::Connected / Disconnected { reason } / Domain(..)
+//! source.list_domains()?;
+//! source.shutdown();
+//! ```
+//!
+//! A connection-manager thread (`libvirt-conn`) opens the connection with
+//! `virConnectOpenReadOnly`, sets a keepalive (5 s interval, 3 missed = dead), registers a close
+//! callback and the LIFECYCLE, MIGRATION_ITERATION and JOB_COMPLETED domain events, then sends
+//! [`SourceEvent::Connected`]. When the connection closes (close callback, a failed call on a
+//! connection that is no longer alive, or the periodic `virConnectIsAlive` check) it tears the
+//! connection down, sends [`SourceEvent::Disconnected`] and retries with exponential backoff
+//! from 0.5 s up to the configured cap. One `warn!` per outage, one `info!` on recovery.
+//! While disconnected every call returns [`SourceError::NotConnected`] at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::ffi::{self, Conn, Dom, EventKind, LvError};
+use super::jobs::{job_type, DomainId, JobSource, RawJob, SourceError, SourceEvent};
+
+/// First retry delay after a failure; doubled per failed attempt up to the cap.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Default backoff cap.
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Keepalive: probe every `KEEPALIVE_INTERVAL_S` seconds, give up after `KEEPALIVE_COUNT`
+/// unanswered probes (so a hung libvirtd is noticed within about 20 s).
+pub const KEEPALIVE_INTERVAL_S: i32 = 5;
+pub const KEEPALIVE_COUNT: u32 = 3;
+/// How often the manager double-checks `virConnectIsAlive` while connected (covers drivers
+/// without close callbacks, such as `test:///`).
+const LIVENESS_CHECK: Duration = Duration::from_secs(2);
+
+enum Ctl {
+    /// The connection of this generation closed or died.
+    Closed {
+        generation: u64,
+        reason: String,
+    },
+    Shutdown,
+}
+
+/// One open connection with its registrations; deregistered and closed on drop.
+struct Live {
+    conn: Conn,
+    generation: u64,
+    event_ids: Vec<i32>,
+    close_cb: bool,
+    ctl: Sender<Ctl>,
+}
+
+impl Live {
+    fn report_dead(&self, reason: &str) {
+        let _ = self.ctl.send(Ctl::Closed {
+            generation: self.generation,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for id in self.event_ids.drain(..) {
+            if let Err(e) = self.conn.deregister_domain_event(id) {
+                tracing::debug!("deregistering domain event callback {id}: {e}");
+            }
+        }
+        if self.close_cb {
+            if let Err(e) = self.conn.unregister_close_callback() {
+                tracing::debug!("unregistering the close callback: {e}");
+            }
+        }
+        // `conn` drops next: virConnectClose. Callback data still held by libvirt (when a
+        // deregistration failed on a dead connection) is freed when libvirt disposes of it.
+    }
+}
+
+struct Shared {
+    uri: String,
+    backoff_cap: Duration,
+    connected: AtomicBool,
+    shutting_down: AtomicBool,
+    live: RwLock<Option<Arc<Live>>>,
+    last_error: Mutex<String>,
+    events: Sender<SourceEvent>,
+    ctl: Sender<Ctl>,
+}
+
+/// The libvirt-backed [`JobSource`]. See the module documentation.
+pub struct LibvirtSource {
+    shared: Arc<Shared>,
+    manager: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LibvirtSource {
+    /// Starts the connection manager for `uri` and returns at once (the first connection
+    /// attempt runs on the manager thread; watch `events` for [`SourceEvent::Connected`]).
+    /// `backoff_cap` caps the retry delay (production: [`DEFAULT_BACKOFF_CAP`]).
+    pub fn start(
+        uri: &str,
+        backoff_cap: Duration,
+        events: Sender<SourceEvent>,
+    ) -> Arc<LibvirtSource> {
+        let (ctl_tx, ctl_rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            uri: uri.to_string(),
+            backoff_cap: backoff_cap.max(INITIAL_BACKOFF),
+            connected: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            live: RwLock::new(None),
+            last_error: Mutex::new("not connected yet".into()),
+            events,
+            ctl: ctl_tx,
+        });
+        let for_thread = Arc::clone(&shared);
+        let manager = std::thread::Builder::new()
+            .name("libvirt-conn".into())
+            .spawn(move || manage(&for_thread, &ctl_rx));
+        let manager = match manager {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let msg = format!("cannot spawn the libvirt connection thread: {e}");
+                tracing::error!("{msg}");
+                *shared.last_error.lock() = msg;
+                None
+            }
+        };
+        Arc::new(LibvirtSource {
+            shared,
+            manager: Mutex::new(manager),
+        })
+    }
+
+    /// The URI this source connects to.
+    pub fn uri(&self) -> &str {
+        &self.shared.uri
+    }
+
+    /// Stops the manager thread and closes the connection. Idempotent; also run on drop.
+    /// Sends no further events.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.shared.ctl.send(Ctl::Shutdown);
+        if let Some(h) = self.manager.lock().take() {
+            let _ = h.join();
+        }
+        self.shared.connected.store(false, Ordering::SeqCst);
+        self.shared.live.write().take();
+    }
+
+    fn live(&self) -> Result<Arc<Live>, SourceError> {
+        self.shared
+            .live
+            .read()
+            .clone()
+            .ok_or_else(|| SourceError::NotConnected(self.shared.last_error.lock().clone()))
+    }
+
+    /// Maps a libvirt error; a failure on a dead connection wakes the manager.
+    fn error(&self, live: &Live, call: &'static str, e: LvError, domain: &DomainId) -> SourceError {
+        if e.is_no_domain() {
+            return SourceError::NoDomain(domain_label(domain));
+        }
+        if !live.conn.is_alive() {
+            live.report_dead(&e.message);
+            return SourceError::NotConnected(e.message);
+        }
+        SourceError::Call {
+            call,
+            message: e.to_string(),
+        }
+    }
+
+    fn lookup(&self, live: &Live, domain: &DomainId) -> Result<Dom, SourceError> {
+        live.conn
+            .lookup_by_uuid(&domain.uuid)
+            .map_err(|e| self.error(live, "virDomainLookupByUUIDString", e, domain))
+    }
+
+    fn stats(&self, domain: &DomainId, completed: bool) -> Result<Option<RawJob>, SourceError> {
+        let live = self.live()?;
+        let dom = self.lookup(&live, domain)?;
+        let job = dom
+            .job_stats(completed)
+            .map_err(|e| self.error(&live, "virDomainGetJobStats", e, domain))?;
+        Ok((job.job_type != job_type::NONE).then_some(job))
+    }
+}
+
+impl Drop for LibvirtSource {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn domain_label(d: &DomainId) -> String {
+    if d.name.is_empty() {
+        d.uuid.clone()
+    } else {
+        format!("{} ({})", d.name, d.uuid)
+    }
+}
+
+impl JobSource for LibvirtSource {
+    fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    fn list_domains(&self) -> Result<Vec<DomainId>, SourceError> {
+        let live = self.live()?;
+        let doms = live.conn.list_active_domains().map_err(|e| {
+            if !live.conn.is_alive() {
+                live.report_dead(&e.message);
+                SourceError::NotConnected(e.message)
+            } else {
+                SourceError::Call {
+                    call: "virConnectListAllDomains",
+                    message: e.to_string(),
+                }
+            }
+        })?;
+        // A domain that cannot name itself has just gone away: skip it.
+        Ok(doms.iter().filter_map(|d| d.id().ok()).collect())
+    }
+
+    fn job_stats(&self, domain: &DomainId) -> Result<Option<RawJob>, SourceError> {
+        self.stats(domain, false)
+    }
+
+    fn completed_job_stats(&self, domain: &DomainId) -> Result<Option<RawJob>, SourceError> {
+        self.stats(domain, true)
+    }
+
+    fn max_downtime_ms(&self, domain: &DomainId) -> Result<Option<u64>, SourceError> {
+        let live = self.live()?;
+        let dom = self.lookup(&live, domain)?;
+        match dom.max_downtime_ms() {
+            Ok(v) => Ok(Some(v)),
+            // Not supported by the driver (e.g. test:///) or refused to this connection.
+            Err(e) if e.is_refusal() => Ok(None),
+            Err(e) => Err(self.error(&live, "virDomainMigrateGetMaxDowntime", e, domain)),
+        }
+    }
+}
+
+/// Opens and sets up one connection.
+fn connect(shared: &Shared, generation: u64) -> Result<Live, LvError> {
+    let conn = Conn::open_read_only(&shared.uri)?;
+    match conn.set_keepalive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT) {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("libvirt connection has no keepalive (local driver)"),
+        Err(e) => tracing::debug!("virConnectSetKeepAlive: {e}"),
+    }
+    let mut live = Live {
+        conn,
+        generation,
+        event_ids: Vec::new(),
+        close_cb: false,
+        ctl: shared.ctl.clone(),
+    };
+    let ctl = shared.ctl.clone();
+    match live.conn.register_close_callback(Box::new(move |reason| {
+        let _ = ctl.send(Ctl::Closed {
+            generation,
+            reason: format!(
+                "libvirt connection closed: {}",
+                ffi::close_reason_text(reason)
+            ),
+        });
+    })) {
+        Ok(()) => live.close_cb = true,
+        Err(e) => tracing::debug!("no close callback on this connection: {e}"),
+    }
+    let events = shared.events.clone();
+    let handler: ffi::EventHandler = Arc::new(move |ev| {
+        let _ = events.send(SourceEvent::Domain(ev));
+    });
+    for kind in [
+        EventKind::Lifecycle,
+        EventKind::MigrationIteration,
+        EventKind::JobCompleted,
+    ] {
+        // Fatal: `Connected` promises registered callbacks. `live` drops on error, which
+        // deregisters what was registered so far and closes the connection.
+        let id = live
+            .conn
+            .register_domain_event(kind, Arc::clone(&handler))?;
+        live.event_ids.push(id);
+    }
+    Ok(live)
+}
+
+fn manage(shared: &Shared, ctl: &Receiver<Ctl>) {
+    let mut backoff = INITIAL_BACKOFF;
+    let mut generation = 0u64;
+    // Some(reason) while an outage is in progress (warned once, cleared on recovery).
+    let mut outage: Option<String> = None;
+    let send = |ev: SourceEvent| {
+        if !shared.shutting_down.load(Ordering::SeqCst) {
+            let _ = shared.events.send(ev);
+        }
+    };
+    loop {
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        generation += 1;
+        match connect(shared, generation) {
+            Ok(live) => {
+                *shared.live.write() = Some(Arc::new(live));
+                shared.connected.store(true, Ordering::SeqCst);
+                if outage.take().is_some() {
+                    tracing::info!(uri = %shared.uri, "libvirt connection restored");
+                } else {
+                    tracing::info!(uri = %shared.uri, "connected to libvirt (read-only)");
+                }
+                backoff = INITIAL_BACKOFF;
+                send(SourceEvent::Connected);
+                let reason = loop {
+                    match ctl.recv_timeout(LIVENESS_CHECK) {
+                        Ok(Ctl::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                            shared.connected.store(false, Ordering::SeqCst);
+                            shared.live.write().take();
+                            return;
+                        }
+                        Ok(Ctl::Closed {
+                            generation: g,
+                            reason,
+                        }) if g == generation => break reason,
+                        Ok(Ctl::Closed { .. }) => continue,
+                        Err(RecvTimeoutError::Timeout) => {
+                            let alive = shared
+                                .live
+                                .read()
+                                .as_ref()
+                                .is_some_and(|l| l.conn.is_alive());
+                            if !alive {
+                                break "libvirt connection is no longer alive".to_string();
+                            }
+                        }
+                    }
+                };
+                shared.connected.store(false, Ordering::SeqCst);
+                *shared.last_error.lock() = reason.clone();
+                // Dropping the last Arc<Live> deregisters callbacks and closes the connection;
+                // calls still in flight hold their own Arc and finish (with errors) first.
+                shared.live.write().take();
+                tracing::warn!(uri = %shared.uri, "lost the libvirt connection: {reason}; reconnecting with backoff");
+                outage = Some(reason.clone());
+                send(SourceEvent::Disconnected { reason });
+            }
+            Err(e) => {
+                let reason = format!("cannot connect to {}: {}", shared.uri, e.message);
+                *shared.last_error.lock() = reason.clone();
+                if outage.is_none() {
+                    tracing::warn!(
+                        "{reason}; retrying with backoff up to {:?}",
+                        shared.backoff_cap
+                    );
+                    outage = Some(reason.clone());
+                    send(SourceEvent::Disconnected { reason });
+                } else {
+                    tracing::debug!("{reason}");
+                }
+            }
+        }
+        // Wait for the backoff (shutdown interrupts it; stale close notices are ignored).
+        let deadline = std::time::Instant::now() + backoff;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match ctl.recv_timeout(left) {
+                Ok(Ctl::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Ctl::Closed { .. }) => continue,
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        backoff = (backoff * 2).min(shared.backoff_cap);
+    }
+}
