@@ -1,1 +1,58 @@
-fn main() {}
+//! vm-migration-exporter: parse flags, set up logging, run until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use vm_migration_exporter::cli::{self, CliError};
+use vm_migration_exporter::libvirt::LibvirtSource;
+use vm_migration_exporter::{app, logging};
+
+/// Exit code for bad flags or configuration, as clap and the Prometheus exporters use.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let settings = match cli::parse(std::env::args_os()) {
+        Ok(s) => s,
+        Err(CliError::Display(e)) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("vm-migration-exporter: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    logging::init(settings.log_level, settings.log_format);
+    match run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: cli::Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (tx, rx) = mpsc::channel();
+    let source = LibvirtSource::start(&settings.libvirt_uri, settings.reconnect_max_backoff, tx);
+    let result = runtime.block_on(app::run(settings, source.clone(), rx, shutdown_signal()));
+    source.shutdown();
+    Ok(result?)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

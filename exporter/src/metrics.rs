@@ -105,47 +105,47 @@ impl Metrics {
         }
         reg.register(
             "vm_migration_finished",
-            "Migrations finished on this host, by outcome (completed|failed|aborted), mode (precopy|postcopy) and direction (out: this host was the source, in: the destination).",
+            "Migrations finished on this host, by outcome (completed|failed|aborted), mode (precopy|postcopy) and direction (out: this host was the source, in: the destination)",
             m.finished.clone(),
         );
         reg.register(
             "vm_migration_duration_seconds",
-            "Total time of finished migrations (libvirt time_elapsed).",
+            "Total time of finished migrations (libvirt time_elapsed)",
             m.duration.clone(),
         );
         reg.register(
             "vm_migration_downtime_seconds",
-            "Guest pause of completed migrations as measured by libvirt (downtime).",
+            "Guest pause of completed migrations as measured by libvirt (downtime)",
             m.downtime.clone(),
         );
         reg.register(
             "vm_migration_last_duration_seconds",
-            "Total time of the last finished migration of the domain.",
+            "Total time of the last finished migration of the domain",
             m.last_duration.clone(),
         );
         reg.register(
             "vm_migration_last_downtime_seconds",
-            "Downtime of the last completed migration of the domain.",
+            "Downtime of the last completed migration of the domain",
             m.last_downtime.clone(),
         );
         reg.register(
             "vm_migration_last_finished_timestamp_seconds",
-            "Unix time the last migration of the domain finished.",
+            "Unix time the last migration of the domain finished",
             m.last_finished.clone(),
         );
         reg.register(
             "vm_migration_last_data_processed_bytes",
-            "Bytes sent by the last finished migration of the domain (libvirt data_processed).",
+            "Bytes sent by the last finished migration of the domain (libvirt data_processed)",
             m.last_data_processed.clone(),
         );
         reg.register(
             "vm_migration_last_iterations",
-            "Memory passes of the last finished migration of the domain (libvirt memory_iteration).",
+            "Memory passes of the last finished migration of the domain (libvirt memory_iteration)",
             m.last_iterations.clone(),
         );
         reg.register(
             "vm_migration_libvirt_call_errors",
-            "libvirt calls that failed, by call.",
+            "libvirt calls that failed, by call",
             m.call_errors.clone(),
         );
         reg.register_collector(Box::new(LiveCollector { state }));

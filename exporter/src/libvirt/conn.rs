@@ -174,6 +174,12 @@ impl LibvirtSource {
             live.report_dead(&e.message);
             return SourceError::NotConnected(e.message);
         }
+        if e.is_unsupported() {
+            return SourceError::Unsupported {
+                call,
+                message: e.to_string(),
+            };
+        }
         SourceError::Call {
             call,
             message: e.to_string(),

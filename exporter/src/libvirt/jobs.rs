@@ -133,6 +133,9 @@ pub enum SourceError {
     /// The domain went away between listing and asking (common at migration switch-over).
     #[error("domain {0} no longer exists")]
     NoDomain(String),
+    /// The driver does not implement the call (e.g. job stats on `test:///`): nothing to see.
+    #[error("libvirt call {call} is not supported by this driver: {message}")]
+    Unsupported { call: &'static str, message: String },
     #[error("libvirt call {call} failed: {message}")]
     Call { call: &'static str, message: String },
 }

@@ -201,6 +201,8 @@ impl Sampler {
                 }
                 // It left between listing and asking: the next round sees it gone.
                 Err(SourceError::NoDomain(_)) => continue,
+                // A driver without job support (test:///) has no migrations to watch.
+                Err(SourceError::Unsupported { .. }) => JobObservation::Idle { completed: None },
                 // The destination of an incoming migration has no live stats to give.
                 Err(SourceError::Call { message, .. })
                     if message.contains("only on the source host") =>
