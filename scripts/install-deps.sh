@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the lab need on Debian 12. Idempotent: packages already
+# present are not fetched again. Needs root (apt-get).
+set -euo pipefail
+
+packages=(
+  # build: libvirt headers for the FFI, pkg-config to find them
+  libvirt-dev pkg-config gcc
+  # the lab and the system tests: real libvirtd + QEMU (TCG), guest initramfs tools, netns/veth/tc
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 cpio iproute2 iputils-ping
+  # promtool for checking our /metrics output (and rules, later)
+  prometheus
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: must run as root (apt-get install); re-run with sudo" >&2
+  exit 2
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  # libvirt-daemon's postinst fails on a machine without this system user.
+  id libvirt-qemu >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+    --shell /usr/sbin/nologin libvirt-qemu
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all Debian packages present"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || {
+    echo "install-deps: no Rust toolchain found; install one with rustup (https://rustup.rs)" >&2
+    exit 2
+  }
+fi

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs every check and test: formatting, clippy, unit,
+# integration (real binary, real libvirtd) and system tests (real QEMU migrations).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+bash scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
