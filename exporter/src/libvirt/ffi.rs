@@ -75,6 +75,11 @@ impl LvError {
         self.code == sys::VIR_ERR_NO_DOMAIN as i32
     }
 
+    /// `VIR_ERR_NO_SUPPORT`: the driver does not implement the call (e.g. `test:///`).
+    pub fn is_unsupported(&self) -> bool {
+        self.code == sys::VIR_ERR_NO_SUPPORT as i32
+    }
+
     /// The driver or daemon refuses the call (not supported, or denied to this connection).
     pub fn is_refusal(&self) -> bool {
         [
