@@ -68,6 +68,8 @@ fn test_driver_connects_lists_and_has_no_jobs() {
         src.list_domains(),
         Err(SourceError::NotConnected(_))
     ));
+    drop(src);
+    assert_all_senders_dropped(&rx);
 }
 
 #[test]
@@ -121,6 +123,11 @@ fn reconnects_when_libvirtd_appears_and_notices_its_death() {
 
     daemon.kill();
     let ev = expect_event(&rx, WAIT, "Disconnected after kill", is_disconnected);
+    // Noticed through the close callback (EOF on the socket), not the periodic liveness check.
+    assert!(
+        matches!(&ev, SourceEvent::Disconnected { reason } if reason.contains("end of file")),
+        "{ev:?}"
+    );
     assert!(!src.is_connected(), "{ev:?}");
     assert!(matches!(
         src.list_domains(),
@@ -132,8 +139,26 @@ fn reconnects_when_libvirtd_appears_and_notices_its_death() {
     let daemon = TestLibvirtd::start(dir.path()).expect("restart libvirtd");
     expect_event(&rx, WAIT, "Connected after restart", is_connected);
     assert_eq!(src.list_domains(), Ok(vec![]));
-    src.shutdown();
+    drop(src);
+    // Every callback's opaque data (each holds a clone of the event sender) was freed by
+    // libvirt, also the first connection's, whose deregistration failed on the dead socket.
+    assert_all_senders_dropped(&rx);
     drop(daemon);
+}
+
+/// Drains `rx` until it reports that every sender is gone (the source's own and the clones
+/// held by libvirt callback data), i.e. libvirt called our free callbacks.
+fn assert_all_senders_dropped(rx: &mpsc::Receiver<SourceEvent>) {
+    assert!(
+        poll_until(WAIT, || loop {
+            match rx.try_recv() {
+                Ok(_) => continue,
+                Err(mpsc::TryRecvError::Empty) => break false,
+                Err(mpsc::TryRecvError::Disconnected) => break true,
+            }
+        }),
+        "event senders still alive: callback data leaked"
+    );
 }
 
 /// A tiny diskless TCG guest (sits in the firmware): enough for a running QEMU domain.
