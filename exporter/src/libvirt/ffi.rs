@@ -75,7 +75,7 @@ impl LvError {
         self.code == sys::VIR_ERR_NO_DOMAIN as i32
     }
 
-    /// `VIR_ERR_NO_SUPPORT`: the driver does not implement the call.
+    /// `VIR_ERR_NO_SUPPORT`: the driver does not implement the call (e.g. `test:///`).
     pub fn is_unsupported(&self) -> bool {
         self.code == sys::VIR_ERR_NO_SUPPORT as i32
     }

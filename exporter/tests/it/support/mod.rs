@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // not every test module uses every helper
+
+pub mod libvirtd;
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use vm_migration_exporter::libvirt::SourceEvent;
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Receives events until one matches `pred` (returned) or `timeout` passes (panics with the
+/// events seen, to make failures readable). Non-matching events are discarded.
+pub fn expect_event(
+    rx: &Receiver<SourceEvent>,
+    timeout: Duration,
+    what: &str,
+    mut pred: impl FnMut(&SourceEvent) -> bool,
+) -> SourceEvent {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if pred(&ev) => return ev,
+            Ok(ev) => seen.push(ev),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no {what} within {timeout:?}; saw instead: {seen:?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("event channel closed while waiting for {what}; saw: {seen:?}")
+            }
+        }
+    }
+}
