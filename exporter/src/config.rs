@@ -104,8 +104,13 @@ impl Config {
     }
 }
 
+/// The parser's first line names the position and the problem; the rest is a source snippet.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let first = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid YAML");
+    first.trim().trim_start_matches("error: ").to_string()
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per area. Shared helpers live in `support`.
 
+mod binary;
 mod libvirt_source;
 mod support;

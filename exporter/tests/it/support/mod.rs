@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // not every test module uses every helper
 
+pub mod exporter;
 pub mod libvirtd;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

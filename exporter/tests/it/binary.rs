@@ -1,0 +1,320 @@
+//! The real binary: serving, content negotiation, golden output, promtool, bad input, and
+//! riding out a libvirtd that is missing at start.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::exporter::{value, RunningExporter, BIN};
+use crate::support::libvirtd::TestLibvirtd;
+use crate::support::poll_until;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn ready(e: &RunningExporter) {
+    assert!(
+        poll_until(WAIT, || e.get("/-/ready").0 == 200),
+        "exporter never became ready; log: {:?}",
+        e.log()
+    );
+}
+
+#[test]
+fn test_driver_is_up_lists_domains_and_shows_no_jobs() {
+    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    ready(&e);
+    let m = e.metrics();
+    assert_eq!(value(&m, "vm_migration_libvirt_up"), Some(1.0), "{m}");
+    assert_eq!(
+        value(&m, "vm_migration_domains_active"),
+        Some(1.0),
+        "test:///default runs one domain"
+    );
+    assert_eq!(
+        value(&m, "vm_migration_collector_success{collector=\"jobs\"}"),
+        Some(1.0)
+    );
+    assert!(
+        !m.contains("vm_migration_job_active{"),
+        "no job series without a job"
+    );
+    assert!(
+        !m.contains("vm_migration_libvirt_call_errors_total{"),
+        "no failed calls: {m}"
+    );
+    assert_eq!(e.get("/-/healthy"), (200, "OK\n".to_string()));
+    let (status, page) = e.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("href=\"/metrics\"") && page.contains("connected"),
+        "{page}"
+    );
+    assert_eq!(e.get("/nope").0, 404);
+}
+
+#[test]
+fn content_negotiation_openmetrics_and_text() {
+    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    ready(&e);
+    let (_, ct, om) = e.get_accept(
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"),
+    );
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    assert!(om.ends_with("# EOF\n"));
+    assert!(om.contains("# TYPE vm_migration_finished counter"));
+    let (_, ct, text) = e.get_accept("/metrics", None);
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"));
+    assert!(text.contains("# TYPE vm_migration_finished_total counter"));
+}
+
+#[test]
+fn custom_telemetry_path() {
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--web.telemetry-path",
+        "/x/metrics",
+    ]);
+    ready(&e);
+    assert_eq!(e.get("/metrics").0, 404);
+    assert!(e.get("/x/metrics").1.contains("vm_migration_libvirt_up"));
+    assert!(e.get("/").1.contains("href=\"/x/metrics\""));
+}
+
+/// Values that change from run to run are replaced, and series inside a family sorted (label
+/// sets of a family come out in hash order).
+fn normalise(text: &str) -> String {
+    let volatile = [
+        "vm_migration_sample_age_seconds",
+        "vm_migration_collector_duration_seconds",
+    ];
+    let mut out = Vec::new();
+    let mut block: Vec<String> = Vec::new();
+    let flush = |block: &mut Vec<String>, out: &mut Vec<String>| {
+        block.sort();
+        out.append(block);
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut block, &mut out);
+            out.push(line.to_string());
+            continue;
+        }
+        let line = match line.rsplit_once(' ') {
+            Some((series, _)) if volatile.iter().any(|v| series.starts_with(v)) => {
+                format!("{series} <volatile>")
+            }
+            _ => line.to_string(),
+        };
+        block.push(line);
+    }
+    flush(&mut block, &mut out);
+    out.join("\n")
+}
+
+#[test]
+fn golden_metrics_against_the_test_driver() {
+    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    ready(&e);
+    insta::assert_snapshot!("metrics_test_driver", normalise(&e.metrics()));
+}
+
+#[test]
+fn promtool_accepts_the_output() {
+    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    ready(&e);
+    let m = e.metrics();
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus) must be installed: scripts/install-deps.sh");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(m.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool ran");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {said}");
+    assert!(said.trim().is_empty(), "promtool lint findings: {said}");
+}
+
+#[test]
+fn missing_libvirtd_serves_down_then_recovers_by_itself() {
+    let dir = tempfile::Builder::new()
+        .prefix("vme")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let uri = TestLibvirtd::uri_for(dir.path());
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        &uri,
+        "--libvirt.reconnect-max-backoff",
+        "1s",
+    ]);
+    ready(&e);
+    let m = e.metrics();
+    assert_eq!(value(&m, "vm_migration_libvirt_up"), Some(0.0), "{m}");
+    assert_eq!(
+        value(&m, "vm_migration_collector_success{collector=\"jobs\"}"),
+        Some(0.0)
+    );
+
+    let mut daemon = TestLibvirtd::start(dir.path()).expect("start libvirtd");
+    assert!(
+        poll_until(WAIT, || {
+            let m = e.metrics();
+            value(&m, "vm_migration_libvirt_up") == Some(1.0)
+                && value(&m, "vm_migration_domains_active") == Some(0.0)
+        }),
+        "exporter did not reconnect; log: {:?}",
+        e.log()
+    );
+    daemon.kill();
+    assert!(
+        poll_until(WAIT, || value(&e.metrics(), "vm_migration_libvirt_up")
+            == Some(0.0)),
+        "exporter did not notice libvirtd dying"
+    );
+}
+
+/// Runs the binary with `args`; returns (exit code, stderr).
+fn run_bad(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).output().expect("run binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--sample.interval", "0s"], "--sample.interval"),
+        (&["--sample.interval", "fast"], "--sample.interval"),
+        (&["--web.listen-address", "nope"], "--web.listen-address"),
+        (&["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
+        (&["--log.format", "xml"], "--log.format"),
+        (&["--no-such-flag"], "--no-such-flag"),
+    ];
+    for (args, names) in cases {
+        let (code, err) = run_bad(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got {err}"
+        );
+        assert!(
+            err.contains(names),
+            "{args:?}: message should name {names}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_files_exit_2_naming_file_and_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("typo.yml", "sample:\n  intervall: 1s\n", "intervall"),
+        ("badduration.yml", "sample:\n  interval: soon\n", "interval"),
+        ("notyaml.yml", "libvirt: [unclosed\n", "libvirt"),
+        ("toplevel.yml", "peers: []\n", "peers"),
+    ];
+    for (name, body, names) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).expect("write config");
+        let p = path.to_string_lossy().to_string();
+        let (code, err) = run_bad(&["--config.file", &p]);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{name}: one line, got {err}");
+        assert!(err.contains(&p), "{name}: should name the file: {err}");
+        assert!(err.contains(names), "{name}: should name {names}: {err}");
+    }
+    let missing = dir.path().join("missing.yml").to_string_lossy().to_string();
+    let (code, err) = run_bad(&["--config.file", &missing]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(&missing) && err.contains("--config.file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_file_sets_uri_and_flags_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yml");
+    std::fs::write(&path, "libvirt:\n  uri: test:///default\n").expect("write");
+    let p = path.to_string_lossy().to_string();
+    let e = RunningExporter::start(&["--config.file", &p]);
+    ready(&e);
+    assert!(
+        e.get("/").1.contains("test:///default"),
+        "config file URI used"
+    );
+    let e2 = RunningExporter::start(&["--config.file", &p, "--libvirt.uri", "test:///default?x=1"]);
+    ready(&e2);
+    assert!(
+        e2.get("/").1.contains("test:///default?x=1"),
+        "flag wins over file"
+    );
+}
+
+#[test]
+fn help_explains_every_flag_and_version_prints() {
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--web.listen-address",
+        "--web.telemetry-path",
+        "--libvirt.uri",
+        "--libvirt.reconnect-max-backoff",
+        "--sample.interval",
+        "--sample.idle-interval",
+        "--sample.completion-grace",
+        "--log.level",
+        "--log.format",
+        "--config.file",
+        "--trace.path",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(
+        help.contains("9745") && help.contains("9177"),
+        "help explains the port choice"
+    );
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("vm-migration-exporter {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = holder.local_addr().expect("addr").to_string();
+    let (code, err) = run_bad(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--web.listen-address",
+        &addr,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--web.listen-address") && err.contains(&addr),
+        "{err}"
+    );
+}

@@ -1,0 +1,115 @@
+//! The real `vm-migration-exporter` binary, started on 127.0.0.1:0 for a test.
+//!
+//! The exporter logs `address=HOST:PORT` when it listens; `start` reads that line from its
+//! stderr to learn the port, and keeps the rest of the log for assertions.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vm-migration-exporter");
+
+pub struct RunningExporter {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl RunningExporter {
+    /// Start the binary with `args` (plus `--web.listen-address 127.0.0.1:0`) and wait until it
+    /// listens.
+    pub fn start(args: &[&str]) -> RunningExporter {
+        let mut child = Command::new(BIN)
+            .args(["--web.listen-address", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vm-migration-exporter");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log_w = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("message=listening") {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    let _ = tx.send(addr);
+                }
+                if let Ok(mut l) = log_w.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(a)) => a,
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "exporter did not report its address: {other:?}; log: {:?}",
+                    log.lock().map(|l| l.clone())
+                );
+            }
+        };
+        RunningExporter { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// GET `path` with an optional Accept header: status, content type, body.
+    pub fn get_accept(&self, path: &str, accept: Option<&str>) -> (u16, String, String) {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let mut req = client.get(self.url(path));
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        let resp = req.send().expect("HTTP request to the exporter");
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (status, ct, resp.text().expect("body"))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let (s, _, b) = self.get_accept(path, None);
+        (s, b)
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for RunningExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the sample whose name-and-labels part is exactly `series`.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == series).then(|| v.parse().ok()).flatten()
+    })
+}
