@@ -16,6 +16,24 @@
 //! connection down, sends [`SourceEvent::Disconnected`] and retries with exponential backoff
 //! from 0.5 s up to the configured cap. One `warn!` per outage, one `info!` on recovery.
 //! While disconnected every call returns [`SourceError::NotConnected`] at once.
+//! The first failed attempt also sends `Disconnected` (so a consumer learns why it is not up);
+//! later failed retries of the same outage send nothing more.
+//!
+//! Call semantics:
+//! - `job_stats` / `completed_job_stats`: `Ok(None)` for job type NONE, and for a driver that
+//!   does not implement `virDomainGetJobStats` at all (`test:///` answers `VIR_ERR_NO_SUPPORT`).
+//!   Completed stats are always read with `COMPLETED | KEEP_COMPLETED`.
+//! - `max_downtime_ms`: works on a read-only connection with libvirt 9.0 (verified against a
+//!   private libvirtd + QEMU 7.2 guest: 300 ms, QEMU's default). `Ok(None)` when the driver
+//!   does not implement it (`test:///`) or the daemon denies it (`NO_SUPPORT`,
+//!   `OPERATION_DENIED`, `ACCESS_DENIED`), e.g. under a stricter access driver.
+//! - a domain that vanished (`VIR_ERR_NO_DOMAIN`) gives [`SourceError::NoDomain`]; an error on
+//!   a connection that is no longer alive gives `NotConnected` and wakes the manager.
+//! - calls block while libvirtd is hung, at most until the keepalive declares it dead.
+//!
+//! Measured on this machine: a killed libvirtd is noticed at once (close callback, reason EOF
+//! on the socket); a SIGSTOPped one after ~20 s (reason keepalive timeout), after which calls
+//! return `NotConnected` immediately, and it reconnects when the daemon resumes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

@@ -173,13 +173,19 @@ pub(crate) unsafe fn params_from_raw(params: *const sys::virTypedParameter, n: c
             .collect();
         let name = String::from_utf8_lossy(&field_bytes).into_owned();
         let ty = p.type_ as u32;
-        // SAFETY (all union reads below): `type_` says which union member libvirt wrote.
         let value = match ty {
+            // SAFETY: `type_` names the union member libvirt wrote and each arm reads exactly
+            // that member (plain old data); INT parameters carry `i`.
             sys::VIR_TYPED_PARAM_INT => ParamValue::Int(i64::from(unsafe { p.value.i })),
+            // SAFETY: UINT parameters carry `ui`.
             sys::VIR_TYPED_PARAM_UINT => ParamValue::UInt(u64::from(unsafe { p.value.ui })),
+            // SAFETY: LLONG parameters carry `l`.
             sys::VIR_TYPED_PARAM_LLONG => ParamValue::Int(unsafe { p.value.l }),
+            // SAFETY: ULLONG parameters carry `ul`.
             sys::VIR_TYPED_PARAM_ULLONG => ParamValue::UInt(unsafe { p.value.ul }),
+            // SAFETY: DOUBLE parameters carry `d`.
             sys::VIR_TYPED_PARAM_DOUBLE => ParamValue::Double(unsafe { p.value.d }),
+            // SAFETY: BOOLEAN parameters carry `b`.
             sys::VIR_TYPED_PARAM_BOOLEAN => ParamValue::Bool(unsafe { p.value.b } != 0),
             sys::VIR_TYPED_PARAM_STRING => {
                 // SAFETY: union member `s` is the active one for STRING parameters.
@@ -394,49 +400,7 @@ impl Conn {
         kind: EventKind,
         handler: EventHandler,
     ) -> Result<i32, LvError> {
-        // SAFETY (all three transmutes): libvirt calls the generic callback pointer with the
-        // argument list of the specific event type given as eventID (the VIR_DOMAIN_EVENT_CALLBACK
-        // cast in C); each function below has exactly that signature for its event id.
-        type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
-        let (id, cb): (u32, Generic) = match kind {
-            EventKind::Lifecycle => (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, unsafe {
-                std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        c_int,
-                        c_int,
-                        *mut c_void,
-                    ) -> c_int,
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(lifecycle_cb)
-            }),
-            EventKind::MigrationIteration => {
-                (sys::VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, unsafe {
-                    std::mem::transmute::<
-                        unsafe extern "C" fn(
-                            sys::virConnectPtr,
-                            sys::virDomainPtr,
-                            c_int,
-                            *mut c_void,
-                        ),
-                        unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                    >(iteration_cb)
-                })
-            }
-            EventKind::JobCompleted => (sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, unsafe {
-                std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        sys::virTypedParameterPtr,
-                        c_int,
-                        *mut c_void,
-                    ),
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(job_completed_cb)
-            }),
-        };
+        let (id, cb) = generic_callback(kind);
         let cb: sys::virConnectDomainEventGenericCallback = Some(cb);
         let opaque = Box::into_raw(Box::new(handler));
         // SAFETY: valid connection; null domain = all domains; `opaque` is a leaked
@@ -468,6 +432,42 @@ impl Conn {
             return Err(LvError::last("virConnectDomainEventDeregisterAny"));
         }
         Ok(())
+    }
+}
+
+type GenericCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+type LifecycleCb =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+type IterationCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, *mut c_void);
+type JobCompletedCb = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    sys::virTypedParameterPtr,
+    c_int,
+    *mut c_void,
+);
+
+/// The event id and our callback cast to the generic type `virConnectDomainEventRegisterAny`
+/// takes (what the `VIR_DOMAIN_EVENT_CALLBACK` macro does in C).
+fn generic_callback(kind: EventKind) -> (u32, GenericCb) {
+    match kind {
+        EventKind::Lifecycle => (
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            // SAFETY: a fn-pointer to fn-pointer cast of equal size; libvirt calls the pointer
+            // registered for VIR_DOMAIN_EVENT_ID_LIFECYCLE with exactly LifecycleCb's arguments
+            // and return type, so it is never called through the generic signature.
+            unsafe { std::mem::transmute::<LifecycleCb, GenericCb>(lifecycle_cb) },
+        ),
+        EventKind::MigrationIteration => (
+            sys::VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION,
+            // SAFETY: as above, for the MIGRATION_ITERATION signature.
+            unsafe { std::mem::transmute::<IterationCb, GenericCb>(iteration_cb) },
+        ),
+        EventKind::JobCompleted => (
+            sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+            // SAFETY: as above, for the JOB_COMPLETED signature.
+            unsafe { std::mem::transmute::<JobCompletedCb, GenericCb>(job_completed_cb) },
+        ),
     }
 }
 
