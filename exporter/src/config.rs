@@ -72,7 +72,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let cfg: Config = serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        let cfg: Config =
+            serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string(), text))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -104,13 +105,26 @@ impl Config {
     }
 }
 
-/// The parser's first line names the position and the problem; the rest is a source snippet.
-fn one_line(s: &str) -> String {
-    let first = s
+/// The parser's first line names the position and the problem (the rest is a source snippet);
+/// when it points at a `key: value` line, name the key too.
+fn one_line(err: &str, text: &str) -> String {
+    let first = err
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("invalid YAML");
-    first.trim().trim_start_matches("error: ").to_string()
+    let first = first.trim().trim_start_matches("error: ");
+    let key = first
+        .strip_prefix("line ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| text.lines().nth(n.checked_sub(1)?))
+        .and_then(|l| l.split_once(':'))
+        .map(|(k, _)| k.trim().trim_start_matches("- "))
+        .filter(|k| !k.is_empty() && !first.contains(&format!("`{k}`")));
+    match key {
+        Some(k) => format!("{first} (key `{k}`)"),
+        None => first.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,9 @@ impl Sampler {
                 if wants_sample {
                     self.want_completed.insert(event.domain().uuid.clone());
                 }
-                self.publish(finished);
+                // Counter and live series change in one step: a scrape never sees a finished
+                // migration still listed as running.
+                self.publish(finished, true);
                 wants_sample
             }
         }
@@ -221,7 +223,8 @@ impl Sampler {
         }
         self.state.lock().domains_active = Some(domains.len() as u64);
         let finished = self.tracker.on_round(now, &round);
-        self.publish(finished);
+        // The round itself refreshes the live jobs once it is done.
+        self.publish(finished, false);
         true
     }
 
@@ -267,7 +270,7 @@ impl Sampler {
         }
     }
 
-    fn publish(&mut self, finished: Vec<FinishedMigration>) {
+    fn publish(&mut self, finished: Vec<FinishedMigration>, refresh_active: bool) {
         if finished.is_empty() {
             return;
         }
@@ -288,6 +291,9 @@ impl Sampler {
         let mut st = self.state.lock();
         for f in finished {
             st.push_finished(f);
+        }
+        if refresh_active {
+            st.active = self.tracker.active_jobs().cloned().collect();
         }
     }
 

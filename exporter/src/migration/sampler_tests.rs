@@ -239,3 +239,37 @@ fn disconnected_source_hides_jobs_and_reports_down() {
         "nothing finished yet"
     );
 }
+
+/// Regression: the job-completed event used to bump the counter while the live snapshot still
+/// listed the job until the next round, so one scrape could show both.
+#[test]
+fn completion_event_removes_the_live_job_at_once() {
+    let shared = state::shared();
+    let (_reg, metrics) = Metrics::register(shared.clone());
+    let mut recs = vec![TraceRecord::Connection {
+        t: 1.0,
+        connected: true,
+    }];
+    recs.extend(running(1.0, 1000, 300_000_000));
+    let source = Arc::new(ReplaySource::new(recs));
+    let mut sampler = Sampler::new(
+        source.clone(),
+        shared.clone(),
+        metrics,
+        None,
+        SamplerConfig::default(),
+    );
+    sampler.replay(&source, |_| {});
+    assert_eq!(shared.lock().active.len(), 1);
+    let done = DomainEvent::JobCompleted {
+        domain: dom(),
+        params: p(&[
+            ("operation", job_operation::MIGRATION_OUT),
+            ("time_elapsed", 1500),
+        ]),
+    };
+    sampler.handle(2.0, SourceEvent::Domain(done));
+    let st = shared.lock();
+    assert!(st.active.is_empty(), "live job must go with the completion");
+    assert_eq!(st.recent.len(), 1);
+}

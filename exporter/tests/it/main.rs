@@ -2,4 +2,5 @@
 
 mod binary;
 mod libvirt_source;
+mod migration_e2e;
 mod support;
