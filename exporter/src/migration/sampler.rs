@@ -5,7 +5,7 @@
 //! publishes. While a job runs it samples every `interval`; otherwise every `idle_interval`, and
 //! at once when an event names a domain it is not yet tracking.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use crate::libvirt::jobs::{DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
 use crate::state::{CollectorStatus, SharedState};
 use crate::trace::{ReplaySource, TraceRecord, TraceWriter};
+
+/// Rounds (at the active interval) to keep trying a wanted completed-stats read.
+const COMPLETED_READ_TRIES: u32 = 10;
 
 /// The collector name of the job sampler in `vm_migration_collector_*`.
 pub const COLLECTOR: &str = "jobs";
@@ -49,8 +52,9 @@ pub struct Sampler {
     state: SharedState,
     metrics: Arc<Metrics>,
     trace: Option<TraceWriter>,
-    /// Domains whose kept completed stats should be read at the next round.
-    want_completed: HashSet<String>,
+    /// Domains whose kept completed stats should be read, with the rounds left to try: on the
+    /// destination they appear a moment after the "resumed: migrated" event that asks for them.
+    want_completed: HashMap<String, u32>,
     last_completed_sweep: Option<f64>,
     cfg: SamplerConfig,
 }
@@ -76,7 +80,7 @@ impl Sampler {
             state,
             metrics,
             trace,
-            want_completed: HashSet::new(),
+            want_completed: HashMap::new(),
             last_completed_sweep: None,
             cfg,
         }
@@ -84,6 +88,13 @@ impl Sampler {
 
     /// Handle a connection or domain event. Returns true when a round should run now.
     pub fn handle(&mut self, now: f64, ev: SourceEvent) -> bool {
+        let sample_now = self.handle_event(now, ev);
+        // Events are rare and decisive (a completion): never leave one in the buffer.
+        self.flush_trace();
+        sample_now
+    }
+
+    fn handle_event(&mut self, now: f64, ev: SourceEvent) -> bool {
         match ev {
             SourceEvent::Connected => {
                 self.record(TraceRecord::Connection {
@@ -118,7 +129,8 @@ impl Sampler {
                 });
                 let (finished, wants_sample) = self.tracker.on_event(now, &event);
                 if wants_sample {
-                    self.want_completed.insert(event.domain().uuid.clone());
+                    self.want_completed
+                        .insert(event.domain().uuid.clone(), COMPLETED_READ_TRIES);
                 }
                 // Counter and live series change in one step: a scrape never sees a finished
                 // migration still listed as running.
@@ -147,6 +159,10 @@ impl Sampler {
         }
         st.active = self.tracker.active_jobs().cloned().collect();
         drop(st);
+        self.flush_trace();
+    }
+
+    fn flush_trace(&mut self) {
         if let Some(t) = self.trace.as_mut() {
             if let Err(e) = t.flush() {
                 warn!(error = %e, "cannot write the trace file; tracing stops");
@@ -175,45 +191,48 @@ impl Sampler {
             .is_none_or(|t| now - t >= self.cfg.idle_interval.as_secs_f64());
         let mut round = Round::default();
         for dom in &domains {
-            let obs = match self.source.job_stats(dom) {
+            let running = match self.source.job_stats(dom) {
                 Ok(job) => {
                     self.record(TraceRecord::Job {
                         t: now,
                         domain: dom.clone(),
                         job: job.clone(),
                     });
-                    match job.map(|j| JobStats::from_raw(&j)) {
-                        Some(stats) if stats.is_running() => JobObservation::Running {
-                            max_downtime_ms: self.max_downtime(now, dom),
-                            stats: Box::new(stats),
-                        },
-                        _ => {
-                            let check = sweep
-                                || self.tracker.is_active(&dom.uuid)
-                                || self.want_completed.remove(&dom.uuid);
-                            JobObservation::Idle {
-                                completed: if check {
-                                    self.completed(now, dom)
-                                } else {
-                                    None
-                                },
-                            }
-                        }
-                    }
+                    job.map(|j| JobStats::from_raw(&j))
+                        .filter(JobStats::is_running)
                 }
                 // It left between listing and asking: the next round sees it gone.
                 Err(SourceError::NoDomain(_)) => continue,
                 // A driver without job support (test:///) has no migrations to watch.
-                Err(SourceError::Unsupported { .. }) => JobObservation::Idle { completed: None },
+                Err(SourceError::Unsupported { .. }) => None,
                 // The destination of an incoming migration has no live stats to give.
                 Err(SourceError::Call { message, .. })
                     if message.contains("only on the source host") =>
                 {
-                    JobObservation::Idle { completed: None }
+                    None
                 }
                 Err(e) => {
                     self.call_failed("job_stats", &e);
-                    JobObservation::Unknown
+                    round
+                        .observations
+                        .push((dom.clone(), JobObservation::Unknown));
+                    continue;
+                }
+            };
+            let obs = match running {
+                Some(stats) => JobObservation::Running {
+                    max_downtime_ms: self.max_downtime(now, dom),
+                    stats: Box::new(stats),
+                },
+                None => {
+                    let wanted = self.want_completed.contains_key(&dom.uuid);
+                    let completed = if sweep || wanted || self.tracker.is_active(&dom.uuid) {
+                        self.completed(now, dom)
+                    } else {
+                        None
+                    };
+                    self.tried_completed(&dom.uuid, completed.is_some());
+                    JobObservation::Idle { completed }
                 }
             };
             round.observations.push((dom.clone(), obs));
@@ -221,6 +240,9 @@ impl Sampler {
         if sweep {
             self.last_completed_sweep = Some(now);
         }
+        // A wanted read for a domain that left cannot succeed any more.
+        self.want_completed
+            .retain(|uuid, _| domains.iter().any(|d| &d.uuid == uuid));
         self.state.lock().domains_active = Some(domains.len() as u64);
         let finished = self.tracker.on_round(now, &round);
         // The round itself refreshes the live jobs once it is done.
@@ -259,6 +281,16 @@ impl Sampler {
             Err(e) => {
                 self.call_failed("completed_job_stats", &e);
                 None
+            }
+        }
+    }
+
+    /// Count down a wanted completed-stats read; it is done once the stats were there.
+    fn tried_completed(&mut self, uuid: &str, found: bool) {
+        if let Some(left) = self.want_completed.get_mut(uuid) {
+            *left = left.saturating_sub(1);
+            if found || *left == 0 {
+                self.want_completed.remove(uuid);
             }
         }
     }
@@ -335,7 +367,12 @@ impl Sampler {
                     let end = records[i + 1..]
                         .iter()
                         .take_while(|r| {
-                            !matches!(r, TraceRecord::Round { .. } | TraceRecord::Event { .. })
+                            matches!(
+                                r,
+                                TraceRecord::Job { .. }
+                                    | TraceRecord::Completed { .. }
+                                    | TraceRecord::MaxDowntime { .. }
+                            )
                         })
                         .map(TraceRecord::t)
                         .fold(*t, f64::max);
@@ -368,7 +405,7 @@ impl Sampler {
                 }
             }
             self.round(unix_now());
-            let period = if self.tracker.has_active() {
+            let period = if self.tracker.has_active() || !self.want_completed.is_empty() {
                 self.cfg.interval
             } else {
                 self.cfg.idle_interval

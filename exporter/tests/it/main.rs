@@ -3,4 +3,5 @@
 mod binary;
 mod libvirt_source;
 mod migration_e2e;
+mod replay;
 mod support;

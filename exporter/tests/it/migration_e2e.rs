@@ -109,89 +109,138 @@ fn kept_completed(daemon: &TestLibvirtd, name: &str) -> BTreeMap<String, String>
         .collect()
 }
 
+/// Two libvirt "hosts", a guest on the source, and an exporter on each side.
+struct Pair {
+    _base: tempfile::TempDir,
+    src: TestLibvirtd,
+    dst: TestLibvirtd,
+    src_exp: RunningExporter,
+    dst_exp: RunningExporter,
+    uuid: String,
+    // Last: fields drop in order, so the next test starts only after this one's daemons are gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// One migration at a time: each TCG guest takes a core of a small machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Pair {
+    fn start(name: &str) -> Pair {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let base = tempfile::Builder::new()
+            .prefix("vme2e")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let src = TestLibvirtd::start(&base.path().join("s")).expect("source libvirtd");
+        let dst = TestLibvirtd::start(&base.path().join("d")).expect("destination libvirtd");
+        let xml = base.path().join("g.xml");
+        std::fs::write(&xml, guest_xml(name)).expect("write xml");
+        src.virsh(&["create", &xml.to_string_lossy()])
+            .expect("virsh create on source");
+        let uuid = src
+            .virsh(&["domuuid", name])
+            .expect("domuuid")
+            .trim()
+            .to_string();
+        // VME_TRACE_DIR=dir records what each exporter saw, for replay fixtures.
+        let exporter = |uri: &str, side: &str| {
+            let mut args = vec!["--libvirt.uri".to_string(), uri.to_string()];
+            args.extend(["--sample.interval".to_string(), "200ms".to_string()]);
+            if let Ok(dir) = std::env::var("VME_TRACE_DIR") {
+                args.extend([
+                    "--trace.path".to_string(),
+                    format!("{dir}/{name}-{side}.jsonl"),
+                ]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            RunningExporter::start(&args)
+        };
+        let src_exp = exporter(src.uri(), "source");
+        let dst_exp = exporter(dst.uri(), "destination");
+        for e in [&src_exp, &dst_exp] {
+            assert!(
+                poll_until(WAIT, || e.get("/-/ready").0 == 200),
+                "not ready: {:?}",
+                e.log()
+            );
+        }
+        Pair {
+            _base: base,
+            src,
+            dst,
+            src_exp,
+            dst_exp,
+            uuid,
+            _serial: serial,
+        }
+    }
+
+    fn dom(&self, name: &str) -> String {
+        format!("domain=\"{name}\",uuid=\"{}\"", self.uuid)
+    }
+
+    /// Start a live migration capped at 1 MiB/s in the background.
+    fn migrate(&self, name: &str) -> Child {
+        let (src, dst) = (self.src.uri(), self.dst.uri());
+        Command::new("virsh")
+            .args([
+                "-c",
+                src,
+                "migrate",
+                "--live",
+                "--bandwidth",
+                "1",
+                name,
+                dst,
+                "tcp://127.0.0.1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("virsh migrate")
+    }
+
+    /// Wait until the source exporter shows the job live with progress; returns that scrape.
+    fn wait_live(&self, name: &str) -> String {
+        let dom = self.dom(name);
+        let series = |n: &str| format!("{n}{{{dom}}}");
+        let active = format!("vm_migration_job_active{{{dom},operation=\"migration_out\"}}");
+        let mut live = String::new();
+        let seen = poll_until(WAIT, || {
+            live = self.src_exp.metrics();
+            value(&live, &active) == Some(1.0)
+                && value(&live, &series("vm_migration_data_remaining_bytes")).is_some()
+                // Past set-up: QEMU reports a transfer rate once data flows.
+                && value(&live, &series("vm_migration_memory_transfer_rate_bytes")).is_some()
+        });
+        assert!(seen, "job never seen live; last scrape:\n{live}");
+        live
+    }
+}
+
+fn outcome_series(outcome: &str, direction: &str) -> String {
+    format!("vm_migration_finished_total{{outcome=\"{outcome}\",mode=\"precopy\",direction=\"{direction}\"}}")
+}
+
 #[test]
 fn live_migration_is_seen_live_and_counted_with_libvirts_figures() {
-    let base = tempfile::Builder::new()
-        .prefix("vme2e")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let src = TestLibvirtd::start(&base.path().join("s")).expect("source libvirtd");
-    let dst = TestLibvirtd::start(&base.path().join("d")).expect("destination libvirtd");
-    let xml = base.path().join("g.xml");
-    std::fs::write(&xml, guest_xml("e2e")).expect("write xml");
-    src.virsh(&["create", &xml.to_string_lossy()])
-        .expect("virsh create on source");
-    let uuid = src
-        .virsh(&["domuuid", "e2e"])
-        .expect("domuuid")
-        .trim()
-        .to_string();
-
-    let src_exp =
-        RunningExporter::start(&["--libvirt.uri", src.uri(), "--sample.interval", "200ms"]);
-    let dst_exp =
-        RunningExporter::start(&["--libvirt.uri", dst.uri(), "--sample.interval", "200ms"]);
-    for e in [&src_exp, &dst_exp] {
-        assert!(
-            poll_until(WAIT, || e.get("/-/ready").0 == 200),
-            "exporter not ready: {:?}",
-            e.log()
-        );
-    }
-    let events = EventWatch::start(src.uri());
-
-    let migrate = Command::new("virsh")
-        .args([
-            "-c",
-            src.uri(),
-            "migrate",
-            "--live",
-            "--bandwidth",
-            "1",
-            "e2e",
-            dst.uri(),
-            "tcp://127.0.0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("virsh migrate");
+    let pair = Pair::start("e2e");
+    let events = EventWatch::start(pair.src.uri());
+    let migrate = pair.migrate("e2e");
 
     // Live: the job and its progress are visible while it runs.
-    let dom = format!("domain=\"e2e\",uuid=\"{uuid}\"");
-    let mut live = String::new();
-    let seen_live = poll_until(WAIT, || {
-        live = src_exp.metrics();
-        value(&live, &format!("vm_migration_job_active{{{dom},operation=\"migration_out\"}}")) == Some(1.0)
-            && value(&live, &format!("vm_migration_data_remaining_bytes{{{dom}}}")).is_some()
-            // Past set-up: QEMU reports a transfer rate once data flows.
-            && value(&live, &format!("vm_migration_memory_transfer_rate_bytes{{{dom}}}")).is_some()
-    });
-    assert!(seen_live, "job never seen live; last scrape:\n{live}");
-    assert_eq!(
-        value(
-            &live,
-            &format!("vm_migration_phase{{{dom},phase=\"precopy\"}}")
-        ),
-        Some(1.0)
-    );
-    assert!(
-        value(
-            &live,
-            &format!("vm_migration_max_downtime_seconds{{{dom}}}")
-        )
-        .is_some_and(|v| v > 0.0),
-        "{live}"
-    );
+    let dom = pair.dom("e2e");
+    let series = |n: &str| format!("{n}{{{dom}}}");
+    let live = pair.wait_live("e2e");
+    let precopy = format!("vm_migration_phase{{{dom},phase=\"precopy\"}}");
+    assert_eq!(value(&live, &precopy), Some(1.0));
+    let max_downtime = value(&live, &series("vm_migration_max_downtime_seconds"));
+    assert!(max_downtime.is_some_and(|v| v > 0.0), "{live}");
 
-    let out = migrate.wait_with_output_owned();
-    assert!(out.0, "virsh migrate failed: {}", out.1);
-    assert!(
-        dst.virsh(&["domstate", "e2e"])
-            .expect("domstate")
-            .contains("running"),
-        "guest runs on the destination"
-    );
+    let (ok, said) = migrate.wait_with_output_owned();
+    assert!(ok, "virsh migrate failed: {said}");
+    let state = pair.dst.virsh(&["domstate", "e2e"]).expect("domstate");
+    assert!(state.contains("running"), "guest runs on the destination");
 
     // Finished: counted once, with libvirt's own figures.
     assert!(
@@ -200,77 +249,120 @@ fn live_migration_is_seen_live_and_counted_with_libvirts_figures() {
         events.all()
     );
     let ev = events.job_completed().expect("event");
-    let completed =
-        "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"}";
     let mut m = String::new();
-    assert!(
-        poll_until(WAIT, || {
-            m = src_exp.metrics();
-            value(&m, completed) == Some(1.0)
-        }),
-        "source exporter did not count the migration:\n{m}"
-    );
+    let counted = poll_until(WAIT, || {
+        m = pair.src_exp.metrics();
+        value(&m, &outcome_series("completed", "out")) == Some(1.0)
+    });
+    assert!(counted, "source exporter did not count the migration:\n{m}");
+    let last = |n: &str| value(&m, &series(n));
     assert_eq!(
-        value(&m, &format!("vm_migration_last_duration_seconds{{{dom}}}")),
+        last("vm_migration_last_duration_seconds"),
         Some(num(&ev, "time_elapsed") / 1000.0)
     );
     assert_eq!(
-        value(&m, &format!("vm_migration_last_downtime_seconds{{{dom}}}")),
+        last("vm_migration_last_downtime_seconds"),
         Some(num(&ev, "downtime") / 1000.0)
     );
     assert_eq!(
-        value(
-            &m,
-            &format!("vm_migration_last_data_processed_bytes{{{dom}}}")
-        ),
+        last("vm_migration_last_data_processed_bytes"),
         Some(num(&ev, "data_processed"))
     );
     assert_eq!(
-        value(&m, &format!("vm_migration_last_iterations{{{dom}}}")),
+        last("vm_migration_last_iterations"),
         Some(num(&ev, "memory_iteration"))
     );
-    assert_eq!(
-        value(
-            &m,
-            "vm_migration_downtime_seconds_count{mode=\"precopy\",direction=\"out\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    let downtimes = "vm_migration_downtime_seconds_count{mode=\"precopy\",direction=\"out\"}";
+    assert_eq!(value(&m, downtimes), Some(1.0), "{m}");
     assert!(
         !m.contains("vm_migration_job_active{"),
         "no stale job series after the migration"
     );
     for outcome in ["failed", "aborted"] {
-        let s = format!("vm_migration_finished_total{{outcome=\"{outcome}\",mode=\"precopy\",direction=\"out\"}}");
-        assert_eq!(value(&m, &s), Some(0.0), "nothing {outcome}");
+        assert_eq!(
+            value(&m, &outcome_series(outcome, "out")),
+            Some(0.0),
+            "nothing {outcome}"
+        );
     }
 
     // Destination: the incoming migration, from its kept completed stats, counted once.
-    let incoming =
-        "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"in\"}";
     let mut dm = String::new();
+    let counted_in = poll_until(WAIT, || {
+        dm = pair.dst_exp.metrics();
+        value(&dm, &outcome_series("completed", "in")) == Some(1.0)
+    });
     assert!(
-        poll_until(WAIT, || {
-            dm = dst_exp.metrics();
-            value(&dm, incoming) == Some(1.0)
-        }),
-        "destination exporter did not count the incoming migration:\n{dm}\n{:?}",
-        dst_exp.log()
+        counted_in,
+        "destination did not count the incoming migration:\n{dm}"
     );
-    let kept = kept_completed(&dst, "e2e");
+    let kept = kept_completed(&pair.dst, "e2e");
+    let op = kept.get("operation").map(String::as_str);
     assert_eq!(
-        kept.get("operation").map(String::as_str),
+        op,
         Some("4"),
         "KEEP_COMPLETED left the stats in place: {kept:?}"
     );
+    let last_in = |n: &str| value(&dm, &series(n));
     assert_eq!(
-        value(&dm, &format!("vm_migration_last_downtime_seconds{{{dom}}}")),
+        last_in("vm_migration_last_downtime_seconds"),
         Some(num(&kept, "downtime") / 1000.0)
     );
     assert_eq!(
-        value(&dm, &format!("vm_migration_last_duration_seconds{{{dom}}}")),
+        last_in("vm_migration_last_duration_seconds"),
         Some(num(&kept, "time_elapsed") / 1000.0)
+    );
+}
+
+#[test]
+fn aborted_migration_counts_as_aborted_and_the_guest_stays() {
+    let pair = Pair::start("e2eabort");
+    let migrate = pair.migrate("e2eabort");
+    pair.wait_live("e2eabort");
+    pair.src
+        .virsh(&["domjobabort", "e2eabort"])
+        .expect("domjobabort");
+    let (ok, said) = migrate.wait_with_output_owned();
+    assert!(!ok, "an aborted migration must fail: {said}");
+    let state = pair.src.virsh(&["domstate", "e2eabort"]).expect("domstate");
+    assert!(
+        state.contains("running"),
+        "guest still on the source: {state}"
+    );
+
+    let mut m = String::new();
+    let counted = poll_until(WAIT, || {
+        m = pair.src_exp.metrics();
+        value(&m, &outcome_series("aborted", "out")) == Some(1.0)
+    });
+    assert!(counted, "abort not counted:\n{m}\n{:?}", pair.src_exp.log());
+    for outcome in ["completed", "failed"] {
+        assert_eq!(
+            value(&m, &outcome_series(outcome, "out")),
+            Some(0.0),
+            "nothing {outcome}: {m}"
+        );
+    }
+    let dom = pair.dom("e2eabort");
+    let last = |n: &str| value(&m, &format!("{n}{{{dom}}}"));
+    assert!(
+        last("vm_migration_last_duration_seconds").is_some_and(|d| d > 0.0),
+        "{m}"
+    );
+    assert_eq!(
+        last("vm_migration_last_downtime_seconds"),
+        None,
+        "no downtime for an abort"
+    );
+    assert!(
+        !m.contains("vm_migration_job_active{"),
+        "no stale job series after the abort"
+    );
+    let dm = pair.dst_exp.metrics();
+    assert_eq!(
+        value(&dm, &outcome_series("completed", "in")),
+        Some(0.0),
+        "nothing arrived: {dm}"
     );
 }
 

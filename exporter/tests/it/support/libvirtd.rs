@@ -82,10 +82,14 @@ impl TestLibvirtd {
                 host_uuid()
             ),
         )?;
+        // Daemons share the network namespace: each gets its own incoming-migration ports.
+        let (port_min, port_max) = migration_ports();
         fs::write(
             dir.join("etc/qemu.conf"),
-            "user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\nnamespaces = [ ]\n\
-             cgroup_controllers = [ ]\n",
+            format!(
+                "user = \"root\"\ngroup = \"root\"\nsecurity_driver = \"none\"\nnamespaces = [ ]\n\
+                 cgroup_controllers = [ ]\nmigration_port_min = {port_min}\nmigration_port_max = {port_max}\n"
+            ),
         )?;
 
         let mut script = String::from("set -e\n");
@@ -216,6 +220,14 @@ const MOUNTS: [(&str, &str); 5] = [
     ("log", "/var/log/libvirt"),
     ("cache", "/var/cache/libvirt"),
 ];
+
+/// A range of 16 ports per daemon started by this process, from 49152 upwards.
+fn migration_ports() -> (u32, u32) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed) % 512;
+    let min = 49152 + n * 16;
+    (min, min + 15)
+}
 
 fn host_uuid() -> String {
     static N: AtomicU32 = AtomicU32::new(0);

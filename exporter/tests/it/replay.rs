@@ -1,0 +1,169 @@
+//! Recorded traces of real migrations (exporter/tests/fixtures/traces, written by the
+//! end-to-end tests with VME_TRACE_DIR) replayed through the sampler behind the job-source
+//! seam. Expected figures are read from libvirt's own answers inside each trace.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vm_migration_exporter::libvirt::jobs::DomainEvent;
+use vm_migration_exporter::metrics::Metrics;
+use vm_migration_exporter::migration::sampler::{Sampler, SamplerConfig};
+use vm_migration_exporter::migration::stats::{Direction, JobStats};
+use vm_migration_exporter::migration::tracker::{FigureSource, FinishedMigration, Outcome, Phase};
+use vm_migration_exporter::state;
+use vm_migration_exporter::trace::{read_trace, ReplaySource, TraceRecord};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/traces")
+        .join(name)
+}
+
+struct Replayed {
+    finished: Vec<FinishedMigration>,
+    /// Whether some round showed the job live with data remaining.
+    seen_live: bool,
+    records: Vec<TraceRecord>,
+    final_text: String,
+}
+
+fn replay(name: &str) -> Replayed {
+    let records = read_trace(&fixture(name)).expect("fixture parses");
+    let shared = state::shared();
+    let (reg, metrics) = Metrics::register(shared.clone());
+    let source = Arc::new(ReplaySource::new(records.clone()));
+    let mut sampler = Sampler::new(
+        source.clone(),
+        shared.clone(),
+        metrics,
+        None,
+        SamplerConfig::default(),
+    );
+    let mut seen_live = false;
+    sampler.replay(&source, |_| {
+        seen_live |= shared
+            .lock()
+            .active
+            .iter()
+            .any(|j| j.stats.data_remaining.is_some());
+    });
+    let finished = shared.lock().recent.iter().cloned().collect();
+    let final_text = vm_migration_exporter::exposition::encode(&reg, false)
+        .expect("encode")
+        .0;
+    Replayed {
+        finished,
+        seen_live,
+        records,
+        final_text,
+    }
+}
+
+fn completed_event(records: &[TraceRecord]) -> JobStats {
+    records
+        .iter()
+        .find_map(|r| match r {
+            TraceRecord::Event {
+                event: DomainEvent::JobCompleted { params, .. },
+                ..
+            } => Some(JobStats::from_params(3, params)),
+            _ => None,
+        })
+        .expect("the trace holds libvirt's job-completed event")
+}
+
+fn secs(ms: Option<u64>) -> Option<f64> {
+    ms.map(|m| m as f64 / 1000.0)
+}
+
+#[test]
+fn converging_precopy_source_counts_once_with_the_event_figures() {
+    let r = replay("precopy-converges-source.jsonl");
+    assert!(r.seen_live, "the job was live during the trace");
+    assert_eq!(r.finished.len(), 1, "{:?}", r.finished);
+    let f = &r.finished[0];
+    let ev = completed_event(&r.records);
+    assert_eq!(
+        (f.outcome, f.mode, f.direction),
+        (Outcome::Completed, Phase::Precopy, Direction::Out)
+    );
+    assert_eq!(f.figures, FigureSource::Event);
+    assert_eq!(f.duration_seconds, secs(ev.time_elapsed_ms));
+    assert_eq!(f.downtime_seconds, secs(ev.downtime_ms));
+    assert_eq!(f.data_processed_bytes, ev.data_processed);
+    assert_eq!(f.iterations, ev.memory_iteration);
+    assert!(!r.final_text.contains("vm_migration_job_active{"));
+}
+
+#[test]
+fn converging_precopy_destination_counts_the_incoming_migration_once() {
+    let r = replay("precopy-converges-destination.jsonl");
+    assert_eq!(r.finished.len(), 1, "{:?}", r.finished);
+    let f = &r.finished[0];
+    let kept = r
+        .records
+        .iter()
+        .find_map(|rec| match rec {
+            TraceRecord::Completed { job: Some(j), .. } => Some(JobStats::from_raw(j)),
+            _ => None,
+        })
+        .expect("kept completed stats in the trace");
+    assert_eq!(
+        (f.outcome, f.direction),
+        (Outcome::Completed, Direction::In)
+    );
+    assert_eq!(f.figures, FigureSource::CompletedStats);
+    assert_eq!(f.downtime_seconds, secs(kept.downtime_ms));
+    assert_eq!(f.duration_seconds, secs(kept.time_elapsed_ms));
+    // Counted at the first read that found them, not at a later sweep.
+    let first_found = r
+        .records
+        .iter()
+        .find_map(|x| match x {
+            TraceRecord::Completed {
+                t, job: Some(_), ..
+            } => Some(*t),
+            _ => None,
+        })
+        .expect("a read that found them");
+    assert_eq!(f.finished_at, first_found);
+}
+
+#[test]
+fn aborted_precopy_source_counts_as_aborted() {
+    let r = replay("precopy-aborted-source.jsonl");
+    assert!(r.seen_live);
+    assert_eq!(r.finished.len(), 1, "{:?}", r.finished);
+    let f = &r.finished[0];
+    assert_eq!((f.outcome, f.direction), (Outcome::Aborted, Direction::Out));
+    assert_eq!(f.downtime_seconds, None);
+    assert!(f.duration_seconds.is_some_and(|d| d > 0.0));
+    assert!(r.final_text.contains(
+        "vm_migration_finished_total{outcome=\"aborted\",mode=\"precopy\",direction=\"out\"} 1"
+    ));
+}
+
+#[test]
+fn torn_last_line_is_skipped_and_earlier_damage_is_an_error() {
+    let good = std::fs::read_to_string(fixture("precopy-converges-source.jsonl")).expect("read");
+    let n = read_trace(&fixture("precopy-converges-source.jsonl"))
+        .expect("parses")
+        .len();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let torn = dir.path().join("torn.jsonl");
+    std::fs::write(
+        &torn,
+        format!("{good}{{\"record\":\"round\",\"t\":1.0,\"dom"),
+    )
+    .expect("write");
+    assert_eq!(read_trace(&torn).expect("torn tail tolerated").len(), n);
+    let broken = dir.path().join("broken.jsonl");
+    std::fs::write(&broken, format!("not json\n{good}")).expect("write");
+    let err = read_trace(&broken)
+        .expect_err("damage before the end is an error")
+        .to_string();
+    assert!(
+        err.contains("line 1") && err.contains("broken.jsonl"),
+        "{err}"
+    );
+}
