@@ -111,13 +111,14 @@ fn kept_completed(daemon: &TestLibvirtd, name: &str) -> BTreeMap<String, String>
 
 /// Two libvirt "hosts", a guest on the source, and an exporter on each side.
 struct Pair {
-    _base: tempfile::TempDir,
-    src: TestLibvirtd,
-    dst: TestLibvirtd,
+    // Fields drop in this order: exporters, then daemons (which kill their QEMUs by pid file),
+    // then the directory holding those pid files, and last the lock the next test waits on.
     src_exp: RunningExporter,
     dst_exp: RunningExporter,
+    src: TestLibvirtd,
+    dst: TestLibvirtd,
+    _base: tempfile::TempDir,
     uuid: String,
-    // Last: fields drop in order, so the next test starts only after this one's daemons are gone.
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
