@@ -17,6 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::migration::convergence::Verdict;
 use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::state::SharedState;
 
@@ -331,6 +332,9 @@ const JOB_GAUGES: &[(&str, &str, Extract)] = &[
     ("vm_migration_disk_processed_bytes", "Disk data transferred so far (disk_processed).", |j| num(j.stats.disk_processed)),
     ("vm_migration_disk_remaining_bytes", "Disk data still to transfer (disk_remaining).", |j| num(j.stats.disk_remaining)),
     ("vm_migration_start_timestamp_seconds", "Unix time the running job started.", |j| Some(j.started_at)),
+    ("vm_migration_dirty_to_transfer_ratio", "Dirty rate divided by transfer rate; pre-copy converges only below 1.", |j| j.convergence.current().dirty_to_transfer_ratio),
+    ("vm_migration_predicted_downtime_seconds", "Pause predicted at switch-over if the trend holds (data left at switch-over / transfer rate); for a migration that will not converge, the pause a forced switch-over at the next pass would cost.", |j| j.convergence.current().predicted_downtime_seconds),
+    ("vm_migration_eta_seconds", "Seconds until switch-over if the trend holds; absent when it will not converge.", |j| j.convergence.current().eta_seconds),
 ];
 
 /// The iteration from job stats, or from a newer `MIGRATION_ITERATION` event.
@@ -351,6 +355,10 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
     let mut phase = GaugeFamily::new(
         "vm_migration_phase",
         "Migration phase: 1 for the current one (precopy or postcopy), 0 for the other.",
+    );
+    let mut convergence = GaugeFamily::new(
+        "vm_migration_convergence",
+        "Convergence verdict: 1 for the current state (converging, stalled, diverging, postcopy, unknown), 0 for the others.",
     );
     let mut gauges: Vec<GaugeFamily> = JOB_GAUGES
         .iter()
@@ -373,12 +381,20 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
                 Some(if job.phase == p { 1.0 } else { 0.0 }),
             );
         }
+        let verdict = job.convergence.current().verdict;
+        for v in Verdict::ALL {
+            convergence.push(
+                with("state", v.as_str()),
+                Some(if v == verdict { 1.0 } else { 0.0 }),
+            );
+        }
         for (fam, (_, _, extract)) in gauges.iter_mut().zip(JOB_GAUGES) {
             fam.push(dom.clone(), extract(job));
         }
     }
     active.encode(encoder)?;
     phase.encode(encoder)?;
+    convergence.encode(encoder)?;
     for f in &gauges {
         f.encode(encoder)?;
     }

@@ -133,6 +133,25 @@ fn replayed_migration_shows_live_then_finished() {
         "vm_migration_phase{{domain=\"g1\",uuid=\"{uuid}\",phase=\"precopy\"}} 1"
     )));
     assert!(live.contains("vm_migration_libvirt_up 1"));
+    // Pass 2 at 4 MB/s dirtied against 50 MB/s sent: converging, with a ratio and an ETA.
+    assert!(
+        live.contains(&format!(
+            "vm_migration_convergence{{domain=\"g1\",uuid=\"{uuid}\",state=\"converging\"}} 1"
+        )),
+        "{live}"
+    );
+    assert!(live.contains(&format!(
+        "vm_migration_convergence{{domain=\"g1\",uuid=\"{uuid}\",state=\"diverging\"}} 0"
+    )));
+    assert!(
+        live.contains(&format!(
+            "vm_migration_dirty_to_transfer_ratio{{domain=\"g1\",uuid=\"{uuid}\"}} 0.08192"
+        )),
+        "{live}"
+    );
+    assert!(live.contains(&format!(
+        "vm_migration_eta_seconds{{domain=\"g1\",uuid=\"{uuid}\"}}"
+    )));
     assert!(live.contains(
         "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"} 0"
     ));

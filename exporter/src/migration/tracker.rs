@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use super::convergence::{Convergence, VerdictChange};
 use super::stats::{Direction, JobStats};
 use crate::libvirt::jobs::{job_type, lifecycle, DomainEvent, DomainId, RawJob};
 
@@ -80,10 +81,47 @@ pub struct ActiveJob {
     pub max_downtime_ms: Option<u64>,
     /// Highest iteration announced by `MIGRATION_ITERATION` events.
     pub event_iteration: Option<i64>,
+    pub convergence: Convergence,
+    pub totals: RateTotals,
     /// Unix time the job was first missing from a round, if it is.
     vanished_at: Option<f64>,
     /// libvirt said the domain stopped because it migrated.
     stopped_migrated: bool,
+}
+
+/// Running aggregates of a job's samples, for its record.
+#[derive(Clone, Debug, Default)]
+pub struct RateTotals {
+    dirty_max: Option<u64>,
+    dirty_sum: f64,
+    dirty_n: u32,
+    bps_sum: f64,
+    bps_n: u32,
+    throttle_max: Option<u64>,
+}
+
+impl RateTotals {
+    fn add(&mut self, s: &JobStats) {
+        // Pass 1 has no dirty-rate measurement yet: its zero would dilute the mean.
+        if s.memory_iteration.unwrap_or(0) >= 2 {
+            if let Some(d) = s.dirty_rate_bytes() {
+                self.dirty_max = Some(self.dirty_max.unwrap_or(0).max(d));
+                self.dirty_sum += d as f64;
+                self.dirty_n += 1;
+            }
+        }
+        if let Some(b) = s.memory_bps.filter(|b| *b > 0) {
+            self.bps_sum += b as f64;
+            self.bps_n += 1;
+        }
+        if let Some(t) = s.auto_converge_throttle {
+            self.throttle_max = Some(self.throttle_max.unwrap_or(0).max(t));
+        }
+    }
+
+    fn mean(sum: f64, n: u32) -> Option<f64> {
+        (n > 0).then(|| sum / f64::from(n))
+    }
 }
 
 /// One finished migration, with its final figures.
@@ -103,6 +141,13 @@ pub struct FinishedMigration {
     pub memory_total_bytes: Option<u64>,
     pub iterations: Option<u64>,
     pub postcopy_requests: Option<u64>,
+    pub setup_time_seconds: Option<f64>,
+    pub dirty_rate_max_bytes: Option<u64>,
+    pub dirty_rate_mean_bytes: Option<f64>,
+    pub transfer_rate_mean_bytes: Option<f64>,
+    pub auto_converge_throttle_max_ratio: Option<f64>,
+    /// Verdict changes while it ran (empty when it was never sampled live).
+    pub verdicts: Vec<VerdictChange>,
     pub figures: FigureSource,
 }
 
@@ -264,8 +309,9 @@ impl Tracker {
                     (*event, *detail) == (lifecycle::RESUMED, lifecycle::RESUMED_MIGRATED);
                 match self.active.get_mut(uuid) {
                     Some(job) => {
-                        if postcopy {
+                        if postcopy && job.phase != Phase::Postcopy {
                             job.phase = Phase::Postcopy;
+                            job.convergence.postcopy(now);
                         }
                         if migrated_away {
                             job.stopped_migrated = true;
@@ -295,6 +341,8 @@ impl Tracker {
                 phase: Phase::Precopy,
                 max_downtime_ms: None,
                 event_iteration: None,
+                convergence: Convergence::default(),
+                totals: RateTotals::default(),
                 vanished_at: None,
                 stopped_migrated: false,
             });
@@ -308,6 +356,9 @@ impl Tracker {
         if postcopy_seen {
             job.phase = Phase::Postcopy;
         }
+        job.totals.add(&job.stats);
+        job.convergence
+            .observe(now, &job.stats, job.max_downtime_ms, job.phase);
     }
 
     /// Completed stats found on an idle domain: count them if they are news.
@@ -413,6 +464,7 @@ impl Tracker {
         let postcopy = stats.memory_postcopy_requests.is_some_and(|r| r > 0)
             || job.as_ref().is_some_and(|j| j.phase == Phase::Postcopy);
         let duration = stats.time_elapsed_ms.map(|ms| ms as f64 / 1000.0);
+        let totals = job.as_ref().map(|j| &j.totals);
         let started_at = match &job {
             Some(j) => j.started_at,
             None => now - duration.unwrap_or(0.0),
@@ -443,6 +495,18 @@ impl Tracker {
                 .and_then(|j| j.event_iteration)
                 .and_then(|i| u64::try_from(i).ok())),
             postcopy_requests: stats.memory_postcopy_requests,
+            setup_time_seconds: stats.setup_time_ms.map(|ms| ms as f64 / 1000.0),
+            dirty_rate_max_bytes: totals.and_then(|t| t.dirty_max),
+            dirty_rate_mean_bytes: totals.and_then(|t| RateTotals::mean(t.dirty_sum, t.dirty_n)),
+            transfer_rate_mean_bytes: totals.and_then(|t| RateTotals::mean(t.bps_sum, t.bps_n)),
+            auto_converge_throttle_max_ratio: totals
+                .and_then(|t| t.throttle_max)
+                .or(stats.auto_converge_throttle)
+                .map(|p| p as f64 / 100.0),
+            verdicts: job
+                .as_ref()
+                .map(|j| j.convergence.history().to_vec())
+                .unwrap_or_default(),
             figures,
         }
     }

@@ -1,0 +1,239 @@
+use super::*;
+use crate::libvirt::jobs::{job_type, ParamValue, Params};
+use proptest::prelude::*;
+
+const MIB: f64 = 1048576.0;
+
+fn sample(iteration: u64, remaining: u64, dirty_pages: u64, bps: u64) -> JobStats {
+    let p: Params = [
+        ("memory_iteration", iteration),
+        ("data_remaining", remaining),
+        ("memory_dirty_rate", dirty_pages),
+        ("memory_page_size", 4096),
+        ("memory_bps", bps),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
+    .collect();
+    JobStats::from_params(job_type::UNBOUNDED, &p)
+}
+
+#[test]
+fn projection_follows_the_geometric_series() {
+    // λ = 0.5 from 100 MiB at 10 MiB/s, 300 ms max downtime → threshold 3 MiB.
+    let (at_switch, secs) = project(100.0 * MIB, 0.5, 10.0 * MIB, 0.3).expect("converges");
+    assert!((at_switch / MIB - 1.5625).abs() < 1e-9, "{at_switch}");
+    assert!((secs - 9.6875).abs() < 1e-9, "{secs}");
+    assert_eq!(project(100.0 * MIB, 1.0, 10.0 * MIB, 0.3), None);
+    assert_eq!(project(100.0 * MIB, 2.5, 10.0 * MIB, 0.3), None);
+    assert_eq!(
+        project(100.0 * MIB, 0.5, 0.0, 0.3),
+        None,
+        "no rate, no projection"
+    );
+    // Already below the threshold at the next pass: switch-over there, no further passes.
+    assert_eq!(
+        project(4.0 * MIB, 0.5, 10.0 * MIB, 0.3),
+        Some((2.0 * MIB, 0.0))
+    );
+}
+
+#[test]
+fn verdict_table() {
+    use Trend::*;
+    assert_eq!(verdict(None, None), Verdict::Unknown);
+    assert_eq!(verdict(Some(0.2), None), Verdict::Converging);
+    assert_eq!(verdict(Some(1.0), None), Verdict::Stalled);
+    assert_eq!(verdict(Some(3.0), None), Verdict::Diverging);
+    assert_eq!(verdict(Some(0.2), Some(Rising)), Verdict::Diverging);
+    assert_eq!(verdict(Some(0.2), Some(Falling)), Verdict::Converging);
+    assert_eq!(verdict(Some(4.0), Some(Falling)), Verdict::Stalled);
+    assert_eq!(verdict(Some(0.5), Some(Flat)), Verdict::Stalled);
+}
+
+#[test]
+fn trend_needs_two_passes_and_a_margin() {
+    assert_eq!(trend(&[100.0]), None);
+    assert_eq!(trend(&[100.0, 50.0, 20.0]), Some(Trend::Falling));
+    assert_eq!(trend(&[100.0, 98.0]), Some(Trend::Flat));
+    assert_eq!(trend(&[50.0, 60.0, 70.0]), Some(Trend::Rising));
+    // Only the last passes count: an early fall does not hide a later plateau.
+    assert_eq!(
+        trend(&[500.0, 100.0, 101.0, 100.0, 99.0, 100.0]),
+        Some(Trend::Flat)
+    );
+}
+
+#[test]
+fn first_pass_is_unknown_and_idle_guest_converges() {
+    let mut c = Convergence::default();
+    let a = c.observe(
+        1.0,
+        &sample(1, 500 * 1048576, 0, 30 * 1048576),
+        Some(300),
+        Phase::Precopy,
+    );
+    assert_eq!(a.verdict, Verdict::Unknown);
+    // Pass 2 starts with a few MiB dirtied by an idle guest.
+    let a = c.observe(
+        18.0,
+        &sample(2, 8 * 1048576, 100, 30 * 1048576),
+        Some(300),
+        Phase::Precopy,
+    );
+    assert_eq!(a.verdict, Verdict::Converging);
+    let eta = a.eta_seconds.expect("converging has an ETA");
+    assert!(eta > 0.0 && eta < 1.0, "{eta}");
+    assert!(a.predicted_downtime_seconds.is_some_and(|d| d <= 0.3));
+    assert_eq!(c.history().len(), 2);
+    assert_eq!(c.history()[1].verdict, Verdict::Converging);
+}
+
+#[test]
+fn dirtier_faster_than_the_link_is_caught_at_pass_two() {
+    // 150 MiB/s dirtied against 30 MiB/s sent, 512 MiB guest (the lab's stressed case).
+    let mut c = Convergence::default();
+    let (d, b) = (150 * 256, 30 * 1048576); // pages/s, bytes/s
+    c.observe(
+        1.0,
+        &sample(1, 512 * 1048576, 0, b),
+        Some(300),
+        Phase::Precopy,
+    );
+    let a = c.observe(
+        18.0,
+        &sample(2, 400 * 1048576, d, b),
+        Some(300),
+        Phase::Precopy,
+    );
+    assert!(a.verdict.is_non_converging(), "{a:?}");
+    assert!((a.dirty_to_transfer_ratio.expect("ratio") - 5.0).abs() < 1e-9);
+    assert_eq!(a.eta_seconds, None, "no ETA when it will not converge");
+    assert!(a.predicted_downtime_seconds.is_some_and(|d| d > 0.3));
+    // The remainder then rises pass over pass: diverging.
+    c.observe(
+        25.0,
+        &sample(3, 450 * 1048576, d, b),
+        Some(300),
+        Phase::Precopy,
+    );
+    let a = c.observe(
+        32.0,
+        &sample(4, 500 * 1048576, d, b),
+        Some(300),
+        Phase::Precopy,
+    );
+    assert_eq!(a.verdict, Verdict::Diverging);
+}
+
+#[test]
+fn raising_max_downtime_turns_a_stall_into_convergence() {
+    // λ = 1.2 bounded by a 60 MiB hot set: flat remainder, stalled; with 12 s allowed the
+    // remainder is below the threshold and the projection switches over at once.
+    let mut c = Convergence::default();
+    let b = 30 * 1048576;
+    c.observe(
+        1.0,
+        &sample(1, 512 * 1048576, 0, b),
+        Some(300),
+        Phase::Precopy,
+    );
+    for (t, i) in [(20.0, 2), (22.0, 3), (24.0, 4)] {
+        c.observe(
+            t,
+            &sample(i, 60 * 1048576, 36 * 256, b),
+            Some(300),
+            Phase::Precopy,
+        );
+    }
+    assert_eq!(c.current().verdict, Verdict::Stalled);
+    let a = c.observe(
+        25.0,
+        &sample(4, 50 * 1048576, 36 * 256, b),
+        Some(12000),
+        Phase::Precopy,
+    );
+    assert_eq!(
+        a.verdict,
+        Verdict::Stalled,
+        "the verdict is about the trend, not the limit"
+    );
+    assert!(a.predicted_downtime_seconds.is_some_and(|d| d < 12.0));
+}
+
+#[test]
+fn postcopy_switch_is_its_own_verdict() {
+    let mut c = Convergence::default();
+    c.observe(
+        1.0,
+        &sample(3, 200 * 1048576, 5000, 30 * 1048576),
+        Some(300),
+        Phase::Precopy,
+    );
+    c.postcopy(2.0);
+    assert_eq!(c.current().verdict, Verdict::Postcopy);
+    let a = c.observe(
+        3.0,
+        &sample(3, 150 * 1048576, 5000, 30 * 1048576),
+        Some(300),
+        Phase::Postcopy,
+    );
+    assert_eq!(a.verdict, Verdict::Postcopy);
+    assert!(a.eta_seconds.is_some_and(|e| (e - 5.0).abs() < 1e-9));
+    assert_eq!(
+        c.history().last().map(|h| h.verdict),
+        Some(Verdict::Postcopy)
+    );
+}
+
+/// A migration as a series of passes: the remainder at each pass start, constant rates.
+fn run(starts: &[u64], dirty_pages: u64, bps: u64) -> Vec<Verdict> {
+    let mut c = Convergence::default();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            c.observe(
+                i as f64,
+                &sample(i as u64 + 1, *v, dirty_pages, bps),
+                Some(300),
+                Phase::Precopy,
+            )
+            .verdict
+        })
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn falling_remainder_is_never_diverging(
+        first in 1u64 << 20..1u64 << 34,
+        factors in proptest::collection::vec(0.01f64..0.999, 1..12),
+        dirty in 0u64..1_000_000,
+        bps in 1u64..10_000_000_000,
+    ) {
+        let mut starts = vec![first];
+        for f in factors {
+            let next = ((*starts.last().unwrap_or(&first) as f64) * f) as u64;
+            // Strictly below the previous start.
+            let prev = starts.last().copied().unwrap_or(first);
+            starts.push(next.max(1).min(prev.saturating_sub(1)));
+        }
+        starts.dedup();
+        let verdicts = run(&starts, dirty, bps);
+        prop_assert!(!verdicts.contains(&Verdict::Diverging), "{:?} {:?}", starts, verdicts);
+    }
+
+    #[test]
+    fn dirtying_faster_than_sending_is_never_converging(
+        starts in proptest::collection::vec(1u64 << 20..1u64 << 34, 1..12),
+        bps in 1_000u64..10_000_000_000,
+        excess in 1.0001f64..50.0,
+    ) {
+        // Dirty rate in pages/s such that dirty bytes/s > bps.
+        let dirty_pages = ((bps as f64 * excess) / 4096.0).ceil() as u64;
+        prop_assume!(dirty_pages * 4096 > bps);
+        let verdicts = run(&starts, dirty_pages, bps);
+        prop_assert!(!verdicts.contains(&Verdict::Converging), "{:?}", verdicts);
+    }
+}
