@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::migration::sampler::{Sampler, SamplerConfig};
 use crate::server::{router, AppState};
 use crate::state;
+use crate::store::RecordLog;
 use crate::trace::TraceWriter;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -36,6 +39,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let shared = state::shared();
+    let records = match &settings.storage_path {
+        Some(dir) => {
+            let (log, loaded) = RecordLog::open(dir, settings.storage_retention_size)?;
+            info!(path = %log.path().display(), records = loaded.len(), "migration records loaded");
+            shared.lock().records = loaded;
+            Some(log)
+        }
+        None => None,
+    };
     let (registry, metrics) = Metrics::register(shared.clone());
     let trace = match &settings.trace_path {
         Some(p) => Some(TraceWriter::create(p)?),
@@ -62,6 +74,10 @@ pub async fn run(
             grace: settings.completion_grace,
         },
     );
+    let sampler = match records {
+        Some(log) => sampler.with_records(log),
+        None => sampler,
+    };
     let stop_sampler = stop.clone();
     let sampler_thread = std::thread::Builder::new()
         .name("sampler".into())

@@ -122,6 +122,21 @@ pub struct Cli {
     )]
     pub config_file: Option<PathBuf>,
 
+    /// Directory for the finished-migration records (`migrations.jsonl`, append-only, kept
+    /// across restarts and served at /api/v1/migrations). Empty: keep records in memory only.
+    #[arg(
+        long = "storage.path",
+        env = "VM_MIGRATION_EXPORTER_STORAGE_PATH",
+        default_value = "/var/lib/vm-migration-exporter",
+        value_name = "DIR"
+    )]
+    pub storage_path: String,
+
+    /// Largest size of the record file; past it, the file is rewritten with the newest records
+    /// that fit in half of it.
+    #[arg(long = "storage.retention-size", env = "VM_MIGRATION_EXPORTER_STORAGE_RETENTION_SIZE", default_value = "64MiB", value_parser = crate::store::parse_size, value_name = "SIZE")]
+    pub storage_retention_size: u64,
+
     /// Append every raw libvirt job-stat sample and event to this file as JSON lines (used by
     /// the lab to record traces that tests replay). Off by default.
     #[arg(
@@ -145,6 +160,9 @@ pub struct Settings {
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub trace_path: Option<PathBuf>,
+    /// `None`: records in memory only.
+    pub storage_path: Option<PathBuf>,
+    pub storage_retention_size: u64,
 }
 
 /// Why the command line could not be turned into settings.
@@ -240,6 +258,8 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Settings {
         log_level: cli.log_level,
         log_format: cli.log_format,
         trace_path: cli.trace_path,
+        storage_path: (!cli.storage_path.is_empty()).then(|| PathBuf::from(cli.storage_path)),
+        storage_retention_size: cli.storage_retention_size,
     }
 }
 

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod migration;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod trace;

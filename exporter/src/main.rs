@@ -27,7 +27,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
-            ExitCode::FAILURE
+            // A storage directory we cannot use is bad configuration, like a bad flag.
+            match e.downcast_ref::<app::AppError>() {
+                Some(app::AppError::Store(_) | app::AppError::Trace(_)) => {
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
@@ -30,6 +30,7 @@ pub fn router(app: AppState) -> Router {
         .route(&app.telemetry_path.clone(), get(metrics))
         .route("/-/healthy", get(|| async { "OK\n" }))
         .route("/-/ready", get(ready))
+        .route("/api/v1/migrations", get(migrations))
         .with_state(app)
 }
 
@@ -56,11 +57,89 @@ async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Most records one API call returns.
+pub const MAX_LIMIT: usize = 10_000;
+const DEFAULT_LIMIT: usize = 100;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationsQuery {
+    limit: Option<String>,
+    domain: Option<String>,
+}
+
+fn bad_request(msg: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": msg })),
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/migrations?limit=N&domain=NAME`: finished-migration records, newest first.
+async fn migrations(
+    State(app): State<AppState>,
+    query: Result<Query<MigrationsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(format!("{e}; parameters are limit and domain")),
+    };
+    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return bad_request(format!(
+                "limit must be a whole number from 1 to {MAX_LIMIT}"
+            ))
+        }
+    };
+    let snap = app.state.lock();
+    let out: Vec<_> = snap
+        .records
+        .iter()
+        .rev()
+        .filter(|r| {
+            q.domain
+                .as_deref()
+                .is_none_or(|d| r.domain.name == d || r.domain.uuid == d)
+        })
+        .take(limit)
+        .cloned()
+        .collect();
+    drop(snap);
+    Json(out).into_response()
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// Records listed on the landing page.
+const LANDING_RECORDS: usize = 20;
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, no time crate needed).
+fn utc(t: f64) -> String {
+    let secs = t.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn mib(b: Option<u64>) -> String {
@@ -86,7 +165,8 @@ async fn landing(State(app): State<AppState>) -> Html<String> {
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>vm-migration-exporter</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:#eee}}\
-td:first-child{{text-align:left}}</style></head><body>\
+td:first-child{{text-align:left}}.converging,.completed{{color:#1a7f37}}\
+.stalled,.aborted{{color:#9a6700}}.diverging,.failed{{color:#cf222e;font-weight:bold}}</style></head><body>\
 <h1>vm-migration-exporter</h1><p>Version {ver}. libvirt <code>{uri}</code>: <b>{up}</b>.</p>\
 <ul><li><a href=\"{path}\">{path}</a>: metrics</li><li><a href=\"/-/healthy\">/-/healthy</a></li>\
 <li><a href=\"/-/ready\">/-/ready</a></li></ul>",
@@ -99,14 +179,15 @@ td:first-child{{text-align:left}}</style></head><body>\
     if !snap.active.is_empty() {
         h.push_str(
             "<table><tr><th>domain</th><th>phase</th><th>elapsed</th><th>iteration</th>\
-<th>data remaining</th><th>dirty rate</th><th>transfer rate</th><th>expected downtime</th>\
-<th>max downtime</th></tr>",
+<th>data remaining</th><th>dirty rate</th><th>transfer rate</th><th>verdict</th><th>ETA</th>\
+<th>predicted downtime</th><th>max downtime</th></tr>",
         );
         for j in &snap.active {
             let s = &j.stats;
+            let a = j.convergence.current();
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{v}\">{v}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&j.domain.name),
                 if j.phase == Phase::Postcopy { "post-copy" } else { "pre-copy" },
                 seconds(s.time_elapsed_ms.map(|m| m as f64 / 1000.0)),
@@ -114,30 +195,40 @@ td:first-child{{text-align:left}}</style></head><body>\
                 mib(s.data_remaining),
                 mib_s(s.dirty_rate_bytes()),
                 mib_s(s.memory_bps),
-                seconds(s.downtime_ms.map(|m| m as f64 / 1000.0)),
+                seconds(a.eta_seconds),
+                seconds(a.predicted_downtime_seconds),
                 seconds(j.max_downtime_ms.map(|m| m as f64 / 1000.0)),
+                v = a.verdict.as_str(),
             );
         }
         h.push_str("</table>");
     }
-    let _ = write!(h, "<h2>Recently finished ({})</h2>", snap.recent.len());
-    if !snap.recent.is_empty() {
+    let shown = snap.records.len().min(LANDING_RECORDS);
+    let _ = write!(
+        h,
+        "<h2>Recently finished ({shown} of {}; all at <a href=\"/api/v1/migrations\">/api/v1/migrations</a>)</h2>",
+        snap.records.len()
+    );
+    if shown > 0 {
         h.push_str(
             "<table><tr><th>domain</th><th>direction</th><th>outcome</th><th>mode</th>\
-<th>duration</th><th>downtime</th><th>data sent</th><th>iterations</th></tr>",
+<th>finished</th><th>duration</th><th>downtime</th><th>data sent</th><th>iterations</th><th>verdicts</th></tr>",
         );
-        for f in &snap.recent {
+        for f in snap.records.iter().rev().take(LANDING_RECORDS) {
+            let verdicts: Vec<&str> = f.verdicts.iter().map(|v| v.verdict.as_str()).collect();
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&f.domain.name),
                 f.direction.as_str(),
-                f.outcome.as_str(),
                 f.mode.as_str(),
+                utc(f.finished_at),
                 seconds(f.duration_seconds),
                 seconds(f.downtime_seconds),
                 mib(f.data_processed_bytes),
                 f.iterations.map(|i| i.to_string()).unwrap_or_else(|| "–".into()),
+                if verdicts.is_empty() { "–".to_string() } else { verdicts.join(" → ") },
+                o = f.outcome.as_str(),
             );
         }
         h.push_str("</table>");

@@ -10,9 +10,6 @@ use parking_lot::Mutex;
 
 use crate::migration::tracker::{ActiveJob, FinishedMigration};
 
-/// How many finished migrations the landing page keeps in memory.
-pub const RECENT_FINISHED: usize = 50;
-
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CollectorStatus {
     pub success: bool,
@@ -32,14 +29,16 @@ pub struct Snapshot {
     pub collectors: BTreeMap<&'static str, CollectorStatus>,
     /// Migration jobs running now, as of the last round.
     pub active: Vec<ActiveJob>,
-    /// Newest first.
-    pub recent: VecDeque<FinishedMigration>,
+    /// Finished-migration records, oldest first (loaded from storage at start, bounded).
+    pub records: VecDeque<FinishedMigration>,
 }
 
 impl Snapshot {
     pub fn push_finished(&mut self, f: FinishedMigration) {
-        self.recent.push_front(f);
-        self.recent.truncate(RECENT_FINISHED);
+        self.records.push_back(f);
+        while self.records.len() > crate::store::IN_MEMORY {
+            self.records.pop_front();
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::stats::JobStats;
 use super::tracker::Phase;
@@ -40,7 +40,7 @@ const MAX_PROJECTED_PASSES: usize = 10_000;
 /// Verdict changes kept per migration.
 const MAX_HISTORY: usize = 200;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Converging,
@@ -100,7 +100,7 @@ impl Assessment {
 }
 
 /// A verdict change, for the migration record.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerdictChange {
     /// Unix time.
     pub t: f64,

@@ -18,6 +18,7 @@ use super::tracker::{FinishedMigration, JobObservation, Round, Tracker};
 use crate::libvirt::jobs::{DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
 use crate::state::{CollectorStatus, SharedState};
+use crate::store::RecordLog;
 use crate::trace::{ReplaySource, TraceRecord, TraceWriter};
 
 /// Rounds (at the active interval) to keep trying a wanted completed-stats read.
@@ -52,6 +53,7 @@ pub struct Sampler {
     state: SharedState,
     metrics: Arc<Metrics>,
     trace: Option<TraceWriter>,
+    records: Option<RecordLog>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -80,10 +82,17 @@ impl Sampler {
             state,
             metrics,
             trace,
+            records: None,
             want_completed: HashMap::new(),
             last_completed_sweep: None,
             cfg,
         }
+    }
+
+    /// Keep finished-migration records in this file too.
+    pub fn with_records(mut self, log: RecordLog) -> Self {
+        self.records = Some(log);
+        self
     }
 
     /// Handle a connection or domain event. Returns true when a round should run now.
@@ -323,6 +332,12 @@ impl Sampler {
         let mut st = self.state.lock();
         for f in finished {
             st.push_finished(f);
+            // The record stays in memory (API, landing page) even if the disk refuses it.
+            if let (Some(log), Some(rec)) = (self.records.as_mut(), st.records.back()) {
+                if let Err(e) = log.append(rec, &st.records) {
+                    warn!(error = %e, "cannot store a migration record");
+                }
+            }
         }
         if refresh_active {
             st.active = self.tracker.active_jobs().cloned().collect();

@@ -182,7 +182,7 @@ fn replayed_migration_shows_live_then_finished() {
         ),
         "{end}"
     );
-    let recent = &shared.lock().recent;
+    let recent = &shared.lock().records;
     assert_eq!(recent.len(), 1);
     assert_eq!(recent[0].iterations, Some(3));
 }
@@ -290,5 +290,5 @@ fn completion_event_removes_the_live_job_at_once() {
     sampler.handle(2.0, SourceEvent::Domain(done));
     let st = shared.lock();
     assert!(st.active.is_empty(), "live job must go with the completion");
-    assert_eq!(st.recent.len(), 1);
+    assert_eq!(st.records.len(), 1);
 }

@@ -126,7 +126,7 @@ pub fn operation_label(op: Option<u64>) -> &'static str {
 }
 
 /// Which side of the migration this host is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Out,

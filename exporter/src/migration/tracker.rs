@@ -15,14 +15,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::convergence::{Convergence, VerdictChange};
 use super::stats::{Direction, JobStats};
 use crate::libvirt::jobs::{job_type, lifecycle, DomainEvent, DomainId, RawJob};
 
 /// Pre-copy or post-copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Precopy,
@@ -38,7 +38,7 @@ impl Phase {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Completed,
@@ -57,7 +57,7 @@ impl Outcome {
 }
 
 /// Where the figures of a finished migration came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FigureSource {
     /// The `JOB_COMPLETED` event's parameters.
@@ -124,8 +124,9 @@ impl RateTotals {
     }
 }
 
-/// One finished migration, with its final figures.
-#[derive(Clone, Debug, Serialize)]
+/// One finished migration, with its final figures: also the record kept on disk and served
+/// at `/api/v1/migrations`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinishedMigration {
     pub domain: DomainId,
     pub direction: Direction,

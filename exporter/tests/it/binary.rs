@@ -287,6 +287,8 @@ fn help_explains_every_flag_and_version_prints() {
         "--log.format",
         "--config.file",
         "--trace.path",
+        "--storage.path",
+        "--storage.retention-size",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -309,6 +311,8 @@ fn port_in_use_is_a_clear_error() {
     let (code, err) = run_bad(&[
         "--libvirt.uri",
         "test:///default",
+        "--storage.path",
+        "",
         "--web.listen-address",
         &addr,
     ]);

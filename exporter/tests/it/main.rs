@@ -3,5 +3,6 @@
 mod binary;
 mod libvirt_source;
 mod migration_e2e;
+mod records;
 mod replay;
 mod support;

@@ -287,6 +287,31 @@ fn live_migration_is_seen_live_and_counted_with_libvirts_figures() {
         );
     }
 
+    // The record of it, served by the API.
+    let (status, body) = pair.src_exp.get("/api/v1/migrations");
+    assert_eq!(status, 200);
+    let recs: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(recs.as_array().map(Vec::len), Some(1), "{body}");
+    let rec = &recs[0];
+    assert_eq!(rec["outcome"], "completed");
+    assert_eq!(rec["domain"]["uuid"], pair.uuid.as_str());
+    assert_eq!(
+        rec["duration_seconds"].as_f64(),
+        Some(num(&ev, "time_elapsed") / 1000.0)
+    );
+    assert_eq!(
+        rec["downtime_seconds"].as_f64(),
+        Some(num(&ev, "downtime") / 1000.0)
+    );
+    assert_eq!(
+        rec["data_processed_bytes"].as_f64(),
+        Some(num(&ev, "data_processed"))
+    );
+    assert!(
+        rec["verdicts"].as_array().is_some_and(|v| !v.is_empty()),
+        "verdict history: {rec}"
+    );
+
     // Destination: the incoming migration, from its kept completed stats, counted once.
     let mut dm = String::new();
     let counted_in = poll_until(WAIT, || {

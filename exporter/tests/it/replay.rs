@@ -47,7 +47,7 @@ fn replay(name: &str) -> Replayed {
             .iter()
             .any(|j| j.stats.data_remaining.is_some());
     });
-    let finished = shared.lock().recent.iter().cloned().collect();
+    let finished = shared.lock().records.iter().cloned().collect();
     let final_text = vm_migration_exporter::exposition::encode(&reg, false)
         .expect("encode")
         .0;

@@ -14,6 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_vm-migration-exporter");
 
 pub struct RunningExporter {
     child: Child,
+    /// Record storage of this instance (unless the test passed its own `--storage.path`).
+    _storage: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -22,8 +24,14 @@ impl RunningExporter {
     /// Start the binary with `args` (plus `--web.listen-address 127.0.0.1:0`) and wait until it
     /// listens.
     pub fn start(args: &[&str]) -> RunningExporter {
-        let mut child = Command::new(BIN)
-            .args(["--web.listen-address", "127.0.0.1:0"])
+        let storage =
+            (!args.contains(&"--storage.path")).then(|| tempfile::tempdir().expect("tempdir"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--web.listen-address", "127.0.0.1:0"]);
+        if let Some(dir) = &storage {
+            cmd.arg("--storage.path").arg(dir.path());
+        }
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -57,7 +65,12 @@ impl RunningExporter {
                 );
             }
         };
-        RunningExporter { child, addr, log }
+        RunningExporter {
+            child,
+            _storage: storage,
+            addr,
+            log,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
