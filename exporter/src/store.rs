@@ -212,6 +212,56 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    use crate::libvirt::DomainId;
+    use crate::migration::stats::Direction;
+    use crate::migration::tracker::{FigureSource, Outcome, Phase};
+
+    fn rec(i: u32) -> FinishedMigration {
+        FinishedMigration {
+            domain: DomainId {
+                name: format!("g{i}"),
+                uuid: format!("00000000-0000-4000-8000-{i:012}"),
+            },
+            direction: Direction::Out,
+            outcome: Outcome::Completed,
+            mode: Phase::Precopy,
+            started_at: f64::from(i),
+            finished_at: f64::from(i) + 1.0,
+            duration_seconds: Some(1.0),
+            downtime_seconds: Some(0.05),
+            data_processed_bytes: Some(1),
+            data_total_bytes: Some(1),
+            memory_total_bytes: Some(1),
+            iterations: Some(3),
+            postcopy_requests: None,
+            setup_time_seconds: None,
+            dirty_rate_max_bytes: None,
+            dirty_rate_mean_bytes: None,
+            transfer_rate_mean_bytes: None,
+            auto_converge_throttle_max_ratio: None,
+            verdicts: Vec::new(),
+            figures: FigureSource::Event,
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_within_the_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let max = 8192;
+        let (mut log, mut mem) = RecordLog::open(dir.path(), max).expect("open");
+        for i in 0..100 {
+            mem.push_back(rec(i));
+            log.append(&rec(i), &mem).expect("append");
+            let len = fs::metadata(log.path()).expect("stat").len();
+            assert!(len <= max, "file {len} bytes after record {i}");
+        }
+        let (_, back) = RecordLog::open(dir.path(), max).expect("reopen");
+        assert!(back.len() > 5, "kept {}", back.len());
+        assert_eq!(back.back(), Some(&rec(99)), "the newest survives");
+        let firsts: Vec<f64> = back.iter().map(|r| r.started_at).collect();
+        assert!(firsts.windows(2).all(|w| w[0] + 1.0 == w[1]), "a contiguous newest run, in order: {firsts:?}");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
