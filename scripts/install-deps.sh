@@ -10,6 +10,8 @@ packages=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 cpio iproute2 iputils-ping
   # promtool for checking our /metrics output (and rules, later)
   prometheus
+  # headless browser for the landing-page test
+  chromium
 )
 
 if [ "$(id -u)" -ne 0 ]; then

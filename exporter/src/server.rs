@@ -164,7 +164,7 @@ async fn landing(State(app): State<AppState>) -> Html<String> {
         h,
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>vm-migration-exporter</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:#eee}}\
+td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right;white-space:nowrap}}th{{background:#eee}}\
 td:first-child{{text-align:left}}.converging,.completed{{color:#1a7f37}}\
 .stalled,.aborted{{color:#9a6700}}.diverging,.failed{{color:#cf222e;font-weight:bold}}</style></head><body>\
 <h1>vm-migration-exporter</h1><p>Version {ver}. libvirt <code>{uri}</code>: <b>{up}</b>.</p>\

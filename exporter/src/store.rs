@@ -259,7 +259,10 @@ mod tests {
         assert!(back.len() > 5, "kept {}", back.len());
         assert_eq!(back.back(), Some(&rec(99)), "the newest survives");
         let firsts: Vec<f64> = back.iter().map(|r| r.started_at).collect();
-        assert!(firsts.windows(2).all(|w| w[0] + 1.0 == w[1]), "a contiguous newest run, in order: {firsts:?}");
+        assert!(
+            firsts.windows(2).all(|w| w[0] + 1.0 == w[1]),
+            "a contiguous newest run, in order: {firsts:?}"
+        );
     }
 
     #[test]

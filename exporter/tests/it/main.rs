@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. Shared helpers live in `support`.
 
 mod binary;
+mod landing;
 mod libvirt_source;
 mod migration_e2e;
 mod records;
