@@ -11,5 +11,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== alert rules (promtool check + unit tests, runbooks)"
+bash scripts/check-alerts.sh
 echo "== cargo test"
 cargo test --workspace --locked
