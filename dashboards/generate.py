@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Generates the Grafana dashboards in this folder: python3 dashboards/generate.py
+
+The JSON files are committed; CI regenerates them and fails if they differ, so edit this file,
+not the JSON. Every panel reads the `datasource`, `host` and (where it applies) `domain` variables.
+"""
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DS = {"type": "prometheus", "uid": "${datasource}"}
+HOST = 'instance=~"$host"'
+DOM = 'instance=~"$host",domain=~"$domain"'
+RATE = "$__rate_interval"
+ALL = {"selected": True, "text": "All", "value": "$__all"}
+
+
+def target(expr, legend="", ref="A", instant=False, fmt=None):
+    t = {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto"}
+    if instant:
+        t["instant"] = True
+        t["range"] = False
+    if fmt:
+        t["format"] = fmt
+    return t
+
+
+def panel(kind, title, description, targets, x, y, w, h, unit=None, options=None, field=None, overrides=None):
+    defaults = {"unit": unit} if unit else {}
+    defaults.update(field or {})
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
+        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
+        "options": options or {},
+    }
+
+
+def timeseries(title, description, targets, x, y, w=12, h=8, unit=None, overrides=None):
+    return panel("timeseries", title, description, targets, x, y, w, h, unit,
+                 {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                  "tooltip": {"mode": "multi", "sort": "none"}},
+                 overrides=overrides)
+
+
+def stat(title, description, expr, x, y, w=6, h=4, unit=None, thresholds=None):
+    field = {}
+    if thresholds:
+        field["thresholds"] = {"mode": "absolute", "steps": thresholds}
+        field["color"] = {"mode": "thresholds"}
+    return panel("stat", title, description, [target(expr, instant=True)], x, y, w, h, unit,
+                 {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                  "colorMode": "background", "graphMode": "none", "textMode": "auto",
+                  "orientation": "auto", "justifyMode": "auto"}, field)
+
+
+def variables(with_domain):
+    v = [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "hide": 0, "refresh": 1, "options": []},
+        {"name": "host", "label": "Host", "type": "query", "datasource": DS,
+         "query": {"query": "label_values(vm_migration_exporter_build_info, instance)", "refId": "host"},
+         "includeAll": True, "multi": True, "allValue": ".*", "current": ALL, "refresh": 2, "sort": 1,
+         "hide": 0, "options": []},
+    ]
+    if with_domain:
+        q = ('label_values({__name__=~"vm_migration_job_active|vm_migration_last_finished_timestamp_seconds",'
+             'instance=~"$host"}, domain)')
+        v.append({"name": "domain", "label": "Domain", "type": "query", "datasource": DS,
+                  "query": {"query": q, "refId": "domain"},
+                  "includeAll": True, "multi": True, "allValue": ".*", "current": ALL, "refresh": 2,
+                  "sort": 1, "hide": 0, "options": []})
+    return v
+
+
+def dashboard(uid, title, description, panels, with_domain, links):
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["vm-migration", "libvirt"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "10s",
+        "timezone": "utc",
+        "templating": {"list": variables(with_domain)},
+        "annotations": {"list": []},
+        "links": [{"title": t, "type": "link", "url": f"/d/{u}", "asDropdown": False, "icon": "dashboard",
+                   "includeVars": True, "keepTime": True, "tags": [], "targetBlank": False, "tooltip": ""}
+                  for t, u in links],
+        "panels": panels,
+    }
+
+
+LINKS = [("Fleet overview", "vm-migration-fleet"), ("Migration detail", "vm-migration-detail"),
+         ("Network path", "vm-migration-network")]
+
+
+def fleet():
+    p = [
+        stat("Migrations running", "Outgoing migration jobs running now.",
+             f'count(vm_migration_job_active{{{HOST},operation="migration_out"}}) or vector(0)', 0, 0),
+        stat("Not converging now", "Running pre-copy migrations whose verdict is stalled or diverging: "
+             "they will not finish by themselves.",
+             f'count(vm_migration_convergence{{{HOST},state=~"stalled|diverging"}} == 1) or vector(0)', 6, 0,
+             thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
+        stat("Failed or aborted (range)", "Migrations that ended failed or aborted in the selected range.",
+             f'sum(increase(vm_migration_finished_total{{{HOST},outcome=~"failed|aborted"}}[$__range])) or vector(0)',
+             12, 0, thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 1}]),
+        stat("libvirt connections down", "Exporters that cannot reach their libvirtd.",
+             f"count(vm_migration_libvirt_up{{{HOST}}} == 0) or vector(0)", 18, 0,
+             thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
+        timeseries("Finished migrations by outcome", "Migrations finished per interval, by outcome and mode "
+                   "(outgoing).",
+                   [target(f'sum by (outcome, mode) (increase(vm_migration_finished_total{{{HOST},direction="out"}}[{RATE}]))',
+                           "{{outcome}} {{mode}}")], 0, 4, unit="short"),
+        timeseries("Running migrations by verdict", "How many running migrations are converging, stalled, "
+                   "diverging or in post-copy.",
+                   [target(f"count by (state) (vm_migration_convergence{{{HOST}}} == 1)", "{{state}}")],
+                   12, 4, unit="short"),
+        timeseries("Downtime of completed migrations (p50, p95)", "Guest pause measured by libvirt, from the "
+                   "downtime histogram.",
+                   [target(f"histogram_quantile(0.5, sum by (le, mode) (rate(vm_migration_downtime_seconds_bucket{{{HOST}}}[$__range])))",
+                           "p50 {{mode}}"),
+                    target(f"histogram_quantile(0.95, sum by (le, mode) (rate(vm_migration_downtime_seconds_bucket{{{HOST}}}[$__range])))",
+                           "p95 {{mode}}")], 0, 12, unit="s"),
+        timeseries("Duration of finished migrations (p50, p95)", "Total migration time, from the duration "
+                   "histogram.",
+                   [target(f"histogram_quantile(0.5, sum by (le, outcome) (rate(vm_migration_duration_seconds_bucket{{{HOST}}}[$__range])))",
+                           "p50 {{outcome}}"),
+                    target(f"histogram_quantile(0.95, sum by (le, outcome) (rate(vm_migration_duration_seconds_bucket{{{HOST}}}[$__range])))",
+                           "p95 {{outcome}}")], 12, 12, unit="s"),
+        panel("table", "Running migrations", "Every running migration with its verdict, remaining data and "
+              "predicted downtime.",
+              [target(f"vm_migration_convergence{{{HOST}}} == 1", instant=True, fmt="table"),
+               target(f"vm_migration_data_remaining_bytes{{{HOST}}}", instant=True, fmt="table"),
+               target(f"vm_migration_predicted_downtime_seconds{{{HOST}}}", instant=True, fmt="table")],
+              0, 20, 24, 8, options={"showHeader": True, "cellHeight": "sm"}),
+    ]
+    return dashboard("vm-migration-fleet", "VM migrations: fleet overview",
+                     "Migrations running and finished across hypervisors, and which will not converge.",
+                     p, False, LINKS)
+
+
+def detail():
+    p = [
+        timeseries("Data remaining", "Data libvirt still has to send; in a converging pre-copy it falls pass "
+                   "over pass.",
+                   [target(f"vm_migration_data_remaining_bytes{{{DOM}}}", "{{domain}}")], 0, 0, unit="bytes"),
+        timeseries("Dirty rate vs transfer rate", "Pre-copy converges only while the guest dirties memory "
+                   "slower than the link sends it.",
+                   [target(f"vm_migration_dirty_memory_rate_bytes{{{DOM}}}", "dirty {{domain}}"),
+                    target(f"vm_migration_memory_transfer_rate_bytes{{{DOM}}}", "transfer {{domain}}")],
+                   12, 0, unit="Bps"),
+        timeseries("Memory pass (iteration)", "The pass over guest memory; a climbing count with no fall in "
+                   "data remaining means no convergence.",
+                   [target(f"vm_migration_iteration{{{DOM}}}", "{{domain}}")], 0, 8, unit="short"),
+        timeseries("Predicted vs max downtime", "Pause predicted at switch-over, QEMU's expected downtime and "
+                   "the maximum allowed (the switch-over threshold).",
+                   [target(f"vm_migration_predicted_downtime_seconds{{{DOM}}}", "predicted {{domain}}"),
+                    target(f"vm_migration_expected_downtime_seconds{{{DOM}}}", "expected (QEMU) {{domain}}"),
+                    target(f"vm_migration_max_downtime_seconds{{{DOM}}}", "max {{domain}}")], 12, 8, unit="s"),
+        panel("state-timeline", "Verdict", "converging / stalled / diverging / postcopy / unknown over time.",
+              [target(f"vm_migration_convergence{{{DOM}}} == 1", "{{domain}} {{state}}")], 0, 16, 12, 6,
+              options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
+                       "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
+        panel("state-timeline", "Phase", "Pre-copy or post-copy.",
+              [target(f"vm_migration_phase{{{DOM}}} == 1", "{{domain}} {{phase}}")], 12, 16, 12, 6,
+              options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
+                       "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
+        timeseries("Dirty / transfer ratio and ETA", "λ = dirty rate ÷ transfer rate (below 1 converges) and "
+                   "the time to switch-over if the trend holds.",
+                   [target(f"vm_migration_dirty_to_transfer_ratio{{{DOM}}}", "ratio {{domain}}"),
+                    target(f"vm_migration_eta_seconds{{{DOM}}}", "ETA s {{domain}}")], 0, 22, unit="short"),
+        timeseries("Auto-converge throttle and post-copy page requests", "CPU throttle applied to the guest "
+                   "(0..1) and pages faulted over the network per second in post-copy.",
+                   [target(f"vm_migration_auto_converge_throttle_ratio{{{DOM}}}", "throttle {{domain}}"),
+                    target(f"deriv(vm_migration_postcopy_page_requests{{{DOM}}}[1m])", "page requests/s {{domain}}")],
+                   12, 22, unit="short"),
+        timeseries("Peer RTT (median)", "Round trip to the migration peers, on the same time axis.",
+                   [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
+                           "{{peer}}")], 0, 30, unit="s"),
+        timeseries("NIC transmit throughput", "Bytes per second sent by each NIC of the host.",
+                   [target(f"rate(vm_migration_network_transmit_bytes_total{{{HOST}}}[{RATE}])", "{{device}}")],
+                   12, 30, unit="Bps"),
+    ]
+    return dashboard("vm-migration-detail", "VM migrations: migration detail",
+                     "One migration as it runs: progress, rates, verdict, downtime, and the network under it.",
+                     p, True, LINKS)
+
+
+def network():
+    p = [
+        timeseries("NIC throughput vs link speed", "Transmit and receive rate of each NIC, with its link speed.",
+                   [target(f"rate(vm_migration_network_transmit_bytes_total{{{HOST}}}[{RATE}])", "tx {{device}}"),
+                    target(f"rate(vm_migration_network_receive_bytes_total{{{HOST}}}[{RATE}])", "rx {{device}}"),
+                    target(f"vm_migration_network_speed_bytes{{{HOST}}}", "link {{device}}")], 0, 0, unit="Bps"),
+        panel("heatmap", "Peer RTT heatmap", "Distribution of probe round-trip times to the migration peers.",
+              [target(f"sum by (le) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}]))", "{{le}}",
+                      fmt="heatmap")], 12, 0, 12, 8,
+              options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1,
+                       "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64}}),
+        timeseries("Probe loss", "Share of peer probes that timed out or failed.",
+                   [target(f'sum by (peer, probe) (rate(vm_migration_peer_probes_total{{{HOST},result!="success"}}[{RATE}])) '
+                           f"/ sum by (peer, probe) (rate(vm_migration_peer_probes_total{{{HOST}}}[{RATE}]))",
+                           "{{peer}} {{probe}}")], 0, 8, unit="percentunit"),
+        timeseries("Peer RTT p50 / p95", "Median and tail round trip per peer.",
+                   [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
+                           "p50 {{peer}}"),
+                    target(f"histogram_quantile(0.95, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
+                           "p95 {{peer}}")], 12, 8, unit="s"),
+        timeseries("NIC drops and errors", "Packets dropped or in error per second.",
+                   [target(f"rate(vm_migration_network_transmit_drops_total{{{HOST}}}[{RATE}])", "tx drops {{device}}"),
+                    target(f"rate(vm_migration_network_receive_drops_total{{{HOST}}}[{RATE}])", "rx drops {{device}}"),
+                    target(f"rate(vm_migration_network_transmit_errors_total{{{HOST}}}[{RATE}])", "tx errors {{device}}"),
+                    target(f"rate(vm_migration_network_receive_errors_total{{{HOST}}}[{RATE}])", "rx errors {{device}}")],
+                   0, 16, unit="pps"),
+        panel("state-timeline", "Peer reachability", "1 when the peer answered its last probe.",
+              [target(f"vm_migration_peer_up{{{HOST}}}", "{{peer}} {{probe}}")], 12, 16, 12, 8,
+              options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
+                       "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
+    ]
+    return dashboard("vm-migration-network", "VM migrations: network path",
+                     "The path migrations take: NIC throughput against link speed, RTT and loss to peers.",
+                     p, False, LINKS)
+
+
+def main():
+    for name, d in [("fleet-overview", fleet()), ("migration-detail", detail()), ("network-path", network())]:
+        with open(os.path.join(HERE, f"{name}.json"), "w") as f:
+            json.dump(d, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
