@@ -8,8 +8,8 @@ packages=(
   libvirt-dev pkg-config gcc
   # the lab and the system tests: real libvirtd + QEMU (TCG), guest initramfs tools, netns/veth/tc
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 cpio iproute2 iputils-ping
-  # promtool for checking our /metrics output (and rules, later)
-  prometheus
+  # promtool (metrics and rule checks), real Prometheus + Alertmanager for the alerting tests
+  prometheus prometheus-alertmanager
   # headless browser for the landing-page test
   chromium
 )

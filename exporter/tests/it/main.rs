@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area. Shared helpers live in `support`.
 
+mod alerting;
 mod binary;
 mod landing;
 mod libvirt_source;
