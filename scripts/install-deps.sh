@@ -35,6 +35,14 @@ else
   echo "install-deps: all Debian packages present"
 fi
 
+# npm type-checks the dashboards against @grafana/schema. Only installed when missing: some images
+# ship Node.js from another package that Debian's npm would conflict with.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: installing nodejs npm"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] || {
     echo "install-deps: no Rust toolchain found; install one with rustup (https://rustup.rs)" >&2
