@@ -166,8 +166,8 @@ fn main() -> ExitCode {
             let at_half = e
                 .points
                 .iter()
-                .filter(|p| p.t <= half && p.eta.is_some())
-                .last();
+                .rev()
+                .find(|p| p.t <= half && p.eta.is_some());
             eta_cell = match at_half.and_then(|p| p.eta.map(|eta| (p, eta))) {
                 Some((p, eta)) if e.end > p.t => {
                     let err = (eta - (e.end - p.t)).abs() / (e.end - p.t);
