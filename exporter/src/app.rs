@@ -15,6 +15,7 @@ use crate::server::{router, AppState};
 use crate::state;
 use crate::store::RecordLog;
 use crate::trace::TraceWriter;
+use crate::web_config::{require_basic_auth, Users, WebConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -27,6 +28,8 @@ pub enum AppError {
     Trace(#[from] crate::trace::TraceError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    WebConfig(#[from] crate::web_config::WebConfigError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -38,6 +41,13 @@ pub async fn run(
     events: Receiver<SourceEvent>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    let web = match &settings.web_config_file {
+        Some(p) => {
+            let cfg = WebConfig::load(p)?;
+            Some((cfg.rustls(p)?, cfg.basic_auth_users))
+        }
+        None => None,
+    };
     let shared = state::shared();
     let records = match &settings.storage_path {
         Some(dir) => {
@@ -60,7 +70,8 @@ pub async fn run(
             source,
         })?;
     let local = listener.local_addr().map_err(AppError::Serve)?;
-    info!(address = %local, telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
+    let (tls, users) = web.unwrap_or_default();
+    info!(address = %local, tls = tls.is_some(), basic_auth = !users.is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
 
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = Sampler::new(
@@ -90,10 +101,37 @@ pub async fn run(
         telemetry_path: settings.telemetry_path.clone(),
         libvirt_uri: settings.libvirt_uri.clone(),
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(AppError::Serve);
+    let app = if users.is_empty() {
+        app
+    } else {
+        app.layer(axum::middleware::from_fn_with_state(
+            Users(Arc::new(users)),
+            require_basic_auth,
+        ))
+    };
+    let served = match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(AppError::Serve),
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            let std_listener = listener.into_std().map_err(AppError::Serve)?;
+            axum_server::from_tcp_rustls(
+                std_listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await
+            .map_err(AppError::Serve)
+        }
+    };
     stop.store(true, Ordering::Relaxed);
     // The sampler wakes at least once per sample interval and sees the flag.
     let _ = sampler_thread.join();

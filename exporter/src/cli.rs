@@ -61,6 +61,15 @@ pub struct Cli {
     #[arg(long = "web.listen-address", env = "VM_MIGRATION_EXPORTER_WEB_LISTEN_ADDRESS", default_value = DEFAULT_LISTEN, value_parser = parse_listen_address, value_name = "ADDR")]
     pub listen_address: SocketAddr,
 
+    /// TLS and basic-auth settings in the Prometheus exporter-toolkit format (tls_server_config:
+    /// cert_file, key_file, min_version; basic_auth_users: name → bcrypt hash). Off: plain HTTP.
+    #[arg(
+        long = "web.config.file",
+        env = "VM_MIGRATION_EXPORTER_WEB_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
+
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", env = "VM_MIGRATION_EXPORTER_WEB_TELEMETRY_PATH", default_value = "/metrics", value_parser = parse_telemetry_path, value_name = "PATH")]
     pub telemetry_path: String,
@@ -151,6 +160,7 @@ pub struct Cli {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen_address: SocketAddr,
+    pub web_config_file: Option<PathBuf>,
     pub telemetry_path: String,
     pub libvirt_uri: String,
     pub reconnect_max_backoff: Duration,
@@ -234,6 +244,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Settings {
     };
     Settings {
         listen_address: cli.listen_address,
+        web_config_file: cli.web_config_file,
         telemetry_path: cli.telemetry_path,
         libvirt_uri: match cfg.libvirt.uri {
             Some(u) if from_default(m, "libvirt_uri") => u,

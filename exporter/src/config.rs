@@ -105,14 +105,20 @@ impl Config {
     }
 }
 
-/// The parser's first line names the position and the problem (the rest is a source snippet);
-/// when it points at a `key: value` line, name the key too.
-fn one_line(err: &str, text: &str) -> String {
+/// The first line of a YAML parser error (position and problem), without its `error: `.
+pub fn first_line(err: &str) -> String {
     let first = err
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("invalid YAML");
-    let first = first.trim().trim_start_matches("error: ");
+    first.trim().trim_start_matches("error: ").to_string()
+}
+
+/// The parser's first line names the position and the problem (the rest is a source snippet);
+/// when it points at a `key: value` line, name the key too.
+fn one_line(err: &str, text: &str) -> String {
+    let first = first_line(err);
+    let first = first.as_str();
     let key = first
         .strip_prefix("line ")
         .and_then(|r| r.split_whitespace().next())

@@ -29,9 +29,9 @@ fn main() -> ExitCode {
             tracing::error!(error = %format!("{e:#}"), "exiting");
             // A storage directory we cannot use is bad configuration, like a bad flag.
             match e.downcast_ref::<app::AppError>() {
-                Some(app::AppError::Store(_) | app::AppError::Trace(_)) => {
-                    ExitCode::from(EXIT_BAD_CONFIG)
-                }
+                Some(
+                    app::AppError::Store(_) | app::AppError::Trace(_) | app::AppError::WebConfig(_),
+                ) => ExitCode::from(EXIT_BAD_CONFIG),
                 _ => ExitCode::FAILURE,
             }
         }

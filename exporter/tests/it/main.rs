@@ -8,3 +8,4 @@ mod migration_e2e;
 mod records;
 mod replay;
 mod support;
+mod web_config;

@@ -43,15 +43,17 @@ impl RunningExporter {
         let log_w = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("message=listening") {
-                    let addr = line
-                        .split_whitespace()
+                let addr = line.contains("message=listening").then(|| {
+                    line.split_whitespace()
                         .find_map(|w| w.strip_prefix("address="))
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                    let _ = tx.send(addr);
-                }
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                });
+                // Logged before it is announced, so a test that saw the address sees the line.
                 if let Ok(mut l) = log_w.lock() {
                     l.push(line);
+                }
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr);
                 }
             }
         });
