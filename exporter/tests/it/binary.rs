@@ -289,6 +289,7 @@ fn help_explains_every_flag_and_version_prints() {
         "--trace.path",
         "--storage.path",
         "--storage.retention-size",
+        "--web.config.file",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
