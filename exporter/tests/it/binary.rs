@@ -323,3 +323,45 @@ fn port_in_use_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn scrapes_answer_while_libvirtd_is_frozen() {
+    let dir = tempfile::Builder::new()
+        .prefix("vmefr")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        daemon.uri(),
+        "--sample.idle-interval",
+        "1s",
+    ]);
+    ready(&e);
+    assert!(poll_until(WAIT, || value(
+        &e.metrics(),
+        "vm_migration_libvirt_up"
+    ) == Some(1.0)));
+    let pid = daemon.pid().expect("libvirtd pid").to_string();
+    // A hung libvirtd: the sampler's calls block inside libvirt until keepalive gives up.
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut answered = 0;
+    for _ in 0..5 {
+        let r = client.get(e.url("/metrics")).send();
+        answered += usize::from(r.is_ok_and(|r| r.status().is_success()));
+        let _ = client.get(e.url("/-/healthy")).send();
+    }
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert_eq!(
+        answered, 5,
+        "every scrape answered while libvirtd was frozen"
+    );
+}
