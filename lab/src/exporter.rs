@@ -1,0 +1,138 @@
+//! vm-migration-exporter as a child process of the lab, scraped while migrations run.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::LabError;
+
+pub struct Exporter {
+    child: Child,
+    pub addr: SocketAddr,
+    client: reqwest::blocking::Client,
+}
+
+/// The exporter binary: `$VM_MIGRATION_EXPORTER`, else next to this program, else
+/// target/{release,debug}.
+pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, LabError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = explicit {
+        candidates.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("VM_MIGRATION_EXPORTER") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("vm-migration-exporter"));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join("vm-migration-exporter"));
+        }
+    }
+    candidates.push(PathBuf::from("target/release/vm-migration-exporter"));
+    candidates.push(PathBuf::from("target/debug/vm-migration-exporter"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| LabError::Exporter("no vm-migration-exporter binary found: build it (cargo build -p vm-migration-exporter) or pass --exporter".into()))
+}
+
+impl Exporter {
+    /// Start it against `uri`, keeping records under `storage` and a raw trace in `trace`.
+    pub fn start(
+        bin: &Path,
+        uri: &str,
+        storage: &Path,
+        trace: &Path,
+    ) -> Result<Exporter, LabError> {
+        let mut child = Command::new(bin)
+            .args(["--web.listen-address", "127.0.0.1:0", "--libvirt.uri", uri])
+            .args(["--sample.interval", "500ms", "--sample.idle-interval", "2s"])
+            .arg("--storage.path")
+            .arg(storage)
+            .arg("--trace.path")
+            .arg(trace)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LabError::Exporter(format!("cannot start {}: {e}", bin.display())))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| LabError::Exporter("no stderr".into()))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("message=listening") {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                        .and_then(|a| a.parse().ok());
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(a)) => a,
+            _ => {
+                let _ = child.kill();
+                return Err(LabError::Exporter(
+                    "the exporter did not start listening".into(),
+                ));
+            }
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| LabError::Exporter(e.to_string()))?;
+        Ok(Exporter {
+            child,
+            addr,
+            client,
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Option<String> {
+        self.client
+            .get(format!("http://{}{}", self.addr, path))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.text().ok())
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").unwrap_or_default()
+    }
+
+    /// Finished-migration records, newest first.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.get("/api/v1/migrations")
+            .and_then(|b| serde_json::from_str::<Vec<serde_json::Value>>(&b).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a sample in exposition text whose series starts with `name{` and contains all
+/// `labels` (e.g. `domain="g1"`).
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (series, v) = l.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        (rest.starts_with('{') && labels.iter().all(|lab| rest.contains(lab)))
+            .then(|| v.parse().ok())
+            .flatten()
+    })
+}

@@ -1,0 +1,99 @@
+//! The migration lab: two libvirt hosts on one machine (each libvirtd in its own mount
+//! namespace, the destination also in its own network namespace behind a veth), real TCG
+//! guests that dirty memory at chosen rates and patterns, migrations under chosen conditions,
+//! and vm-migration-exporter watching each one. The system tests drive it through this
+//! library; `migration-lab` is its command line.
+
+pub mod exporter;
+pub mod guest;
+pub mod host;
+pub mod net;
+pub mod presets;
+pub mod report;
+pub mod scenario;
+
+use std::path::{Path, PathBuf};
+
+pub use host::Host;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab needs root (network namespaces, libvirtd, QEMU): run it with sudo")]
+    NotRoot,
+    #[error("lab set-up: {0}")]
+    Setup(String),
+    #[error("lab network: {0}")]
+    Network(String),
+    #[error("lab host: {0}")]
+    Host(String),
+    #[error("lab guest: {0}")]
+    Guest(String),
+    #[error("lab migration: {0}")]
+    Migration(String),
+    #[error("lab exporter: {0}")]
+    Exporter(String),
+}
+
+/// Network namespace and source-side veth of the lab.
+pub const NETNS: &str = "vmlab-dst";
+pub const SOURCE_DEV: &str = "vmlabs0";
+
+/// A running lab. Fields drop in order: hosts (and their guests) first, then the link.
+pub struct Lab {
+    pub src: Host,
+    pub dst: Host,
+    pub link: net::Link,
+    pub assets: guest::Assets,
+    pub exporter_bin: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Lab {
+    /// Set up assets, clean whatever an earlier run left, start both hosts and the link.
+    pub fn up(dir: &Path, exporter: Option<&Path>, say: &dyn Fn(&str)) -> Result<Lab, LabError> {
+        if !is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let exporter_bin = exporter::find_binary(exporter)?;
+        let assets = guest::setup(dir, say)?;
+        down(dir);
+        say("starting the source and destination libvirtd");
+        let link = net::Link::create(NETNS, SOURCE_DEV)?;
+        let src = Host::start(&dir.join("hosts/src"))
+            .map_err(|e| LabError::Host(format!("source: {e}")))?;
+        let dst = Host::start_in(&dir.join("hosts/dst"), Some(NETNS))
+            .map_err(|e| LabError::Host(format!("destination: {e}")))?;
+        for h in [&src, &dst] {
+            h.virsh(&["version"])
+                .map_err(|e| LabError::Host(format!("health check of {}: {e}", h.uri())))?;
+        }
+        Ok(Lab {
+            src,
+            dst,
+            link,
+            assets,
+            exporter_bin,
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// Tear down what a lab in `dir` may have left behind (also after a crash): daemons and guests
+/// by their pid files, the network namespace and veth.
+pub fn down(dir: &Path) {
+    for h in ["src", "dst"] {
+        host::stop_leftovers(&dir.join("hosts").join(h));
+    }
+    net::remove(NETNS, SOURCE_DEV);
+}

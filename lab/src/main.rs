@@ -1,0 +1,151 @@
+//! migration-lab: real live migrations between two libvirt hosts on this machine, watched by
+//! vm-migration-exporter.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use migration_lab::{down, guest, presets, report, Lab, LabError};
+
+#[derive(Parser)]
+#[command(name = "migration-lab", version, about, long_about = None, max_term_width = 100)]
+/// Two libvirt "hosts" on one machine (each libvirtd in its own mount namespace, the
+/// destination also in its own network namespace behind a veth), real QEMU guests that dirty
+/// memory at chosen rates and patterns, and live migrations between them watched by
+/// vm-migration-exporter. Needs root.
+struct Cli {
+    /// Where the lab keeps guest assets and host state.
+    #[arg(
+        long = "lab.dir",
+        env = "MIGRATION_LAB_DIR",
+        default_value = "/var/tmp/vm-migration-lab",
+        global = true
+    )]
+    lab_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download the Debian cloud kernel and build the guest initramfs (cached).
+    Setup,
+    /// Start both hosts and leave them running; prints their libvirt URIs.
+    Up {
+        /// vm-migration-exporter binary (default: next to this one, or target/{release,debug}).
+        #[arg(long)]
+        exporter: Option<PathBuf>,
+    },
+    /// Stop everything a lab in --lab.dir left running (also after a crash).
+    Down,
+    /// Run a preset (smoke, ci, paper): one migration at a time, the exporter watching each;
+    /// writes results.md, results.csv, results.json and per-migration traces to --out.
+    Run {
+        #[arg(long, default_value = "smoke")]
+        preset: String,
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+        #[arg(long)]
+        exporter: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let say = |m: &str| eprintln!("migration-lab: {m}");
+    let result = match cli.cmd {
+        Cmd::Setup => guest::setup(&cli.lab_dir, &say).map(|a| {
+            println!(
+                "kernel {}\ninitrd {}",
+                a.kernel.display(),
+                a.initrd.display()
+            );
+        }),
+        Cmd::Down => {
+            down(&cli.lab_dir);
+            say("stopped");
+            Ok(())
+        }
+        Cmd::Up { exporter } => Lab::up(&cli.lab_dir, exporter.as_deref(), &say).map(|lab| {
+            println!(
+                "source      {}\ndestination {}",
+                lab.src.uri(),
+                lab.dst.uri()
+            );
+            println!("stop with: migration-lab down");
+            // Leave the daemons running: `down` finds them by pid file.
+            std::mem::forget(lab);
+        }),
+        Cmd::Run {
+            preset,
+            out,
+            exporter,
+        } => run(&cli.lab_dir, &preset, &out, exporter, &say),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("migration-lab: {e}");
+            ExitCode::from(match e {
+                LabError::NotRoot | LabError::Setup(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn run(
+    lab_dir: &std::path::Path,
+    preset: &str,
+    out: &std::path::Path,
+    exporter: Option<PathBuf>,
+    say: &dyn Fn(&str),
+) -> Result<(), LabError> {
+    let scenarios = presets::by_name(preset).ok_or_else(|| {
+        LabError::Setup(format!("unknown --preset {preset}: use smoke, ci or paper"))
+    })?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| LabError::Setup(format!("--out {}: {e}", out.display())))?;
+    let mut lab = Lab::up(lab_dir, exporter.as_deref(), say)?;
+    let mut results = Vec::new();
+    let n = scenarios.len();
+    for (i, s) in scenarios.iter().enumerate() {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{prefix}] {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(format!("{}/{n} {}", i + 1, s.name));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let r = lab.run(s, out, &|o| {
+            bar.set_message(format!(
+                "pass {} remaining {} verdict {} phase {}",
+                o.iteration
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "–".into()),
+                o.data_remaining
+                    .map(|v| format!("{:.0} MiB", v / 1048576.0))
+                    .unwrap_or_else(|| "–".into()),
+                o.verdict.as_deref().unwrap_or("–"),
+                o.phase.as_deref().unwrap_or("–"),
+            ));
+        })?;
+        bar.finish_with_message(format!(
+            "{} ({:.1} s), exporter verdicts: {}",
+            r.outcome,
+            r.wall_seconds,
+            r.verdicts_seen().join(" → ")
+        ));
+        results.push(r);
+        report::write(out, &results)
+            .map_err(|e| LabError::Setup(format!("writing results to {}: {e}", out.display())))?;
+    }
+    drop(lab);
+    println!("{}", report::markdown(&results));
+    println!(
+        "results: {0}/results.md, {0}/results.csv, {0}/results.json; traces: {0}/traces/",
+        out.display()
+    );
+    Ok(())
+}

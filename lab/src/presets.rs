@@ -1,0 +1,72 @@
+//! Named scenario sets. RTTs are not part of these yet: bandwidth is set with QEMU's own cap
+//! (`virsh migrate --bandwidth`), which is what decides convergence in these runs.
+
+use std::time::Duration;
+
+use crate::guest::Pattern;
+use crate::scenario::{Mode, Scenario};
+
+/// A quick check: an idle guest's pre-copy converges.
+pub fn smoke() -> Vec<Scenario> {
+    vec![Scenario::idle("smoke-idle")]
+}
+
+/// The system-test set.
+pub fn ci() -> Vec<Scenario> {
+    let idle = Scenario::idle("ci-idle-precopy");
+    // 150 MiB/s dirtied against 30 MiB/s sent: never converges; aborted at the deadline.
+    let mut stressed = Scenario::stressed("ci-stressed-precopy", 150, Pattern::Random, 30);
+    stressed.deadline = Duration::from_secs(45);
+    // The same, rescued by a 12 s max downtime after 25 s.
+    let mut raised = Scenario::stressed("ci-stressed-raised-downtime", 150, Pattern::Random, 30);
+    raised.raise_max_downtime = Some((Duration::from_secs(25), 12_000));
+    raised.deadline = Duration::from_secs(90);
+    // Post-copy switched on after 8 s of capped pre-copy.
+    let mut post = Scenario::stressed("ci-postcopy", 150, Pattern::Random, 30);
+    post.mode = Mode::Postcopy;
+    post.postcopy_after = Some(Duration::from_secs(8));
+    post.deadline = Duration::from_secs(90);
+    // The source libvirtd restarted in the middle of a capped migration.
+    let mut restart = Scenario::stressed("ci-libvirtd-restart", 150, Pattern::Random, 30);
+    restart.restart_source_libvirtd_after = Some(Duration::from_secs(10));
+    restart.deadline = Duration::from_secs(60);
+    vec![idle, stressed, raised, post, restart]
+}
+
+/// The matrix behind the paper's findings: dirty rate × pattern × bandwidth, pre-copy and
+/// post-copy.
+pub fn paper() -> Vec<Scenario> {
+    let mut out = vec![Scenario::idle("paper-idle")];
+    for &cap in &[30u32, 100] {
+        for &(mbps, pattern) in &[
+            (50u32, Pattern::Seq),
+            (150, Pattern::Random),
+            (150, Pattern::Hot),
+        ] {
+            for mode in [Mode::Precopy, Mode::Postcopy] {
+                let name = format!(
+                    "paper-{}-{mbps}mbps-{}-cap{cap}",
+                    if mode == Mode::Precopy { "pre" } else { "post" },
+                    pattern.as_str()
+                );
+                let mut s = Scenario::stressed(&name, mbps, pattern, cap);
+                s.mode = mode;
+                s.deadline = Duration::from_secs(60);
+                if mode == Mode::Postcopy {
+                    s.postcopy_after = Some(Duration::from_secs(10));
+                }
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+pub fn by_name(name: &str) -> Option<Vec<Scenario>> {
+    match name {
+        "smoke" => Some(smoke()),
+        "ci" => Some(ci()),
+        "paper" => Some(paper()),
+        _ => None,
+    }
+}

@@ -1,0 +1,371 @@
+//! Scenarios: one guest, one migration, the conditions around it, and what happened.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::exporter::{sample, Exporter};
+use crate::guest::{self, GuestSpec, Pattern};
+use crate::{Lab, LabError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Precopy,
+    Postcopy,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub guest: GuestSpec,
+    pub mode: Mode,
+    /// QEMU's own cap (`virsh migrate --bandwidth`, MiB/s).
+    pub bandwidth_mibs: Option<u32>,
+    /// A token-bucket cap on the link (Mbit/s).
+    pub link_mbit: Option<u32>,
+    pub auto_converge: bool,
+    /// Switch a post-copy-enabled migration to post-copy after this long.
+    pub postcopy_after: Option<Duration>,
+    /// Raise the max downtime to `.1` ms after `.0`.
+    pub raise_max_downtime: Option<(Duration, u64)>,
+    /// Restart the source's libvirtd after this long.
+    pub restart_source_libvirtd_after: Option<Duration>,
+    /// Abort with `virsh domjobabort` if still running then.
+    pub deadline: Duration,
+}
+
+impl Scenario {
+    /// An idle 512 MiB guest migrated without limits.
+    pub fn idle(name: &str) -> Scenario {
+        Scenario {
+            name: name.to_string(),
+            guest: GuestSpec {
+                name: name.to_string(),
+                memory_mb: 512,
+                dirty_mbps: 0,
+                dirty_mb: 64,
+                pattern: Pattern::Seq,
+                hot_mb: 32,
+            },
+            mode: Mode::Precopy,
+            bandwidth_mibs: None,
+            link_mbit: None,
+            auto_converge: false,
+            postcopy_after: None,
+            raise_max_downtime: None,
+            restart_source_libvirtd_after: None,
+            deadline: Duration::from_secs(120),
+        }
+    }
+
+    /// A guest dirtying `mbps` MiB/s of a 256 MiB working set, migrated at `cap` MiB/s.
+    pub fn stressed(name: &str, mbps: u32, pattern: Pattern, cap: u32) -> Scenario {
+        let mut s = Scenario::idle(name);
+        s.guest.dirty_mbps = mbps;
+        s.guest.dirty_mb = 256;
+        s.guest.pattern = pattern;
+        s.bandwidth_mibs = Some(cap);
+        s
+    }
+}
+
+/// What the exporter showed at one moment of the migration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Observation {
+    /// Seconds since `virsh migrate` started.
+    pub t: f64,
+    pub job_active: bool,
+    pub iteration: Option<f64>,
+    pub data_remaining: Option<f64>,
+    pub verdict: Option<String>,
+    pub phase: Option<String>,
+    pub postcopy_requests: Option<f64>,
+    pub libvirt_up: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunResult {
+    pub scenario: Scenario,
+    /// completed | aborted | failed, as libvirt saw it.
+    pub outcome: String,
+    pub virsh_output: String,
+    /// Fields of libvirt's job-completed event on the source (`virsh event`), when one came.
+    pub libvirt_completed: Option<BTreeMap<String, String>>,
+    pub observations: Vec<Observation>,
+    /// The exporter's record of this migration (`/api/v1/migrations`).
+    pub exporter_record: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub exporter_metrics: String,
+    pub wall_seconds: f64,
+    pub trace: PathBuf,
+    /// The guest's last console line after the migration (its integrity check).
+    pub guest_status: Option<String>,
+}
+
+impl RunResult {
+    pub fn verdicts_seen(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for o in &self.observations {
+            if let Some(x) = &o.verdict {
+                if v.last() != Some(x) {
+                    v.push(x.clone());
+                }
+            }
+        }
+        v
+    }
+
+    pub fn libvirt_number(&self, key: &str) -> Option<f64> {
+        self.libvirt_completed.as_ref()?.get(key)?.parse().ok()
+    }
+}
+
+/// `virsh event --all --loop` on a connection.
+struct EventWatch {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl EventWatch {
+    fn start(uri: &str) -> Result<EventWatch, LabError> {
+        let mut child = Command::new("virsh")
+            .args(["-c", uri, "event", "--all", "--loop"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| LabError::Migration(format!("virsh event: {e}")))?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| LabError::Migration("virsh event: no stdout".into()))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let w = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mut v) = w.lock() {
+                    v.push(l);
+                }
+            }
+        });
+        Ok(EventWatch { child, lines })
+    }
+
+    fn job_completed(&self) -> Option<BTreeMap<String, String>> {
+        let lines = self.lines.lock().ok()?.clone();
+        let start = lines.iter().position(|l| l.contains("'job-completed'"))?;
+        let fields: BTreeMap<String, String> = lines[start + 1..]
+            .iter()
+            .take_while(|l| l.starts_with(char::is_whitespace))
+            .filter_map(|l| l.trim().split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        (!fields.is_empty()).then_some(fields)
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn observe(m: &str, dom: &str, t: f64) -> Observation {
+    let d = format!("domain=\"{dom}\"");
+    let labels = [d.as_str()];
+    let one_of = |name: &str, key: &str, values: &[&str]| {
+        values
+            .iter()
+            .find(|v| sample(m, name, &[d.as_str(), &format!("{key}=\"{v}\"")]) == Some(1.0))
+            .map(|v| v.to_string())
+    };
+    Observation {
+        t,
+        job_active: sample(m, "vm_migration_job_active", &labels) == Some(1.0),
+        iteration: sample(m, "vm_migration_iteration", &labels),
+        data_remaining: sample(m, "vm_migration_data_remaining_bytes", &labels),
+        verdict: one_of(
+            "vm_migration_convergence",
+            "state",
+            &["converging", "stalled", "diverging", "postcopy", "unknown"],
+        ),
+        phase: one_of("vm_migration_phase", "phase", &["precopy", "postcopy"]),
+        postcopy_requests: sample(m, "vm_migration_postcopy_page_requests", &labels),
+        libvirt_up: sample(m, "vm_migration_libvirt_up", &[]).or_else(|| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("vm_migration_libvirt_up ")
+                    .and_then(|v| v.parse().ok())
+            })
+        }),
+    }
+}
+
+impl Lab {
+    /// Run one scenario end to end. `progress` sees every observation as it is made.
+    pub fn run(
+        &mut self,
+        s: &Scenario,
+        out: &Path,
+        progress: &dyn Fn(&Observation),
+    ) -> Result<RunResult, LabError> {
+        let traces = out.join("traces");
+        std::fs::create_dir_all(&traces)
+            .map_err(|e| LabError::Setup(format!("{}: {e}", traces.display())))?;
+        self.link.set_bandwidth(s.link_mbit)?;
+        let name = &s.guest.name;
+        let xml = out.join(format!("{name}.xml"));
+        std::fs::write(&xml, s.guest.domain_xml(&self.assets))
+            .map_err(|e| LabError::Setup(e.to_string()))?;
+        self.src
+            .virsh(&["create", &xml.to_string_lossy()])
+            .map_err(|e| LabError::Guest(e.to_string()))?;
+        let serial = self.src.dir().join(format!("log/qemu/{name}.serial"));
+        guest::wait_running(&serial, Duration::from_secs(90))?;
+
+        let trace = traces.join(format!("{name}-source.jsonl"));
+        let _ = std::fs::remove_file(&trace);
+        let storage = out.join("records").join(name);
+        let _ = std::fs::remove_dir_all(&storage);
+        let exporter = Exporter::start(&self.exporter_bin, self.src.uri(), &storage, &trace)?;
+        let ready_by = Instant::now() + Duration::from_secs(30);
+        while exporter.get("/-/ready").is_none() && Instant::now() < ready_by {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let events = EventWatch::start(self.src.uri())?;
+
+        let mut args: Vec<String> = vec![
+            "-c".into(),
+            self.src.uri().into(),
+            "migrate".into(),
+            "--live".into(),
+        ];
+        if let Some(b) = s.bandwidth_mibs {
+            args.extend(["--bandwidth".into(), b.to_string()]);
+        }
+        if s.mode == Mode::Postcopy {
+            args.push("--postcopy".into());
+        }
+        if s.auto_converge {
+            args.push("--auto-converge".into());
+        }
+        args.extend([
+            name.clone(),
+            self.dst.uri().into(),
+            format!("tcp://{}", crate::net::DEST_ADDR),
+        ]);
+        let started = Instant::now();
+        let mut child = Command::new("virsh")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LabError::Migration(format!("virsh migrate: {e}")))?;
+
+        let (mut switched, mut raised, mut restarted, mut aborted) = (false, false, false, false);
+        let mut observations = Vec::new();
+        let status = loop {
+            if let Some(st) = child
+                .try_wait()
+                .map_err(|e| LabError::Migration(e.to_string()))?
+            {
+                break st;
+            }
+            let el = started.elapsed();
+            let o = observe(&exporter.metrics(), name, el.as_secs_f64());
+            progress(&o);
+            observations.push(o);
+            if let Some(after) = s.postcopy_after {
+                if !switched && el >= after {
+                    switched = self.src.virsh(&["migrate-postcopy", name]).is_ok();
+                }
+            }
+            if let Some((after, ms)) = s.raise_max_downtime {
+                if !raised && el >= after {
+                    raised = self
+                        .src
+                        .virsh(&["migrate-setmaxdowntime", name, &ms.to_string()])
+                        .is_ok();
+                }
+            }
+            if let Some(after) = s.restart_source_libvirtd_after {
+                if !restarted && el >= after {
+                    self.src.restart().map_err(|e| {
+                        LabError::Host(format!("restarting the source libvirtd: {e}"))
+                    })?;
+                    restarted = true;
+                }
+            }
+            if !aborted && el >= s.deadline {
+                aborted = self.src.virsh(&["domjobabort", name]).is_ok();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let output = child
+            .wait_with_output()
+            .map_err(|e| LabError::Migration(e.to_string()))?;
+        let virsh_output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .trim()
+        .to_string();
+        let outcome = if status.success() {
+            "completed"
+        } else if aborted || virsh_output.contains("cancel") {
+            "aborted"
+        } else {
+            "failed"
+        };
+
+        // Let libvirt's event and the exporter's record arrive.
+        let settle = Instant::now() + Duration::from_secs(30);
+        let mut record = None;
+        while Instant::now() < settle {
+            record = exporter
+                .records()
+                .into_iter()
+                .find(|r| r["domain"]["name"] == name.as_str());
+            let event_done = outcome != "completed" || events.job_completed().is_some();
+            if record.is_some() && event_done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let exporter_metrics = exporter.metrics();
+        let where_now = if outcome == "completed" {
+            &self.dst
+        } else {
+            &self.src
+        };
+        let guest_status =
+            std::fs::read_to_string(where_now.dir().join(format!("log/qemu/{name}.serial")))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .rev()
+                        .find(|l| l.starts_with("dirtier: t="))
+                        .map(str::to_string)
+                });
+        let _ = self.dst.virsh(&["destroy", name]);
+        let _ = self.src.virsh(&["destroy", name]);
+        Ok(RunResult {
+            scenario: s.clone(),
+            outcome: outcome.to_string(),
+            virsh_output,
+            libvirt_completed: events.job_completed(),
+            observations,
+            exporter_record: record,
+            exporter_metrics,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            trace,
+            guest_status,
+        })
+    }
+}
