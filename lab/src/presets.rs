@@ -14,6 +14,8 @@ pub fn smoke() -> Vec<Scenario> {
 /// The system-test set.
 pub fn ci() -> Vec<Scenario> {
     let idle = Scenario::idle("ci-idle-precopy");
+    // A loaded guest that still converges: 10 MiB/s of sequential writes against 30 MiB/s.
+    let loaded = Scenario::stressed("ci-loaded-precopy", 10, Pattern::Seq, 30);
     // 150 MiB/s dirtied against 30 MiB/s sent: never converges; aborted at the deadline.
     let mut stressed = Scenario::stressed("ci-stressed-precopy", 150, Pattern::Random, 30);
     stressed.deadline = Duration::from_secs(45);
@@ -30,7 +32,7 @@ pub fn ci() -> Vec<Scenario> {
     let mut restart = Scenario::stressed("ci-libvirtd-restart", 150, Pattern::Random, 30);
     restart.restart_source_libvirtd_after = Some(Duration::from_secs(10));
     restart.deadline = Duration::from_secs(60);
-    vec![idle, stressed, raised, post, restart]
+    vec![idle, loaded, stressed, raised, post, restart]
 }
 
 /// The matrix behind the paper's findings: dirty rate × pattern × bandwidth, pre-copy and

@@ -41,6 +41,29 @@ struct Evaluated {
     points: Vec<Point>,
 }
 
+/// What the lab did to a scenario, from its results.json next to the traces directory: the
+/// ground truth of "converged by itself" (a trace alone can miss a raise made just before the
+/// end).
+fn lab_forced(path: &Path) -> Option<bool> {
+    let results = path.parent()?.parent()?.join("results.json");
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(results).ok()?).ok()?;
+    let name = path
+        .file_name()?
+        .to_string_lossy()
+        .trim_end_matches("-source.jsonl")
+        .to_string();
+    let run = runs
+        .iter()
+        .find(|r| r["scenario"]["name"] == name.as_str())?;
+    let sc = &run["scenario"];
+    Some(
+        !sc["raise_max_downtime"].is_null()
+            || !sc["postcopy_after"].is_null()
+            || !sc["restart_source_libvirtd_after"].is_null(),
+    )
+}
+
 fn evaluate(path: &Path) -> Result<Option<Evaluated>, String> {
     let records = read_trace(path).map_err(|e| e.to_string())?;
     // Forced to finish: the max downtime changed during the job, or post-copy was switched on.
@@ -93,7 +116,8 @@ fn evaluate(path: &Path) -> Result<Option<Evaluated>, String> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        converged_alone: f.outcome == Outcome::Completed && !raised && !postcopy,
+        converged_alone: f.outcome == Outcome::Completed
+            && !lab_forced(path).unwrap_or(raised || postcopy),
         outcome: Some(f.outcome),
         start,
         end: f.started_at + f.duration_seconds.unwrap_or(f.finished_at - f.started_at),

@@ -44,7 +44,16 @@ fn verdict_table() {
     assert_eq!(verdict(None, None), Verdict::Unknown);
     assert_eq!(verdict(Some(0.2), None), Verdict::Converging);
     assert_eq!(verdict(Some(1.0), None), Verdict::Stalled);
-    assert_eq!(verdict(Some(3.0), None), Verdict::Diverging);
+    assert_eq!(
+        verdict(Some(0.8), None),
+        Verdict::Stalled,
+        "cautious before a trend"
+    );
+    assert_eq!(
+        verdict(Some(3.0), None),
+        Verdict::Stalled,
+        "diverging needs an observed rise"
+    );
     assert_eq!(verdict(Some(0.2), Some(Rising)), Verdict::Diverging);
     assert_eq!(verdict(Some(0.2), Some(Falling)), Verdict::Converging);
     assert_eq!(verdict(Some(4.0), Some(Falling)), Verdict::Stalled);

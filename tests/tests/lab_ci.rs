@@ -1,0 +1,263 @@
+//! The lab's `ci` scenarios against real libvirtd and QEMU, one migration at a time, each
+//! asserting on states and on equality with libvirt's own figures — never on wall-clock times.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use migration_lab::exporter::sample;
+use migration_lab::scenario::{RunResult, Scenario};
+use migration_lab::{presets, Lab};
+
+/// One lab at a time: each dirtier and TCG guest takes a core.
+static LAB: Mutex<()> = Mutex::new(());
+
+fn lab_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("MIGRATION_LAB_DIR").unwrap_or_else(|_| "/var/tmp/vm-migration-lab".into()),
+    )
+}
+
+fn ci(name: &str) -> Scenario {
+    presets::ci()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no ci scenario {name}"))
+}
+
+fn run(s: &Scenario) -> RunResult {
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("system-tests-{}", s.name));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut lab = Lab::up(&lab_dir(), None, &|m| eprintln!("lab: {m}")).expect("lab up");
+    let r = lab.run(s, &out, &|_| {}).expect("scenario ran");
+    // VME_TRACE_DIR=dir keeps the exporter's raw traces (replay fixtures).
+    if let Ok(dir) = std::env::var("VME_TRACE_DIR") {
+        let _ = std::fs::copy(
+            &r.trace,
+            PathBuf::from(dir).join(r.trace.file_name().unwrap_or_default()),
+        );
+    }
+    r
+}
+
+fn finished(r: &RunResult, outcome: &str, mode: &str) -> Option<f64> {
+    let labels = [
+        format!("outcome=\"{outcome}\""),
+        format!("mode=\"{mode}\""),
+        "direction=\"out\"".to_string(),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    sample(&r.exporter_metrics, "vm_migration_finished_total", &labels)
+}
+
+fn last(r: &RunResult, name: &str) -> Option<f64> {
+    sample(
+        &r.exporter_metrics,
+        name,
+        &[&format!("domain=\"{}\"", r.scenario.name)],
+    )
+}
+
+fn total_finished(r: &RunResult) -> f64 {
+    r.exporter_metrics
+        .lines()
+        .filter(|l| l.starts_with("vm_migration_finished_total{"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// The exporter's `last_*` figures equal those of libvirt's job-completed event.
+fn assert_matches_libvirt(r: &RunResult) {
+    let ev = |k: &str| {
+        r.libvirt_number(k)
+            .unwrap_or_else(|| panic!("job-completed event lacks {k}: {:?}", r.libvirt_completed))
+    };
+    assert_eq!(
+        last(r, "vm_migration_last_duration_seconds"),
+        Some(ev("time_elapsed") / 1000.0)
+    );
+    assert_eq!(
+        last(r, "vm_migration_last_downtime_seconds"),
+        Some(ev("downtime") / 1000.0)
+    );
+    assert_eq!(
+        last(r, "vm_migration_last_data_processed_bytes"),
+        Some(ev("data_processed"))
+    );
+    assert_eq!(
+        last(r, "vm_migration_last_iterations"),
+        Some(ev("memory_iteration"))
+    );
+}
+
+#[test]
+fn idle_precopy_converges_and_the_exporter_matches_libvirt() {
+    let r = run(&ci("ci-idle-precopy"));
+    assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
+    assert_eq!(
+        finished(&r, "completed", "precopy"),
+        Some(1.0),
+        "{}",
+        r.exporter_metrics
+    );
+    assert_eq!(total_finished(&r), 1.0);
+    assert_matches_libvirt(&r);
+    assert!(
+        !r.verdicts_seen()
+            .iter()
+            .any(|v| v == "stalled" || v == "diverging"),
+        "{:?}",
+        r.verdicts_seen()
+    );
+}
+
+#[test]
+fn loaded_precopy_converges_without_a_false_alarm() {
+    let r = run(&ci("ci-loaded-precopy"));
+    assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
+    assert_matches_libvirt(&r);
+    let after_pass_2: Vec<_> = r
+        .observations
+        .iter()
+        .filter(|o| o.iteration.is_some_and(|i| i > 2.0))
+        .collect();
+    assert!(
+        !after_pass_2
+            .iter()
+            .any(|o| matches!(o.verdict.as_deref(), Some("stalled" | "diverging"))),
+        "a converging migration is never called stalled/diverging after pass 2: {:?}",
+        r.verdicts_seen()
+    );
+    assert!(
+        r.verdicts_seen().iter().any(|v| v == "converging"),
+        "{:?}",
+        r.verdicts_seen()
+    );
+}
+
+#[test]
+fn stressed_precopy_does_not_converge_and_is_counted_aborted() {
+    let r = run(&ci("ci-stressed-precopy"));
+    assert_eq!(r.outcome, "aborted", "{}", r.virsh_output);
+    let live: Vec<_> = r.observations.iter().filter(|o| o.job_active).collect();
+    let passes: Vec<f64> = live.iter().filter_map(|o| o.iteration).collect();
+    assert!(
+        passes.windows(2).all(|w| w[1] >= w[0]),
+        "passes never go back: {passes:?}"
+    );
+    assert!(
+        passes.last().copied().unwrap_or(0.0) >= 3.0,
+        "the iteration climbed: {passes:?}"
+    );
+    // Data remaining does not fall: the last pass starts no lower than the second did.
+    let start_of = |pass: f64| {
+        live.iter()
+            .find(|o| o.iteration == Some(pass))
+            .and_then(|o| o.data_remaining)
+    };
+    let last_pass = passes.last().copied().unwrap_or(0.0);
+    if let (Some(second), Some(latest)) = (start_of(2.0), start_of(last_pass)) {
+        assert!(
+            latest >= second * 0.5,
+            "remaining fell from {second} to {latest}"
+        );
+    }
+    let verdicts = r.verdicts_seen();
+    assert!(
+        verdicts.iter().any(|v| v == "stalled" || v == "diverging"),
+        "exporter called it non-converging: {verdicts:?}"
+    );
+    assert!(!verdicts.iter().any(|v| v == "converging"), "{verdicts:?}");
+    assert_eq!(
+        finished(&r, "aborted", "precopy"),
+        Some(1.0),
+        "{}",
+        r.exporter_metrics
+    );
+    assert_eq!(total_finished(&r), 1.0);
+}
+
+#[test]
+fn raising_max_downtime_lets_it_complete() {
+    let r = run(&ci("ci-stressed-raised-downtime"));
+    assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
+    assert_eq!(
+        finished(&r, "completed", "precopy"),
+        Some(1.0),
+        "{}",
+        r.exporter_metrics
+    );
+    assert_matches_libvirt(&r);
+    assert!(
+        r.verdicts_seen()
+            .iter()
+            .any(|v| v == "stalled" || v == "diverging"),
+        "{:?}",
+        r.verdicts_seen()
+    );
+}
+
+#[test]
+fn postcopy_switches_phase_and_counts_by_mode() {
+    let r = run(&ci("ci-postcopy"));
+    assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
+    assert!(
+        r.observations
+            .iter()
+            .any(|o| o.phase.as_deref() == Some("postcopy")),
+        "phase switched"
+    );
+    assert!(
+        r.observations
+            .iter()
+            .any(|o| o.verdict.as_deref() == Some("postcopy")),
+        "verdict postcopy"
+    );
+    let requests = r.libvirt_number("memory_postcopy_requests").unwrap_or(0.0);
+    assert!(
+        requests > 0.0,
+        "libvirt counted page requests: {:?}",
+        r.libvirt_completed
+    );
+    assert_eq!(
+        finished(&r, "completed", "postcopy"),
+        Some(1.0),
+        "{}",
+        r.exporter_metrics
+    );
+    let downtimes = sample(
+        &r.exporter_metrics,
+        "vm_migration_downtime_seconds_count",
+        &["mode=\"postcopy\"", "direction=\"out\""],
+    );
+    assert_eq!(downtimes, Some(1.0));
+    assert_eq!(
+        last(&r, "vm_migration_last_downtime_seconds"),
+        r.libvirt_number("downtime").map(|d| d / 1000.0)
+    );
+}
+
+#[test]
+fn source_libvirtd_restart_loses_no_record() {
+    let r = run(&ci("ci-libvirtd-restart"));
+    assert_ne!(
+        r.outcome, "completed",
+        "libvirt cancels a migration whose source daemon restarts: {}",
+        r.virsh_output
+    );
+    assert!(
+        r.observations
+            .last()
+            .is_some_and(|o| o.libvirt_up == Some(1.0)),
+        "the exporter reconnected by itself"
+    );
+    let rec = r
+        .exporter_record
+        .as_ref()
+        .expect("the migration has a record");
+    assert!(
+        matches!(rec["outcome"].as_str(), Some("aborted" | "failed")),
+        "{rec}"
+    );
+    assert_eq!(total_finished(&r), 1.0, "{}", r.exporter_metrics);
+}
