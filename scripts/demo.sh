@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# Installs what is needed, builds the exporter and runs it against the local libvirt
-# (starting libvirtd if it is not running; there is no systemd here). Ctrl-C stops it.
+# The main job on a fresh Debian 12 machine: install what is needed, build, then run the lab's
+# smoke preset: two libvirt hosts on this machine, a real QEMU guest live-migrated between them
+# while vm-migration-exporter watches it and serves /metrics. Prints where the results went.
+#   PRESET=ci bash scripts/demo.sh     # the system-test set (about 3 minutes)
+#   PRESET=paper bash scripts/demo.sh  # the full matrix
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/install-deps.sh
-echo "== building vm-migration-exporter (release)"
-cargo build --release --locked -p vm-migration-exporter
-if ! virsh -c qemu:///system version >/dev/null 2>&1; then
-  echo "== starting virtlogd and libvirtd"
-  virtlogd -d || true
-  libvirtd -d
-fi
-echo "== vm-migration-exporter on http://127.0.0.1:9745/ (metrics at /metrics)"
-exec ./target/release/vm-migration-exporter --libvirt.uri qemu:///system --web.listen-address 127.0.0.1:9745
+echo "== building vm-migration-exporter and migration-lab (release)"
+cargo build --release --locked -p vm-migration-exporter -p migration-lab
+exec ./target/release/migration-lab run --preset "${PRESET:-smoke}" --out "${OUT:-lab-out}" \
+  --exporter ./target/release/vm-migration-exporter

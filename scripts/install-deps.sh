@@ -11,7 +11,7 @@ packages=(
   # promtool (metrics and rule checks), real Prometheus + Alertmanager for the alerting tests
   prometheus prometheus-alertmanager
   # headless browser for the landing-page test
-  chromium
+  chromium fonts-dejavu-core
 )
 
 if [ "$(id -u)" -ne 0 ]; then

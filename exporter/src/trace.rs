@@ -169,9 +169,10 @@ impl ReplaySource {
         let now = *self.now.lock();
         self.records
             .iter()
-            .take_while(|r| r.t() <= now)
-            .filter_map(pick)
-            .last()
+            // Rounds are written when they end: the file is not strictly ordered by time.
+            .rev()
+            .filter(|r| r.t() <= now)
+            .find_map(pick)
     }
 
     fn connected(&self) -> bool {

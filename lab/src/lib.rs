@@ -8,6 +8,7 @@ pub mod exporter;
 pub mod guest;
 pub mod host;
 pub mod net;
+pub mod plots;
 pub mod presets;
 pub mod report;
 pub mod scenario;

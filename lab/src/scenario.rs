@@ -233,6 +233,10 @@ impl Lab {
         let storage = out.join("records").join(name);
         let _ = std::fs::remove_dir_all(&storage);
         let exporter = Exporter::start(&self.exporter_bin, self.src.uri(), &storage, &trace)?;
+        eprintln!(
+            "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",
+            exporter.addr
+        );
         let ready_by = Instant::now() + Duration::from_secs(30);
         while exporter.get("/-/ready").is_none() && Instant::now() < ready_by {
             std::thread::sleep(Duration::from_millis(100));

@@ -147,9 +147,11 @@ fn traces(args: &[String]) -> Vec<PathBuf> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let verbose = args.iter().any(|a| a == "-v" || a == "--verbose");
+    args.retain(|a| a != "-v" && a != "--verbose");
     if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
-        eprintln!("usage: verdict-eval TRACE.jsonl|DIR…  (source-side traces from --trace.path)");
+        eprintln!("usage: verdict-eval [-v] TRACE.jsonl|DIR…  (source-side traces from --trace.path; -v lists every verdict change)");
         return ExitCode::from(2);
     }
     // (seconds, pass) of the first non-converging verdict, None when never flagged; only runs
@@ -175,6 +177,21 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        if verbose {
+            let mut last = None;
+            for p in &e.points {
+                if last != Some(p.verdict) {
+                    eprintln!(
+                        "{}: {:>6.1} s pass {:>2} {}",
+                        e.name,
+                        p.t - e.start,
+                        p.iteration,
+                        p.verdict.as_str()
+                    );
+                    last = Some(p.verdict);
+                }
+            }
+        }
         let first_bad = e.points.iter().find(|p| p.verdict.is_non_converging());
         let (detect_cell, alarm_cell, eta_cell);
         if e.converged_alone {

@@ -1,16 +1,21 @@
 //! The background sampler: asks the job source about every active domain, feeds the tracker,
 //! and publishes results to the shared state and the finished-migration metrics.
 //!
-//! It runs on its own thread because libvirt calls block; HTTP handlers only read the state it
-//! publishes. While a job runs it samples every `interval`; otherwise every `idle_interval`, and
-//! at once when an event names a domain it is not yet tracking.
+//! Rounds run on their own thread because libvirt calls block (during a post-copy switch-over
+//! `virDomainGetJobStats` waits until the migration completes); events are handled on another
+//! thread, so a lifecycle or completion event is published at once even while a round is stuck
+//! in libvirt. Both share [`Core`] behind a lock that is never held across a libvirt call. HTTP
+//! handlers only read the state they publish. While a job runs a round happens every
+//! `interval`; otherwise every `idle_interval`, and at once when an event names a domain that is
+//! not tracked yet.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use super::stats::JobStats;
@@ -47,8 +52,8 @@ impl Default for SamplerConfig {
     }
 }
 
-pub struct Sampler {
-    source: Arc<dyn JobSource>,
+/// What rounds and events share: the tracker and everything that publishes its results.
+struct Core {
     tracker: Tracker,
     state: SharedState,
     metrics: Arc<Metrics>,
@@ -57,6 +62,11 @@ pub struct Sampler {
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
+}
+
+pub struct Sampler {
+    source: Arc<dyn JobSource>,
+    core: Arc<Mutex<Core>>,
     last_completed_sweep: Option<f64>,
     cfg: SamplerConfig,
 }
@@ -68,43 +78,28 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-impl Sampler {
-    pub fn new(
-        source: Arc<dyn JobSource>,
-        state: SharedState,
-        metrics: Arc<Metrics>,
-        trace: Option<TraceWriter>,
-        cfg: SamplerConfig,
-    ) -> Self {
-        Sampler {
-            source,
-            tracker: Tracker::new(cfg.grace.as_secs_f64()),
-            state,
-            metrics,
-            trace,
-            records: None,
-            want_completed: HashMap::new(),
-            last_completed_sweep: None,
-            cfg,
+impl Core {
+    fn record(&mut self, rec: TraceRecord) {
+        if let Some(t) = self.trace.as_mut() {
+            if let Err(e) = t.write(&rec) {
+                warn!(error = %e, "cannot write the trace file; tracing stops");
+                self.trace = None;
+            }
         }
     }
 
-    /// Keep finished-migration records in this file too.
-    pub fn with_records(mut self, log: RecordLog) -> Self {
-        self.records = Some(log);
-        self
+    fn flush_trace(&mut self) {
+        if let Some(t) = self.trace.as_mut() {
+            if let Err(e) = t.flush() {
+                warn!(error = %e, "cannot write the trace file; tracing stops");
+                self.trace = None;
+            }
+        }
     }
 
-    /// Handle a connection or domain event. Returns true when a round should run now.
-    pub fn handle(&mut self, now: f64, ev: SourceEvent) -> bool {
-        let sample_now = self.handle_event(now, ev);
-        // Events are rare and decisive (a completion): never leave one in the buffer.
-        self.flush_trace();
-        sample_now
-    }
-
-    fn handle_event(&mut self, now: f64, ev: SourceEvent) -> bool {
-        match ev {
+    /// Handle a connection or domain event; true when a round should run now.
+    fn handle(&mut self, now: f64, ev: SourceEvent) -> bool {
+        let sample_now = match ev {
             SourceEvent::Connected => {
                 self.record(TraceRecord::Connection {
                     t: now,
@@ -141,157 +136,15 @@ impl Sampler {
                     self.want_completed
                         .insert(event.domain().uuid.clone(), COMPLETED_READ_TRIES);
                 }
-                // Counter and live series change in one step: a scrape never sees a finished
-                // migration still listed as running.
-                self.publish(finished, true);
+                // Counter and live series change in one step, and a phase change shows at once.
+                self.publish(finished);
+                self.state.lock().active = self.tracker.active_jobs().cloned().collect();
                 wants_sample
             }
-        }
-    }
-
-    /// Sample every active domain once.
-    pub fn round(&mut self, now: f64) {
-        let started = Instant::now();
-        let ok = self.try_round(now);
-        let mut st = self.state.lock();
-        st.ready = true;
-        st.libvirt_up = self.source.is_connected();
-        st.collectors.insert(
-            COLLECTOR,
-            CollectorStatus {
-                success: ok,
-                duration_seconds: started.elapsed().as_secs_f64(),
-            },
-        );
-        if ok {
-            st.last_success_at = Some(now);
-        }
-        st.active = self.tracker.active_jobs().cloned().collect();
-        drop(st);
-        self.flush_trace();
-    }
-
-    fn flush_trace(&mut self) {
-        if let Some(t) = self.trace.as_mut() {
-            if let Err(e) = t.flush() {
-                warn!(error = %e, "cannot write the trace file; tracing stops");
-                self.trace = None;
-            }
-        }
-    }
-
-    fn try_round(&mut self, now: f64) -> bool {
-        if !self.source.is_connected() {
-            return false;
-        }
-        let domains = match self.source.list_domains() {
-            Ok(d) => d,
-            Err(e) => {
-                self.call_failed("list_domains", &e);
-                return false;
-            }
         };
-        self.record(TraceRecord::Round {
-            t: now,
-            domains: domains.clone(),
-        });
-        let sweep = self
-            .last_completed_sweep
-            .is_none_or(|t| now - t >= self.cfg.idle_interval.as_secs_f64());
-        let mut round = Round::default();
-        for dom in &domains {
-            let running = match self.source.job_stats(dom) {
-                Ok(job) => {
-                    self.record(TraceRecord::Job {
-                        t: now,
-                        domain: dom.clone(),
-                        job: job.clone(),
-                    });
-                    job.map(|j| JobStats::from_raw(&j))
-                        .filter(JobStats::is_running)
-                }
-                // It left between listing and asking: the next round sees it gone.
-                Err(SourceError::NoDomain(_)) => continue,
-                // A driver without job support (test:///) has no migrations to watch.
-                Err(SourceError::Unsupported { .. }) => None,
-                // The destination of an incoming migration has no live stats to give.
-                Err(SourceError::Call { message, .. })
-                    if message.contains("only on the source host") =>
-                {
-                    None
-                }
-                Err(e) => {
-                    self.call_failed("job_stats", &e);
-                    round
-                        .observations
-                        .push((dom.clone(), JobObservation::Unknown));
-                    continue;
-                }
-            };
-            let obs = match running {
-                Some(stats) => JobObservation::Running {
-                    max_downtime_ms: self.max_downtime(now, dom),
-                    stats: Box::new(stats),
-                },
-                None => {
-                    let wanted = self.want_completed.contains_key(&dom.uuid);
-                    let completed = if sweep || wanted || self.tracker.is_active(&dom.uuid) {
-                        self.completed(now, dom)
-                    } else {
-                        None
-                    };
-                    self.tried_completed(&dom.uuid, completed.is_some());
-                    JobObservation::Idle { completed }
-                }
-            };
-            round.observations.push((dom.clone(), obs));
-        }
-        if sweep {
-            self.last_completed_sweep = Some(now);
-        }
-        // A wanted read for a domain that left cannot succeed any more.
-        self.want_completed
-            .retain(|uuid, _| domains.iter().any(|d| &d.uuid == uuid));
-        self.state.lock().domains_active = Some(domains.len() as u64);
-        let finished = self.tracker.on_round(now, &round);
-        // The round itself refreshes the live jobs once it is done.
-        self.publish(finished, false);
-        true
-    }
-
-    fn max_downtime(&mut self, now: f64, dom: &DomainId) -> Option<u64> {
-        match self.source.max_downtime_ms(dom) {
-            Ok(ms) => {
-                self.record(TraceRecord::MaxDowntime {
-                    t: now,
-                    domain: dom.clone(),
-                    ms,
-                });
-                ms
-            }
-            Err(e) => {
-                self.call_failed("migrate_get_max_downtime", &e);
-                None
-            }
-        }
-    }
-
-    fn completed(&mut self, now: f64, dom: &DomainId) -> Option<crate::libvirt::RawJob> {
-        match self.source.completed_job_stats(dom) {
-            Ok(job) => {
-                self.record(TraceRecord::Completed {
-                    t: now,
-                    domain: dom.clone(),
-                    job: job.clone(),
-                });
-                job
-            }
-            Err(SourceError::NoDomain(_)) => None,
-            Err(e) => {
-                self.call_failed("completed_job_stats", &e);
-                None
-            }
-        }
+        // Events are rare and decisive (a completion): never leave one in the buffer.
+        self.flush_trace();
+        sample_now
     }
 
     /// Count down a wanted completed-stats read; it is done once the stats were there.
@@ -304,14 +157,7 @@ impl Sampler {
         }
     }
 
-    fn call_failed(&self, call: &'static str, e: &SourceError) {
-        debug!(call, error = %e, "libvirt call failed");
-        if !matches!(e, SourceError::NotConnected(_)) {
-            self.metrics.call_error(call);
-        }
-    }
-
-    fn publish(&mut self, finished: Vec<FinishedMigration>, refresh_active: bool) {
+    fn publish(&mut self, finished: Vec<FinishedMigration>) {
         if finished.is_empty() {
             return;
         }
@@ -339,25 +185,223 @@ impl Sampler {
                 }
             }
         }
-        if refresh_active {
-            st.active = self.tracker.active_jobs().cloned().collect();
+    }
+}
+
+/// What one round read from libvirt, before it is applied.
+struct Reading {
+    domains: Vec<DomainId>,
+    round: Round,
+    /// Trace records of the round, written together so a round stays contiguous in the trace.
+    trace: Vec<TraceRecord>,
+    failed_calls: Vec<&'static str>,
+}
+
+impl Sampler {
+    pub fn new(
+        source: Arc<dyn JobSource>,
+        state: SharedState,
+        metrics: Arc<Metrics>,
+        trace: Option<TraceWriter>,
+        cfg: SamplerConfig,
+    ) -> Self {
+        Sampler {
+            source,
+            core: Arc::new(Mutex::new(Core {
+                tracker: Tracker::new(cfg.grace.as_secs_f64()),
+                state,
+                metrics,
+                trace,
+                records: None,
+                want_completed: HashMap::new(),
+            })),
+            last_completed_sweep: None,
+            cfg,
         }
     }
 
-    fn record(&mut self, rec: TraceRecord) {
-        if let Some(t) = self.trace.as_mut() {
-            if let Err(e) = t.write(&rec) {
-                warn!(error = %e, "cannot write the trace file; tracing stops");
-                self.trace = None;
+    /// Keep finished-migration records in this file too.
+    pub fn with_records(self, log: RecordLog) -> Self {
+        self.core.lock().records = Some(log);
+        self
+    }
+
+    /// Handle a connection or domain event. Returns true when a round should run now.
+    pub fn handle(&self, now: f64, ev: SourceEvent) -> bool {
+        self.core.lock().handle(now, ev)
+    }
+
+    /// Sample every active domain once: read libvirt without holding the lock, then apply.
+    pub fn round(&mut self, now: f64) {
+        let started = Instant::now();
+        let reading = self.read(now);
+        let mut core = self.core.lock();
+        let ok = match reading {
+            Some(r) => {
+                for rec in r.trace {
+                    core.record(rec);
+                }
+                for call in r.failed_calls {
+                    core.metrics.call_error(call);
+                }
+                // A wanted read for a domain that left cannot succeed any more.
+                core.want_completed
+                    .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
+                core.state.lock().domains_active = Some(r.domains.len() as u64);
+                let finished = core.tracker.on_round(now, &r.round);
+                core.publish(finished);
+                true
             }
+            None => false,
+        };
+        let active: Vec<_> = core.tracker.active_jobs().cloned().collect();
+        let mut st = core.state.lock();
+        st.ready = true;
+        st.libvirt_up = self.source.is_connected();
+        st.collectors.insert(
+            COLLECTOR,
+            CollectorStatus {
+                success: ok,
+                duration_seconds: started.elapsed().as_secs_f64(),
+            },
+        );
+        if ok {
+            st.last_success_at = Some(now);
         }
+        st.active = active;
+        drop(st);
+        core.flush_trace();
+    }
+
+    /// The libvirt side of a round; `None` when libvirt could not list domains.
+    fn read(&mut self, now: f64) -> Option<Reading> {
+        if !self.source.is_connected() {
+            return None;
+        }
+        let domains = match self.source.list_domains() {
+            Ok(d) => d,
+            Err(e) => {
+                call_failed(&self.core, "list_domains", &e);
+                return None;
+            }
+        };
+        let sweep = self
+            .last_completed_sweep
+            .is_none_or(|t| now - t >= self.cfg.idle_interval.as_secs_f64());
+        let mut r = Reading {
+            domains: domains.clone(),
+            round: Round::default(),
+            trace: vec![TraceRecord::Round {
+                t: now,
+                domains: domains.clone(),
+            }],
+            failed_calls: Vec::new(),
+        };
+        for dom in &domains {
+            let running = match self.source.job_stats(dom) {
+                Ok(job) => {
+                    r.trace.push(TraceRecord::Job {
+                        t: now,
+                        domain: dom.clone(),
+                        job: job.clone(),
+                    });
+                    job.map(|j| JobStats::from_raw(&j))
+                        .filter(JobStats::is_running)
+                }
+                // It left between listing and asking: the next round sees it gone.
+                Err(SourceError::NoDomain(_)) => continue,
+                // A driver without job support (test:///) has no migrations to watch.
+                Err(SourceError::Unsupported { .. }) => None,
+                // The destination of an incoming migration has no live stats to give.
+                Err(SourceError::Call { message, .. })
+                    if message.contains("only on the source host") =>
+                {
+                    None
+                }
+                Err(e) => {
+                    debug!(call = "job_stats", error = %e, "libvirt call failed");
+                    if !matches!(e, SourceError::NotConnected(_)) {
+                        r.failed_calls.push("job_stats");
+                    }
+                    r.round
+                        .observations
+                        .push((dom.clone(), JobObservation::Unknown));
+                    continue;
+                }
+            };
+            let obs = match running {
+                Some(stats) => {
+                    let max_downtime_ms = match self.source.max_downtime_ms(dom) {
+                        Ok(ms) => {
+                            r.trace.push(TraceRecord::MaxDowntime {
+                                t: now,
+                                domain: dom.clone(),
+                                ms,
+                            });
+                            ms
+                        }
+                        Err(e) => {
+                            debug!(call = "migrate_get_max_downtime", error = %e, "libvirt call failed");
+                            r.failed_calls.push("migrate_get_max_downtime");
+                            None
+                        }
+                    };
+                    JobObservation::Running {
+                        max_downtime_ms,
+                        stats: Box::new(stats),
+                    }
+                }
+                None => {
+                    let wanted = {
+                        let core = self.core.lock();
+                        core.want_completed.contains_key(&dom.uuid)
+                            || core.tracker.is_active(&dom.uuid)
+                    };
+                    let completed = if sweep || wanted {
+                        match self.source.completed_job_stats(dom) {
+                            Ok(job) => {
+                                r.trace.push(TraceRecord::Completed {
+                                    t: now,
+                                    domain: dom.clone(),
+                                    job: job.clone(),
+                                });
+                                job
+                            }
+                            Err(SourceError::NoDomain(_)) => None,
+                            Err(e) => {
+                                debug!(call = "completed_job_stats", error = %e, "libvirt call failed");
+                                r.failed_calls.push("completed_job_stats");
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    self.core
+                        .lock()
+                        .tried_completed(&dom.uuid, completed.is_some());
+                    JobObservation::Idle { completed }
+                }
+            };
+            r.round.observations.push((dom.clone(), obs));
+        }
+        if sweep {
+            self.last_completed_sweep = Some(now);
+        }
+        Some(r)
+    }
+
+    /// Whether a migration job is being tracked (the round period depends on it).
+    fn busy(&self) -> bool {
+        let core = self.core.lock();
+        core.tracker.has_active() || !core.want_completed.is_empty()
     }
 
     /// Drive the sampler through a recorded trace: events are delivered at their recorded times
     /// and a round runs at each recorded round time. `after_round` sees each round's time.
     pub fn replay(&mut self, source: &ReplaySource, mut after_round: impl FnMut(f64)) {
         let records = source.records();
-        for (i, rec) in records.iter().enumerate() {
+        for rec in records {
             source.set_time(rec.t());
             match rec {
                 TraceRecord::Event { t, event } => {
@@ -378,20 +422,6 @@ impl Sampler {
                     );
                 }
                 TraceRecord::Round { t, .. } => {
-                    // Answer as of the end of this round's records, like the live round did.
-                    let end = records[i + 1..]
-                        .iter()
-                        .take_while(|r| {
-                            matches!(
-                                r,
-                                TraceRecord::Job { .. }
-                                    | TraceRecord::Completed { .. }
-                                    | TraceRecord::MaxDowntime { .. }
-                            )
-                        })
-                        .map(TraceRecord::t)
-                        .fold(*t, f64::max);
-                    source.set_time(end);
                     self.round(*t);
                     after_round(*t);
                 }
@@ -400,33 +430,62 @@ impl Sampler {
         }
     }
 
-    /// Run until `stop` is set or the event channel closes.
+    /// Run until `stop` is set or the event channel closes: events on a thread of their own,
+    /// rounds here.
     pub fn run(mut self, events: Receiver<SourceEvent>, stop: Arc<AtomicBool>) {
+        let (wake_tx, wake_rx) = mpsc::channel::<()>();
+        let core = self.core.clone();
+        let stop_events = stop.clone();
+        let event_thread = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                while !stop_events.load(Ordering::Relaxed) {
+                    match events.recv_timeout(Duration::from_millis(500)) {
+                        Ok(ev) => {
+                            if core.lock().handle(unix_now(), ev) {
+                                let _ = wake_tx.send(());
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            });
+        if let Err(e) = &event_thread {
+            warn!(error = %e, "cannot start the event thread; events wait for rounds");
+        }
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            // A round that is due runs before more events are taken, so a flood of events
-            // cannot starve sampling.
             let wait = next.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
-                match events.recv_timeout(wait) {
-                    Ok(ev) => {
-                        if self.handle(unix_now(), ev) {
-                            next = Instant::now();
-                        }
-                        continue;
-                    }
+                match wake_rx.recv_timeout(wait) {
+                    Ok(()) => next = Instant::now(),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    // The event thread ended (its channel closed): keep sampling on the clock.
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+                }
+                if Instant::now() < next {
+                    continue;
                 }
             }
             self.round(unix_now());
-            let period = if self.tracker.has_active() || !self.want_completed.is_empty() {
+            let period = if self.busy() {
                 self.cfg.interval
             } else {
                 self.cfg.idle_interval
             };
             next = Instant::now() + period;
         }
+        if let Ok(h) = event_thread {
+            let _ = h.join();
+        }
+    }
+}
+
+fn call_failed(core: &Mutex<Core>, call: &'static str, e: &SourceError) {
+    debug!(call, error = %e, "libvirt call failed");
+    if !matches!(e, SourceError::NotConnected(_)) {
+        core.lock().metrics.call_error(call);
     }
 }
 

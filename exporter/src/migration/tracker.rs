@@ -195,6 +195,9 @@ pub struct Tracker {
     counted: HashMap<String, Fingerprint>,
     /// Completed stats seen before the first round are history, not news.
     first_round_done: bool,
+    /// When each domain's last migration finished: a round that began before that (its libvirt
+    /// calls ran while the completion event was handled) must not bring the job back.
+    finished_at: HashMap<String, f64>,
     /// How long to wait for `JOB_COMPLETED` after a domain left before deciding without it.
     grace_seconds: f64,
 }
@@ -205,6 +208,7 @@ impl Tracker {
             active: BTreeMap::new(),
             counted: HashMap::new(),
             first_round_done: false,
+            finished_at: HashMap::new(),
             grace_seconds,
         }
     }
@@ -228,6 +232,8 @@ impl Tracker {
         for (dom, obs) in &round.observations {
             listed.insert(dom.uuid.as_str());
             match obs {
+                JobObservation::Running { .. }
+                    if self.finished_at.get(&dom.uuid).is_some_and(|t| *t >= now) => {}
                 JobObservation::Running {
                     stats,
                     max_downtime_ms,
@@ -462,6 +468,7 @@ impl Tracker {
             self.counted
                 .insert(dom.uuid.clone(), Fingerprint::of(stats));
         }
+        self.finished_at.insert(dom.uuid.clone(), now);
         let postcopy = stats.memory_postcopy_requests.is_some_and(|r| r > 0)
             || job.as_ref().is_some_and(|j| j.phase == Phase::Postcopy);
         let duration = stats.time_elapsed_ms.map(|ms| ms as f64 / 1000.0);

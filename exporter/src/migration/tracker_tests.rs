@@ -333,3 +333,29 @@ fn non_migration_jobs_are_not_migrations() {
     );
     assert!(fin.is_empty());
 }
+
+#[test]
+fn a_round_that_began_before_the_completion_does_not_revive_the_job() {
+    let mut t = Tracker::new(5.0);
+    t.on_round(10.0, &round(vec![running(1000, 100_000_000, 2)]));
+    // The completion event is handled while the next round (begun at 11.0) waits in libvirt.
+    let (fin, _) = t.on_event(
+        11.5,
+        &DomainEvent::JobCompleted {
+            domain: dom(),
+            params: completed_params(job_operation::MIGRATION_OUT, 2400, 52),
+        },
+    );
+    assert_eq!(fin.len(), 1);
+    assert!(t
+        .on_round(11.0, &round(vec![running(2000, 50_000_000, 3)]))
+        .is_empty());
+    assert!(
+        !t.has_active(),
+        "the stale sample must not bring the job back"
+    );
+    assert!(
+        t.on_round(30.0, &Round::default()).is_empty(),
+        "and nothing is counted twice"
+    );
+}

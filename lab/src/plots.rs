@@ -1,0 +1,160 @@
+//! PNG plots of a lab run: total time and downtime per scenario, and data remaining over time
+//! per migration (with the exporter's verdict changes marked).
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::scenario::RunResult;
+
+/// Debian's fonts-dejavu-core; plotters draws text with it.
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn register_font() -> Result<(), String> {
+    use std::sync::OnceLock;
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let bytes =
+            std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (install fonts-dejavu-core)"))?;
+        // plotters keeps a reference for the process's lifetime.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| "cannot load the font".to_string())
+    })
+    .clone()
+}
+
+fn bars(path: &Path, title: &str, unit: &str, rows: &[(String, f64)]) -> Result<(), String> {
+    let root = BitMapBackend::new(path, (1000, 120 + 34 * rows.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(330)
+        .build_cartesian_2d(0.0..max, 0..rows.len())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(unit)
+        .y_labels(rows.len())
+        .y_label_formatter(&|i| rows.get(*i).map(|r| r.0.clone()).unwrap_or_default())
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
+            let mut r = Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled());
+            r.set_margin(5, 5, 0, 0);
+            r
+        }))
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
+    let pts: Vec<(f64, f64)> = r
+        .observations
+        .iter()
+        .filter_map(|o| o.data_remaining.map(|d| (o.t, d / 1048576.0)))
+        .collect();
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let tmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let ymax = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let title = format!(
+        "{}: data remaining ({}), verdicts {}",
+        r.scenario.name,
+        r.outcome,
+        r.verdicts_seen().join(" → ")
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..tmax, 0.0..ymax)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since virsh migrate")
+        .y_desc("MiB")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(LineSeries::new(pts, RED.stroke_width(2)))
+        .map_err(|e| e.to_string())?;
+    // Verdict changes as vertical marks.
+    let mut last: Option<&str> = None;
+    for o in &r.observations {
+        if let Some(v) = o.verdict.as_deref() {
+            if last != Some(v) {
+                let color = match v {
+                    "converging" => GREEN,
+                    "stalled" => RGBColor(200, 140, 0),
+                    "diverging" => RED,
+                    _ => BLACK,
+                };
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(o.t, 0.0), (o.t, ymax)],
+                        color.stroke_width(1),
+                    )))
+                    .map_err(|e| e.to_string())?;
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        v.to_string(),
+                        (o.t, ymax * 0.95),
+                        ("sans-serif", 14).into_font().color(&color),
+                    )))
+                    .map_err(|e| e.to_string())?;
+                last = Some(v);
+            }
+        }
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Write all plots into `out/plots/`; returns the files written.
+pub fn write(out: &Path, results: &[RunResult]) -> Result<Vec<PathBuf>, String> {
+    register_font()?;
+    let dir = out.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    let total: Vec<(String, f64)> = results
+        .iter()
+        .filter_map(|r| {
+            r.libvirt_number("time_elapsed")
+                .map(|ms| ms / 1000.0)
+                .or_else(|| r.exporter_record.as_ref()?["duration_seconds"].as_f64())
+                .map(|v| (r.scenario.name.clone(), v))
+        })
+        .collect();
+    let p = dir.join("total-time.png");
+    bars(&p, "Total migration time per scenario", "seconds", &total)?;
+    files.push(p);
+    let down: Vec<(String, f64)> = results
+        .iter()
+        .filter_map(|r| {
+            r.libvirt_number("downtime")
+                .map(|ms| (r.scenario.name.clone(), ms))
+        })
+        .collect();
+    let p = dir.join("downtime.png");
+    bars(
+        &p,
+        "Downtime of completed migrations",
+        "milliseconds",
+        &down,
+    )?;
+    files.push(p);
+    for r in results {
+        let p = dir.join(format!("remaining-{}.png", r.scenario.name));
+        remaining(&p, r)?;
+        files.push(p);
+    }
+    Ok(files)
+}
