@@ -49,9 +49,13 @@ impl Exporter {
         uri: &str,
         storage: &Path,
         trace: &Path,
+        listen: Option<SocketAddr>,
     ) -> Result<Exporter, LabError> {
+        let listen = listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
         let mut child = Command::new(bin)
-            .args(["--web.listen-address", "127.0.0.1:0", "--libvirt.uri", uri])
+            .args(["--web.listen-address", &listen, "--libvirt.uri", uri])
             .args(["--sample.interval", "500ms", "--sample.idle-interval", "2s"])
             .arg("--storage.path")
             .arg(storage)

@@ -10,6 +10,7 @@ pub mod host;
 pub mod net;
 pub mod plots;
 pub mod presets;
+pub mod prom;
 pub mod report;
 pub mod scenario;
 
@@ -46,6 +47,8 @@ pub struct Lab {
     pub link: net::Link,
     pub assets: guest::Assets,
     pub exporter_bin: PathBuf,
+    /// Where each scenario's exporter listens (default: a free port on 127.0.0.1).
+    pub exporter_listen: Option<std::net::SocketAddr>,
     pub dir: PathBuf,
 }
 
@@ -85,6 +88,7 @@ impl Lab {
             link,
             assets,
             exporter_bin,
+            exporter_listen: None,
             dir: dir.to_path_buf(),
         })
     }

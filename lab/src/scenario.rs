@@ -232,7 +232,13 @@ impl Lab {
         let _ = std::fs::remove_file(&trace);
         let storage = out.join("records").join(name);
         let _ = std::fs::remove_dir_all(&storage);
-        let exporter = Exporter::start(&self.exporter_bin, self.src.uri(), &storage, &trace)?;
+        let exporter = Exporter::start(
+            &self.exporter_bin,
+            self.src.uri(),
+            &storage,
+            &trace,
+            self.exporter_listen,
+        )?;
         eprintln!(
             "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",
             exporter.addr

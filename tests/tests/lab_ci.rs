@@ -2,20 +2,11 @@
 //! asserting on states and on equality with libvirt's own figures — never on wall-clock times.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use migration_lab::exporter::sample;
 use migration_lab::scenario::{RunResult, Scenario};
 use migration_lab::{presets, Lab};
-
-/// One lab at a time: each dirtier and TCG guest takes a core.
-static LAB: Mutex<()> = Mutex::new(());
-
-fn lab_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("MIGRATION_LAB_DIR").unwrap_or_else(|_| "/var/tmp/vm-migration-lab".into()),
-    )
-}
+use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
 
 fn ci(name: &str) -> Scenario {
     presets::ci()
@@ -25,10 +16,10 @@ fn ci(name: &str) -> Scenario {
 }
 
 fn run(s: &Scenario) -> RunResult {
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let out = std::env::temp_dir().join(format!("system-tests-{}", s.name));
-    let _ = std::fs::remove_dir_all(&out);
-    let mut lab = Lab::up(&lab_dir(), None, &|m| eprintln!("lab: {m}")).expect("lab up");
+    let _one = one_lab_at_a_time();
+    let out = scratch(&s.name);
+    let bin = exporter_binary();
+    let mut lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
     let r = lab.run(s, &out, &|_| {}).expect("scenario ran");
     // VME_TRACE_DIR=dir keeps the exporter's raw traces (replay fixtures).
     if let Ok(dir) = std::env::var("VME_TRACE_DIR") {

@@ -3,7 +3,6 @@
 
 pub mod exporter;
 pub mod libvirtd;
-pub mod prom;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};

@@ -9,7 +9,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::poll_until;
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 const START: Duration = Duration::from_secs(60);
 
@@ -193,4 +205,27 @@ impl Prometheus {
 /// The repository's alert rules file.
 pub fn rules_file() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../alerts/vm-migration.rules.yml")
+}
+
+/// Query over a time range (step 1 s); returns `data.result`.
+impl Prometheus {
+    pub fn query_range(&self, q: &str, start: f64, end: f64) -> Vec<serde_json::Value> {
+        let url = format!("http://{}/api/v1/query_range", self.addr);
+        let (s, e) = (format!("{start:.3}"), format!("{end:.3}"));
+        let resp = reqwest::blocking::Client::new()
+            .get(url)
+            .query(&[
+                ("query", q),
+                ("start", s.as_str()),
+                ("end", e.as_str()),
+                ("step", "1"),
+            ])
+            .send();
+        let Ok(text) = resp.and_then(|r| r.text()) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(v["status"], "success", "query {q} failed: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
 }
