@@ -85,10 +85,27 @@ pub async fn run(
             grace: settings.completion_grace,
         },
     );
+    let history = Arc::new(parking_lot::Mutex::new(
+        crate::net::netdev::TxHistory::default(),
+    ));
+    let sampler = sampler.with_network(history.clone());
     let sampler = match records {
         Some(log) => sampler.with_records(log),
         None => sampler,
     };
+    let (netdev, state_net, stop_net) = (settings.netdev.clone(), shared.clone(), stop.clone());
+    let netdev_thread = std::thread::Builder::new()
+        .name("netdev".into())
+        .spawn(move || {
+            crate::net::run_netdev(
+                netdev,
+                std::time::Duration::from_secs(1),
+                state_net,
+                history,
+                stop_net,
+            )
+        })
+        .map_err(AppError::Serve)?;
     let stop_sampler = stop.clone();
     let sampler_thread = std::thread::Builder::new()
         .name("sampler".into())
@@ -135,5 +152,6 @@ pub async fn run(
     stop.store(true, Ordering::Relaxed);
     // The sampler wakes at least once per sample interval and sees the flag.
     let _ = sampler_thread.join();
+    let _ = netdev_thread.join();
     served
 }

@@ -146,6 +146,32 @@ pub struct Cli {
     #[arg(long = "storage.retention-size", env = "VM_MIGRATION_EXPORTER_STORAGE_RETENTION_SIZE", default_value = "64MiB", value_parser = crate::store::parse_size, value_name = "SIZE")]
     pub storage_retention_size: u64,
 
+    /// procfs mount point (NIC counters come from <path>/net/dev).
+    #[arg(
+        long = "path.procfs",
+        env = "VM_MIGRATION_EXPORTER_PATH_PROCFS",
+        default_value = "/proc",
+        value_name = "DIR"
+    )]
+    pub procfs: PathBuf,
+
+    /// sysfs mount point (link speed and state from <path>/class/net/<device>/).
+    #[arg(
+        long = "path.sysfs",
+        env = "VM_MIGRATION_EXPORTER_PATH_SYSFS",
+        default_value = "/sys",
+        value_name = "DIR"
+    )]
+    pub sysfs: PathBuf,
+
+    /// Only report NIC devices whose name matches this regular expression.
+    #[arg(long = "collector.netdev.device-include", env = "VM_MIGRATION_EXPORTER_NETDEV_DEVICE_INCLUDE", value_parser = parse_regex, value_name = "REGEX")]
+    pub netdev_include: Option<regex::Regex>,
+
+    /// Leave out NIC devices whose name matches this regular expression.
+    #[arg(long = "collector.netdev.device-exclude", env = "VM_MIGRATION_EXPORTER_NETDEV_DEVICE_EXCLUDE", value_parser = parse_regex, value_name = "REGEX")]
+    pub netdev_exclude: Option<regex::Regex>,
+
     /// Append every raw libvirt job-stat sample and event to this file as JSON lines (used by
     /// the lab to record traces that tests replay). Off by default.
     #[arg(
@@ -173,6 +199,7 @@ pub struct Settings {
     /// `None`: records in memory only.
     pub storage_path: Option<PathBuf>,
     pub storage_retention_size: u64,
+    pub netdev: crate::net::netdev::Netdev,
 }
 
 /// Why the command line could not be turned into settings.
@@ -271,6 +298,12 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Settings {
         trace_path: cli.trace_path,
         storage_path: (!cli.storage_path.is_empty()).then(|| PathBuf::from(cli.storage_path)),
         storage_retention_size: cli.storage_retention_size,
+        netdev: crate::net::netdev::Netdev {
+            procfs: cli.procfs,
+            sysfs: cli.sysfs,
+            include: cli.netdev_include,
+            exclude: cli.netdev_exclude,
+        },
     }
 }
 
@@ -293,6 +326,16 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_string())
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    // Unanchored, as node_exporter's --collector.netdev.device-* flags are.
+    regex::Regex::new(s).map_err(|e| {
+        format!(
+            "'{s}' is not a regular expression: {}",
+            e.to_string().lines().last().unwrap_or("invalid")
+        )
+    })
 }
 
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {

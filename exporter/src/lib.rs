@@ -11,6 +11,7 @@ pub mod libvirt;
 pub mod logging;
 pub mod metrics;
 pub mod migration;
+pub mod net;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -305,8 +305,86 @@ impl Collector for LiveCollector {
         if snap.libvirt_up {
             encode_jobs(&snap.active, &mut encoder)?;
         }
-        Ok(())
+        encode_netdev(&snap.netdev, &mut encoder)
     }
+}
+
+type DevCounter = fn(&crate::net::netdev::Counters) -> u64;
+
+/// NIC counters (names without `_total`: the encoder adds it for counters).
+const NETDEV_COUNTERS: &[(&str, &str, DevCounter)] = &[
+    (
+        "vm_migration_network_receive_bytes",
+        "Bytes received by the device (/proc/net/dev).",
+        |c| c.rx_bytes,
+    ),
+    (
+        "vm_migration_network_transmit_bytes",
+        "Bytes transmitted by the device (/proc/net/dev).",
+        |c| c.tx_bytes,
+    ),
+    (
+        "vm_migration_network_receive_packets",
+        "Packets received by the device.",
+        |c| c.rx_packets,
+    ),
+    (
+        "vm_migration_network_transmit_packets",
+        "Packets transmitted by the device.",
+        |c| c.tx_packets,
+    ),
+    (
+        "vm_migration_network_receive_drops",
+        "Received packets the device dropped.",
+        |c| c.rx_drops,
+    ),
+    (
+        "vm_migration_network_transmit_drops",
+        "Packets to send that the device dropped.",
+        |c| c.tx_drops,
+    ),
+    (
+        "vm_migration_network_receive_errors",
+        "Receive errors of the device.",
+        |c| c.rx_errors,
+    ),
+    (
+        "vm_migration_network_transmit_errors",
+        "Transmit errors of the device.",
+        |c| c.tx_errors,
+    ),
+];
+
+fn encode_netdev(
+    devices: &[crate::net::netdev::Device],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    for (name, help, get) in NETDEV_COUNTERS {
+        let mut me = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for d in devices {
+            let labels = [("device", d.name.as_str())];
+            prometheus_client::metrics::counter::ConstCounter::new(get(&d.counters))
+                .encode(me.encode_family(&labels)?)?;
+        }
+    }
+    let mut speed = GaugeFamily::new(
+        "vm_migration_network_speed_bytes",
+        "Link speed of the device in bytes per second; absent when the driver does not know it.",
+    );
+    let mut up = GaugeFamily::new(
+        "vm_migration_network_up",
+        "1 when the device's operational state is up.",
+    );
+    for d in devices {
+        let l = vec![("device", d.name.clone())];
+        speed.push(l.clone(), d.speed_bytes.map(|s| s as f64));
+        up.push(l, Some(if d.up { 1.0 } else { 0.0 }));
+    }
+    speed.encode(encoder)?;
+    up.encode(encoder)
 }
 
 type Extract = fn(&ActiveJob) -> Option<f64>;

@@ -241,6 +241,7 @@ mod tests {
             auto_converge_throttle_max_ratio: None,
             verdicts: Vec::new(),
             figures: FigureSource::Event,
+            network: None,
         }
     }
 

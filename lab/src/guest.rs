@@ -117,7 +117,7 @@ pub fn setup(lab_dir: &Path, say: &dyn Fn(&str)) -> Result<Assets, LabError> {
 }
 
 /// How the guest writes memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pattern {
     Seq,
@@ -135,7 +135,7 @@ impl Pattern {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GuestSpec {
     pub name: String,
     pub memory_mb: u32,

@@ -39,6 +39,11 @@ enum Cmd {
     },
     /// Stop everything a lab in --lab.dir left running (also after a crash).
     Down,
+    /// Draw the plots of an earlier run again from its results.json.
+    Plot {
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+    },
     /// Run a preset (smoke, ci, paper): one migration at a time, the exporter watching each;
     /// writes results.md, results.csv, results.json and per-migration traces to --out.
     Run {
@@ -82,6 +87,13 @@ fn main() -> ExitCode {
             out,
             exporter,
         } => run(&cli.lab_dir, &preset, &out, exporter, &say),
+        Cmd::Plot { out } => std::fs::read_to_string(out.join("results.json"))
+            .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
+            .and_then(|t| {
+                serde_json::from_str::<Vec<migration_lab::scenario::RunResult>>(&t)
+                    .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
+            })
+            .map(|results| plot(&results, &out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +104,17 @@ fn main() -> ExitCode {
                 _ => 1,
             })
         }
+    }
+}
+
+fn plot(results: &[migration_lab::scenario::RunResult], out: &std::path::Path) {
+    match migration_lab::plots::write(out, results) {
+        Ok(files) => println!(
+            "plots: {} PNG files in {}/plots/",
+            files.len(),
+            out.display()
+        ),
+        Err(e) => eprintln!("migration-lab: plots not written: {e}"),
     }
 }
 
@@ -147,5 +170,6 @@ fn run(
         "results: {0}/results.md, {0}/results.csv, {0}/results.json; traces: {0}/traces/",
         out.display()
     );
+    plot(&results, out);
     Ok(())
 }

@@ -7,20 +7,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::exporter::{sample, Exporter};
 use crate::guest::{self, GuestSpec, Pattern};
 use crate::{Lab, LabError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Precopy,
     Postcopy,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scenario {
     pub name: String,
     pub guest: GuestSpec,
@@ -76,7 +76,7 @@ impl Scenario {
 }
 
 /// What the exporter showed at one moment of the migration.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Observation {
     /// Seconds since `virsh migrate` started.
     pub t: f64,
@@ -89,7 +89,7 @@ pub struct Observation {
     pub libvirt_up: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunResult {
     pub scenario: Scenario,
     /// completed | aborted | failed, as libvirt saw it.
@@ -100,7 +100,7 @@ pub struct RunResult {
     pub observations: Vec<Observation>,
     /// The exporter's record of this migration (`/api/v1/migrations`).
     pub exporter_record: Option<serde_json::Value>,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub exporter_metrics: String,
     pub wall_seconds: f64,
     pub trace: PathBuf,

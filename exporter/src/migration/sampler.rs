@@ -59,6 +59,8 @@ struct Core {
     metrics: Arc<Metrics>,
     trace: Option<TraceWriter>,
     records: Option<RecordLog>,
+    /// NIC transmit history, to add the network under a migration to its record.
+    network: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -157,9 +159,15 @@ impl Core {
         }
     }
 
-    fn publish(&mut self, finished: Vec<FinishedMigration>) {
+    fn publish(&mut self, mut finished: Vec<FinishedMigration>) {
         if finished.is_empty() {
             return;
+        }
+        if let Some(h) = &self.network {
+            let h = h.lock();
+            for f in &mut finished {
+                f.network = h.summary(f.started_at, f.finished_at);
+            }
         }
         for f in &finished {
             info!(
@@ -213,6 +221,7 @@ impl Sampler {
                 metrics,
                 trace,
                 records: None,
+                network: None,
                 want_completed: HashMap::new(),
             })),
             last_completed_sweep: None,
@@ -223,6 +232,12 @@ impl Sampler {
     /// Keep finished-migration records in this file too.
     pub fn with_records(self, log: RecordLog) -> Self {
         self.core.lock().records = Some(log);
+        self
+    }
+
+    /// Add the busiest NIC's throughput to each finished migration's record.
+    pub fn with_network(self, history: Arc<Mutex<crate::net::netdev::TxHistory>>) -> Self {
+        self.core.lock().network = Some(history);
         self
     }
 

@@ -150,6 +150,9 @@ pub struct FinishedMigration {
     /// Verdict changes while it ran (empty when it was never sampled live).
     pub verdicts: Vec<VerdictChange>,
     pub figures: FigureSource,
+    /// The busiest transmitting NIC while it ran (source side).
+    #[serde(default)]
+    pub network: Option<crate::net::netdev::NetworkSummary>,
 }
 
 /// What one sample round saw for one listed domain.
@@ -516,6 +519,7 @@ impl Tracker {
                 .map(|j| j.convergence.history().to_vec())
                 .unwrap_or_default(),
             figures,
+            network: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use vm_migration_exporter::libvirt::jobs::DomainEvent;
 use vm_migration_exporter::metrics::Metrics;
+use vm_migration_exporter::migration::convergence::Verdict;
 use vm_migration_exporter::migration::sampler::{Sampler, SamplerConfig};
 use vm_migration_exporter::migration::stats::{Direction, JobStats};
 use vm_migration_exporter::migration::tracker::{FigureSource, FinishedMigration, Outcome, Phase};
@@ -14,15 +15,21 @@ use vm_migration_exporter::state;
 use vm_migration_exporter::trace::{read_trace, ReplaySource, TraceRecord};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/traces")
-        .join(name)
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // Lab runs keep their traces beside the run's results.json (fixtures/lab-ci).
+    let lab = base.join("lab-ci/traces").join(name);
+    if lab.exists() {
+        return lab;
+    }
+    base.join("traces").join(name)
 }
 
 struct Replayed {
     finished: Vec<FinishedMigration>,
     /// Whether some round showed the job live with data remaining.
     seen_live: bool,
+    /// (pass, verdict, phase) of the live job after each round.
+    live: Vec<(u64, Verdict, Phase)>,
     records: Vec<TraceRecord>,
     final_text: String,
 }
@@ -40,12 +47,17 @@ fn replay(name: &str) -> Replayed {
         SamplerConfig::default(),
     );
     let mut seen_live = false;
+    let mut live = Vec::new();
     sampler.replay(&source, |_| {
-        seen_live |= shared
-            .lock()
-            .active
-            .iter()
-            .any(|j| j.stats.data_remaining.is_some());
+        let st = shared.lock();
+        seen_live |= st.active.iter().any(|j| j.stats.data_remaining.is_some());
+        for j in &st.active {
+            live.push((
+                j.stats.memory_iteration.unwrap_or(0),
+                j.convergence.current().verdict,
+                j.phase,
+            ));
+        }
     });
     let finished = shared.lock().records.iter().cloned().collect();
     let final_text = vm_migration_exporter::exposition::encode(&reg, false)
@@ -54,6 +66,7 @@ fn replay(name: &str) -> Replayed {
     Replayed {
         finished,
         seen_live,
+        live,
         records,
         final_text,
     }
@@ -166,4 +179,71 @@ fn torn_last_line_is_skipped_and_earlier_damage_is_an_error() {
         err.contains("line 1") && err.contains("broken.jsonl"),
         "{err}"
     );
+}
+
+#[test]
+fn lab_stressed_precopy_is_called_stalled_by_pass_2_and_counted_aborted() {
+    let r = replay("ci-stressed-precopy-source.jsonl");
+    let first_bad = r
+        .live
+        .iter()
+        .find(|(_, v, _)| v.is_non_converging())
+        .map(|(pass, _, _)| *pass);
+    assert!(
+        first_bad.is_some_and(|p| p <= 3),
+        "flagged by pass 3: {:?}",
+        r.live
+    );
+    assert!(
+        !r.live.iter().any(|(_, v, _)| *v == Verdict::Converging),
+        "never converging: {:?}",
+        r.live
+    );
+    assert_eq!(r.finished.len(), 1);
+    assert_eq!(r.finished[0].outcome, Outcome::Aborted);
+    assert!(
+        r.finished[0]
+            .verdicts
+            .iter()
+            .any(|v| v.verdict.is_non_converging()),
+        "the record keeps the verdict history"
+    );
+}
+
+#[test]
+fn lab_postcopy_switches_phase_and_counts_as_postcopy() {
+    let r = replay("ci-postcopy-source.jsonl");
+    assert!(
+        r.live
+            .iter()
+            .any(|(_, v, p)| *p == Phase::Postcopy && *v == Verdict::Postcopy),
+        "{:?}",
+        r.live
+    );
+    assert_eq!(r.finished.len(), 1);
+    let f = &r.finished[0];
+    assert_eq!((f.outcome, f.mode), (Outcome::Completed, Phase::Postcopy));
+    let ev = completed_event(&r.records);
+    assert_eq!(f.postcopy_requests, ev.memory_postcopy_requests);
+    assert!(f.postcopy_requests.is_some_and(|n| n > 0));
+    assert_eq!(f.downtime_seconds, secs(ev.downtime_ms));
+}
+
+#[test]
+fn lab_loaded_precopy_converges_without_a_false_alarm() {
+    let r = replay("ci-loaded-precopy-source.jsonl");
+    assert!(
+        r.live.iter().any(|(_, v, _)| *v == Verdict::Converging),
+        "{:?}",
+        r.live
+    );
+    assert!(
+        !r.live
+            .iter()
+            .any(|(pass, v, _)| *pass > 2 && v.is_non_converging()),
+        "{:?}",
+        r.live
+    );
+    assert_eq!(r.finished.len(), 1);
+    assert_eq!(r.finished[0].outcome, Outcome::Completed);
 }

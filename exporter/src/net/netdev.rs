@@ -1,0 +1,308 @@
+//! NIC counters and link state from `/proc/net/dev` and `/sys/class/net/<dev>/{speed,operstate}`
+//! (under `--path.procfs` and `--path.sysfs`, so the exporter works in a container and tests run
+//! on fixture trees), in node_exporter's netdev collector's footsteps.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Counters of one device, as `/proc/net/dev` has them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_drops: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_drops: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Device {
+    pub name: String,
+    pub counters: Counters,
+    /// Link speed in bytes/s; `None` when the driver does not know (virtual devices).
+    pub speed_bytes: Option<u64>,
+    pub up: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NetdevError {
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path} line {line}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Parse `/proc/net/dev`. Device names may contain `:` (the counters follow the last one).
+pub fn parse_proc_net_dev(text: &str, path: &str) -> Result<Vec<(String, Counters)>, NetdevError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(2) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |message: &str| NetdevError::Parse {
+            path: path.to_string(),
+            line: i + 1,
+            message: message.to_string(),
+        };
+        let (name, rest) = line
+            .rsplit_once(':')
+            .ok_or_else(|| err("no ':' after the device name"))?;
+        let v: Vec<u64> = rest
+            .split_whitespace()
+            .map(|f| f.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| err("a counter is not a number"))?;
+        if v.len() < 16 {
+            return Err(err("fewer than 16 counters"));
+        }
+        out.push((
+            name.trim().to_string(),
+            Counters {
+                rx_bytes: v[0],
+                rx_packets: v[1],
+                rx_errors: v[2],
+                rx_drops: v[3],
+                tx_bytes: v[8],
+                tx_packets: v[9],
+                tx_errors: v[10],
+                tx_drops: v[11],
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads devices from a procfs and sysfs root.
+#[derive(Clone, Debug)]
+pub struct Netdev {
+    pub procfs: PathBuf,
+    pub sysfs: PathBuf,
+    pub include: Option<regex::Regex>,
+    pub exclude: Option<regex::Regex>,
+}
+
+impl Netdev {
+    pub fn read(&self) -> Result<Vec<Device>, NetdevError> {
+        let path = self.procfs.join("net/dev");
+        let text = std::fs::read_to_string(&path).map_err(|e| NetdevError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        for (name, counters) in parse_proc_net_dev(&text, &path.display().to_string())? {
+            if self.include.as_ref().is_some_and(|r| !r.is_match(&name))
+                || self.exclude.as_ref().is_some_and(|r| r.is_match(&name))
+            {
+                continue;
+            }
+            // A device can vanish between the two reads: then it has no speed and is not up.
+            let class = self.sysfs.join("class/net").join(&name);
+            let speed_bytes = read_trimmed(&class.join("speed"))
+                .and_then(|s| s.parse::<i64>().ok())
+                .filter(|mbit| *mbit > 0)
+                .map(|mbit| mbit as u64 * 125_000);
+            let up = read_trimmed(&class.join("operstate")).as_deref() == Some("up");
+            out.push(Device {
+                name,
+                counters,
+                speed_bytes,
+                up,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `speed` of a virtual device fails to read with EINVAL: that is "unknown", not an error.
+fn read_trimmed(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Seconds of transmit history kept per device (for migration records).
+const HISTORY: usize = 3600;
+
+/// Transmit byte counters over time, per device, to summarise the network under a migration.
+#[derive(Debug, Default)]
+pub struct TxHistory {
+    by_device: BTreeMap<String, VecDeque<(f64, u64)>>,
+    speed: BTreeMap<String, Option<u64>>,
+}
+
+/// What the network did while a migration ran: the busiest transmitting device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    pub device: String,
+    pub peak_tx_bytes_per_second: f64,
+    pub mean_tx_bytes_per_second: f64,
+    pub link_speed_bytes_per_second: Option<f64>,
+    /// Mean transmit rate ÷ link speed.
+    pub mean_link_share: Option<f64>,
+}
+
+impl TxHistory {
+    pub fn push(&mut self, t: f64, devices: &[Device]) {
+        for d in devices {
+            let h = self.by_device.entry(d.name.clone()).or_default();
+            h.push_back((t, d.counters.tx_bytes));
+            while h.len() > HISTORY {
+                h.pop_front();
+            }
+            self.speed.insert(d.name.clone(), d.speed_bytes);
+        }
+        // Devices gone for a whole history window are forgotten.
+        self.by_device
+            .retain(|_, h| h.back().is_some_and(|(last, _)| t - last < HISTORY as f64));
+    }
+
+    /// The device that sent the most between `from` and `to`, with its peak and mean rate.
+    pub fn summary(&self, from: f64, to: f64) -> Option<NetworkSummary> {
+        let mut best: Option<NetworkSummary> = None;
+        let mut best_bytes = 0u64;
+        for (name, h) in &self.by_device {
+            let window: Vec<&(f64, u64)> = h
+                .iter()
+                .filter(|(t, _)| *t >= from - 1.0 && *t <= to + 1.0)
+                .collect();
+            let (Some(first), Some(last)) = (window.first(), window.last()) else {
+                continue;
+            };
+            if last.0 <= first.0 || name == "lo" {
+                continue;
+            }
+            let bytes = last.1.saturating_sub(first.1);
+            let peak = window
+                .windows(2)
+                .filter(|w| w[1].0 > w[0].0)
+                .map(|w| w[1].1.saturating_sub(w[0].1) as f64 / (w[1].0 - w[0].0))
+                .fold(0.0, f64::max);
+            if bytes > best_bytes {
+                best_bytes = bytes;
+                let mean = bytes as f64 / (last.0 - first.0);
+                let speed = self.speed.get(name).copied().flatten().map(|s| s as f64);
+                best = Some(NetworkSummary {
+                    device: name.clone(),
+                    peak_tx_bytes_per_second: peak,
+                    mean_tx_bytes_per_second: mean,
+                    link_speed_bytes_per_second: speed,
+                    mean_link_share: speed.map(|s| mean / s),
+                });
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV: &str = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+  eth0: 123456789 1000  1    2    0     0          0         5 987654321   2000    3    4    0     0       0          0
+weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
+";
+
+    #[test]
+    fn parses_counters_and_odd_names() {
+        let devs = parse_proc_net_dev(DEV, "fixture").expect("parses");
+        assert_eq!(devs.len(), 3);
+        assert_eq!(devs[1].0, "eth0");
+        assert_eq!(
+            devs[1].1,
+            Counters {
+                rx_bytes: 123456789,
+                rx_packets: 1000,
+                rx_errors: 1,
+                rx_drops: 2,
+                tx_bytes: 987654321,
+                tx_packets: 2000,
+                tx_errors: 3,
+                tx_drops: 4,
+            }
+        );
+        assert_eq!(devs[2].0, "weird:name");
+        assert_eq!(devs[2].1.tx_drops, 12);
+    }
+
+    #[test]
+    fn damaged_lines_are_errors_naming_the_line() {
+        let bad = "h1\nh2\n  eth0: 1 2 3\n";
+        let e = parse_proc_net_dev(bad, "/proc/net/dev").expect_err("short line");
+        assert_eq!(
+            e.to_string(),
+            "/proc/net/dev line 3: fewer than 16 counters"
+        );
+        assert!(parse_proc_net_dev("h1\nh2\n eth0 1 2\n", "x").is_err());
+    }
+
+    #[test]
+    fn sysfs_speed_unknown_or_missing_device() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("net")).expect("mkdir");
+        std::fs::write(dir.path().join("net/dev"), DEV).expect("write");
+        for (dev, speed, state) in [("eth0", "10000", "up"), ("lo", "", "unknown")] {
+            let c = dir.path().join("class/net").join(dev);
+            std::fs::create_dir_all(&c).expect("mkdir");
+            if !speed.is_empty() {
+                std::fs::write(c.join("speed"), format!("{speed}\n")).expect("write");
+            }
+            std::fs::write(c.join("operstate"), format!("{state}\n")).expect("write");
+        }
+        // "weird:name" has no sysfs entry: it vanished between the reads.
+        let n = Netdev {
+            procfs: dir.path().to_path_buf(),
+            sysfs: dir.path().to_path_buf(),
+            include: None,
+            exclude: Some(regex::Regex::new("^lo$").expect("regex")),
+        };
+        let devs = n.read().expect("reads");
+        assert_eq!(
+            devs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+            ["eth0", "weird:name"]
+        );
+        assert_eq!(devs[0].speed_bytes, Some(1_250_000_000));
+        assert!(devs[0].up);
+        assert_eq!(devs[1].speed_bytes, None);
+        assert!(!devs[1].up);
+    }
+
+    #[test]
+    fn summary_picks_the_busiest_device_with_peak_and_mean() {
+        let mut h = TxHistory::default();
+        let dev = |name: &str, tx: u64| Device {
+            name: name.into(),
+            counters: Counters {
+                tx_bytes: tx,
+                ..Counters::default()
+            },
+            speed_bytes: Some(1_000_000),
+            up: true,
+        };
+        for (t, a, b) in [
+            (0.0, 0, 0),
+            (1.0, 100_000, 10),
+            (2.0, 500_000, 20),
+            (3.0, 600_000, 30),
+        ] {
+            h.push(t, &[dev("eth0", a), dev("eth1", b)]);
+        }
+        let s = h.summary(0.0, 3.0).expect("summary");
+        assert_eq!(s.device, "eth0");
+        assert_eq!(s.peak_tx_bytes_per_second, 400_000.0);
+        assert_eq!(s.mean_tx_bytes_per_second, 200_000.0);
+        assert_eq!(s.mean_link_share, Some(0.2));
+        assert_eq!(h.summary(10.0, 20.0), None);
+    }
+}
