@@ -39,6 +39,11 @@ pub fn ci() -> Vec<Scenario> {
 /// post-copy.
 pub fn paper() -> Vec<Scenario> {
     let mut out = vec![Scenario::idle("paper-idle")];
+    // Converges slowly (λ ≈ 0.67, many passes): long enough for the ETA to be judged.
+    let mut slow = Scenario::stressed("paper-pre-20mbps-seq-cap30-slow", 20, Pattern::Seq, 30);
+    slow.guest.dirty_mb = 400;
+    slow.deadline = Duration::from_secs(120);
+    out.push(slow);
     for &cap in &[30u32, 100] {
         for &(mbps, pattern) in &[
             (50u32, Pattern::Seq),
