@@ -8,6 +8,9 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Peer RTT/loss panels need the peer probes of issue 6 (vm_migration_peer_*), not exported yet:
+# a dashboard must never name a metric the exporter does not export. Flip when they land.
+PEER_PROBES = False
 DS = {"type": "prometheus", "uid": "${datasource}"}
 HOST = 'instance=~"$host"'
 DOM = 'instance=~"$host",domain=~"$domain"'
@@ -184,13 +187,15 @@ def detail():
                    [target(f"vm_migration_auto_converge_throttle_ratio{{{DOM}}}", "throttle {{domain}}"),
                     target(f"deriv(vm_migration_postcopy_page_requests{{{DOM}}}[1m])", "page requests/s {{domain}}")],
                    12, 22, unit="short"),
-        timeseries("Peer RTT (median)", "Round trip to the migration peers, on the same time axis.",
-                   [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
-                           "{{peer}}")], 0, 30, unit="s"),
-        timeseries("NIC transmit throughput", "Bytes per second sent by each NIC of the host.",
+        timeseries("NIC transmit throughput", "Bytes per second sent by each NIC of the host, on the same "
+                   "time axis as the migration.",
                    [target(f"rate(vm_migration_network_transmit_bytes_total{{{HOST}}}[{RATE}])", "{{device}}")],
                    12, 30, unit="Bps"),
     ]
+    if PEER_PROBES:
+        p.append(timeseries("Peer RTT (median)", "Round trip to the migration peers, on the same time axis.",
+                            [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
+                                    "{{peer}}")], 0, 30, unit="s"))
     return dashboard("vm-migration-detail", "VM migrations: migration detail",
                      "One migration as it runs: progress, rates, verdict, downtime, and the network under it.",
                      p, True, LINKS)
@@ -202,31 +207,36 @@ def network():
                    [target(f"rate(vm_migration_network_transmit_bytes_total{{{HOST}}}[{RATE}])", "tx {{device}}"),
                     target(f"rate(vm_migration_network_receive_bytes_total{{{HOST}}}[{RATE}])", "rx {{device}}"),
                     target(f"vm_migration_network_speed_bytes{{{HOST}}}", "link {{device}}")], 0, 0, unit="Bps"),
-        panel("heatmap", "Peer RTT heatmap", "Distribution of probe round-trip times to the migration peers.",
-              [target(f"sum by (le) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}]))", "{{le}}",
-                      fmt="heatmap")], 12, 0, 12, 8,
-              options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1,
-                       "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64}}),
-        timeseries("Probe loss", "Share of peer probes that timed out or failed.",
-                   [target(f'sum by (peer, probe) (rate(vm_migration_peer_probes_total{{{HOST},result!="success"}}[{RATE}])) '
-                           f"/ sum by (peer, probe) (rate(vm_migration_peer_probes_total{{{HOST}}}[{RATE}]))",
-                           "{{peer}} {{probe}}")], 0, 8, unit="percentunit"),
-        timeseries("Peer RTT p50 / p95", "Median and tail round trip per peer.",
-                   [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
-                           "p50 {{peer}}"),
-                    target(f"histogram_quantile(0.95, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
-                           "p95 {{peer}}")], 12, 8, unit="s"),
         timeseries("NIC drops and errors", "Packets dropped or in error per second.",
                    [target(f"rate(vm_migration_network_transmit_drops_total{{{HOST}}}[{RATE}])", "tx drops {{device}}"),
                     target(f"rate(vm_migration_network_receive_drops_total{{{HOST}}}[{RATE}])", "rx drops {{device}}"),
                     target(f"rate(vm_migration_network_transmit_errors_total{{{HOST}}}[{RATE}])", "tx errors {{device}}"),
                     target(f"rate(vm_migration_network_receive_errors_total{{{HOST}}}[{RATE}])", "rx errors {{device}}")],
-                   0, 16, unit="pps"),
+                   0, 8, unit="pps"),
+        timeseries("NIC link state", "1 when the device is up; link speed where the driver knows it.",
+                   [target(f"vm_migration_network_up{{{HOST}}}", "up {{device}}")], 12, 0, unit="short"),
+    ]
+    if PEER_PROBES:
+        p += [
+        panel("heatmap", "Peer RTT heatmap", "Distribution of probe round-trip times to the migration peers.",
+              [target(f"sum by (le) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}]))", "{{le}}",
+                      fmt="heatmap")], 0, 24, 12, 8,
+              options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1,
+                       "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64}}),
+        timeseries("Probe loss", "Share of peer probes that timed out or failed.",
+                   [target(f'sum by (peer, probe) (rate(vm_migration_peer_probes_total{{{HOST},result!="success"}}[{RATE}])) '
+                           f"/ sum by (peer, probe) (rate(vm_migration_peer_probes_total{{{HOST}}}[{RATE}]))",
+                           "{{peer}} {{probe}}")], 12, 24, unit="percentunit"),
+        timeseries("Peer RTT p50 / p95", "Median and tail round trip per peer.",
+                   [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
+                           "p50 {{peer}}"),
+                    target(f"histogram_quantile(0.95, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
+                           "p95 {{peer}}")], 0, 32, unit="s"),
         panel("state-timeline", "Peer reachability", "1 when the peer answered its last probe.",
-              [target(f"vm_migration_peer_up{{{HOST}}}", "{{peer}} {{probe}}")], 12, 16, 12, 8,
+              [target(f"vm_migration_peer_up{{{HOST}}}", "{{peer}} {{probe}}")], 12, 32, 12, 8,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
-    ]
+        ]
     return dashboard("vm-migration-network", "VM migrations: network path",
                      "The path migrations take: NIC throughput against link speed, RTT and loss to peers.",
                      p, False, LINKS)

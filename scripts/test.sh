@@ -13,5 +13,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== alert rules (promtool check + unit tests, runbooks)"
 bash scripts/check-alerts.sh
+echo "== dashboards (in sync, PromQL parses, metrics exported, @grafana/schema types)"
+bash scripts/check-dashboards.sh
 echo "== cargo test"
 cargo test --workspace --locked
