@@ -4,6 +4,7 @@
 //! and vm-migration-exporter watching each one. The system tests drive it through this
 //! library; `migration-lab` is its command line.
 
+pub mod delay;
 pub mod exporter;
 pub mod guest;
 pub mod host;
@@ -44,6 +45,8 @@ pub const SOURCE_DEV: &str = "vmlabs0";
 pub struct Lab {
     pub src: Host,
     pub dst: Host,
+    /// The delayed path (dropped before `link`, whose namespace holds its far end).
+    pub delay: delay::DelayLink,
     pub link: net::Link,
     pub assets: guest::Assets,
     pub exporter_bin: PathBuf,
@@ -78,6 +81,7 @@ impl Lab {
             .map_err(|e| LabError::Host(format!("source: {e}")))?;
         let dst = Host::start_in(&dir.join("hosts/dst"), Some(NETNS))
             .map_err(|e| LabError::Host(format!("destination: {e}")))?;
+        let delay = delay::DelayLink::create(NETNS)?;
         for h in [&src, &dst] {
             h.virsh(&["version"])
                 .map_err(|e| LabError::Host(format!("health check of {}: {e}", h.uri())))?;
@@ -85,6 +89,7 @@ impl Lab {
         Ok(Lab {
             src,
             dst,
+            delay,
             link,
             assets,
             exporter_bin,
@@ -100,5 +105,6 @@ pub fn down(dir: &Path) {
     for h in ["src", "dst"] {
         host::stop_leftovers(&dir.join("hosts").join(h));
     }
+    delay::remove();
     net::remove(NETNS, SOURCE_DEV);
 }

@@ -158,3 +158,79 @@ pub fn write(out: &Path, results: &[RunResult]) -> Result<Vec<PathBuf>, String> 
     }
     Ok(files)
 }
+
+/// A time-series panel as a PNG: one line per series, time in seconds from the first sample.
+pub fn timeseries_png(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), String> {
+    register_font()?;
+    let t0 = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold(f64::INFINITY, f64::min);
+    let t1 = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if !t0.is_finite() || !lo.is_finite() {
+        return Err(format!("{title}: no data to draw"));
+    }
+    let (lo, hi) = (lo.min(0.0), if hi > lo { hi * 1.1 } else { lo + 1.0 });
+    let root = BitMapBackend::new(path, (900, 360)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(32)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..(t1 - t0).max(1.0), lo..hi)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .label_style(("sans-serif", 13))
+        .y_label_formatter(&|v| {
+            let a = v.abs();
+            if a >= 1e9 {
+                format!("{:.1}G", v / 1e9)
+            } else if a >= 1e6 {
+                format!("{:.1}M", v / 1e6)
+            } else if a >= 1e3 {
+                format!("{:.1}k", v / 1e3)
+            } else {
+                format!("{v:.2}")
+            }
+        })
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|(t, v)| (t - t0, *v)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}

@@ -35,8 +35,14 @@ pub fn ci() -> Vec<Scenario> {
     vec![idle, loaded, stressed, raised, post, restart]
 }
 
-/// The matrix behind the paper's findings: dirty rate × pattern × bandwidth, pre-copy and
-/// post-copy.
+/// Round-trip times standing in for the paper's paths: a metro link like Northern Ireland –
+/// Dublin, and a transatlantic one like Northern Ireland – Halifax.
+pub const RTT_METRO_MS: u32 = 10;
+pub const RTT_TRANSATLANTIC_MS: u32 = 80;
+
+/// The matrix behind the paper's three findings: pre-copy of a heavily written memory over
+/// longer paths (finding 1), post-copy against the write pattern (finding 2), and how bandwidth
+/// and latency move time and downtime (finding 3).
 pub fn paper() -> Vec<Scenario> {
     let mut out = vec![Scenario::idle("paper-idle")];
     // Converges slowly (λ ≈ 0.67, many passes): long enough for the ETA to be judged.
@@ -44,27 +50,41 @@ pub fn paper() -> Vec<Scenario> {
     slow.guest.dirty_mb = 400;
     slow.deadline = Duration::from_secs(120);
     out.push(slow);
-    for &cap in &[30u32, 100] {
-        for &(mbps, pattern) in &[
-            (50u32, Pattern::Seq),
-            (150, Pattern::Random),
-            (150, Pattern::Hot),
+    for rtt in [None, Some(RTT_METRO_MS), Some(RTT_TRANSATLANTIC_MS)] {
+        let path = rtt
+            .map(|r| format!("rtt{r}"))
+            .unwrap_or_else(|| "rtt0".into());
+        for (mode, mbps, pattern) in [
+            (Mode::Precopy, 50u32, Pattern::Seq),
+            (Mode::Precopy, 150, Pattern::Random),
+            (Mode::Postcopy, 150, Pattern::Random),
         ] {
-            for mode in [Mode::Precopy, Mode::Postcopy] {
-                let name = format!(
-                    "paper-{}-{mbps}mbps-{}-cap{cap}",
-                    if mode == Mode::Precopy { "pre" } else { "post" },
-                    pattern.as_str()
-                );
-                let mut s = Scenario::stressed(&name, mbps, pattern, cap);
-                s.mode = mode;
-                s.deadline = Duration::from_secs(60);
-                if mode == Mode::Postcopy {
-                    s.postcopy_after = Some(Duration::from_secs(10));
-                }
-                out.push(s);
+            let name = format!(
+                "paper-{}-{mbps}mbps-{}-cap100-{path}",
+                if mode == Mode::Precopy { "pre" } else { "post" },
+                pattern.as_str()
+            );
+            let mut s = Scenario::stressed(&name, mbps, pattern, 100);
+            s.mode = mode;
+            s.rtt_ms = rtt;
+            s.deadline = Duration::from_secs(60);
+            if mode == Mode::Postcopy {
+                s.postcopy_after = Some(Duration::from_secs(10));
             }
+            out.push(s);
         }
+    }
+    for pattern in [Pattern::Seq, Pattern::Random, Pattern::Hot] {
+        let mut s = Scenario::stressed(
+            &format!("paper-post-150mbps-{}-cap30", pattern.as_str()),
+            150,
+            pattern,
+            30,
+        );
+        s.mode = Mode::Postcopy;
+        s.postcopy_after = Some(Duration::from_secs(10));
+        s.deadline = Duration::from_secs(60);
+        out.push(s);
     }
     out
 }

@@ -38,6 +38,21 @@ fn ready(url: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Start a daemon quietly and wait until it answers `/-/ready` on `addr`.
+fn start_daemon(mut cmd: Command, addr: SocketAddr, what: &str) -> Proc {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} must be installed: {e}"));
+    let proc = Proc(child);
+    assert!(
+        poll_until(START, || ready(&format!("http://{addr}/-/ready"))),
+        "{what} did not start on {addr}"
+    );
+    proc
+}
+
 /// Kills the process on drop.
 struct Proc(Child);
 
@@ -113,24 +128,19 @@ impl Alertmanager {
         )
         .expect("write alertmanager.yml");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", cfg.display()))
+        let mut cmd = Command::new("prometheus-alertmanager");
+        cmd.arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--storage.path={}", dir.join("am-data").display()))
             .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus-alertmanager (Debian package prometheus-alertmanager) must be installed");
-        let me = Alertmanager {
+            .arg("--cluster.listen-address=");
+        Alertmanager {
             addr,
-            _proc: Proc(child),
-        };
-        assert!(
-            poll_until(START, || ready(&format!("http://{addr}/-/ready"))),
-            "alertmanager did not start"
-        );
-        me
+            _proc: start_daemon(
+                cmd,
+                addr,
+                "prometheus-alertmanager (Debian package prometheus-alertmanager)",
+            ),
+        }
     }
 }
 
@@ -164,40 +174,44 @@ impl Prometheus {
         }
         std::fs::write(&cfg, text).expect("write prometheus.yml");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", cfg.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("prom-data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus) must be installed");
-        let me = Prometheus {
+            .arg(format!("--web.listen-address={addr}"));
+        Prometheus {
             addr,
-            _proc: Proc(child),
-        };
-        assert!(
-            poll_until(START, || ready(&format!("http://{addr}/-/ready"))),
-            "prometheus did not start"
-        );
-        me
+            _proc: start_daemon(cmd, addr, "prometheus (Debian package prometheus)"),
+        }
     }
 
     /// An instant query; returns the `data.result` array.
     pub fn query(&self, q: &str) -> Vec<serde_json::Value> {
-        let url = format!("http://{}/api/v1/query", self.addr);
+        self.api("query", &[("query", q)])
+    }
+
+    /// A query over `[start, end]` with a 1 s step; returns `data.result`.
+    pub fn query_range(&self, q: &str, start: f64, end: f64) -> Vec<serde_json::Value> {
+        let (s, e) = (format!("{start:.3}"), format!("{end:.3}"));
+        self.api(
+            "query_range",
+            &[("query", q), ("start", &s), ("end", &e), ("step", "1")],
+        )
+    }
+
+    fn api(&self, endpoint: &str, params: &[(&str, &str)]) -> Vec<serde_json::Value> {
+        let url = format!("http://{}/api/v1/{endpoint}", self.addr);
         let resp = reqwest::blocking::Client::new()
             .get(url)
-            .query(&[("query", q)])
+            .query(params)
             .send();
         let Ok(text) = resp.and_then(|r| r.text()) else {
             return Vec::new();
         };
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        assert_eq!(v["status"], "success", "query {q} failed: {v}");
+        assert_eq!(v["status"], "success", "{endpoint} {params:?} failed: {v}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 }
@@ -205,27 +219,4 @@ impl Prometheus {
 /// The repository's alert rules file.
 pub fn rules_file() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../alerts/vm-migration.rules.yml")
-}
-
-/// Query over a time range (step 1 s); returns `data.result`.
-impl Prometheus {
-    pub fn query_range(&self, q: &str, start: f64, end: f64) -> Vec<serde_json::Value> {
-        let url = format!("http://{}/api/v1/query_range", self.addr);
-        let (s, e) = (format!("{start:.3}"), format!("{end:.3}"));
-        let resp = reqwest::blocking::Client::new()
-            .get(url)
-            .query(&[
-                ("query", q),
-                ("start", s.as_str()),
-                ("end", e.as_str()),
-                ("step", "1"),
-            ])
-            .send();
-        let Ok(text) = resp.and_then(|r| r.text()) else {
-            return Vec::new();
-        };
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        assert_eq!(v["status"], "success", "query {q} failed: {v}");
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
 }

@@ -20,7 +20,11 @@ fn cells(r: &RunResult) -> Vec<String> {
         s.bandwidth_mibs
             .map(|b| b.to_string())
             .unwrap_or_else(|| "none".into()),
-        "0".into(),
+        match (s.rtt_ms, r.ping_rtt_ms) {
+            (Some(rtt), Some(p)) => format!("{rtt} (ping {p:.1})"),
+            (Some(rtt), None) => rtt.to_string(),
+            _ => "0".into(),
+        },
         r.outcome.clone(),
         r.libvirt_number("time_elapsed")
             .map(|ms| format!("{:.1}", ms / 1000.0))

@@ -29,6 +29,9 @@ pub struct Scenario {
     pub bandwidth_mibs: Option<u32>,
     /// A token-bucket cap on the link (Mbit/s).
     pub link_mbit: Option<u32>,
+    /// Added round-trip time (ms): the migration then takes the delayed path.
+    #[serde(default)]
+    pub rtt_ms: Option<u32>,
     pub auto_converge: bool,
     /// Switch a post-copy-enabled migration to post-copy after this long.
     pub postcopy_after: Option<Duration>,
@@ -56,6 +59,7 @@ impl Scenario {
             mode: Mode::Precopy,
             bandwidth_mibs: None,
             link_mbit: None,
+            rtt_ms: None,
             auto_converge: false,
             postcopy_after: None,
             raise_max_downtime: None,
@@ -106,6 +110,9 @@ pub struct RunResult {
     pub trace: PathBuf,
     /// The guest's last console line after the migration (its integrity check).
     pub guest_status: Option<String>,
+    /// Average RTT `ping` measured over the migration's path just before it (delayed path only).
+    #[serde(default)]
+    pub ping_rtt_ms: Option<f64>,
 }
 
 impl RunResult {
@@ -126,14 +133,14 @@ impl RunResult {
     }
 }
 
-/// `virsh event --all --loop` on a connection.
-struct EventWatch {
+/// `virsh event --all --loop` on a connection, its lines collected as they come.
+pub struct EventWatch {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl EventWatch {
-    fn start(uri: &str) -> Result<EventWatch, LabError> {
+    pub fn start(uri: &str) -> Result<EventWatch, LabError> {
         let mut child = Command::new("virsh")
             .args(["-c", uri, "event", "--all", "--loop"])
             .stdout(Stdio::piped())
@@ -156,7 +163,8 @@ impl EventWatch {
         Ok(EventWatch { child, lines })
     }
 
-    fn job_completed(&self) -> Option<BTreeMap<String, String>> {
+    /// The `key: value` fields of the first `job-completed` event, once it came.
+    pub fn job_completed(&self) -> Option<BTreeMap<String, String>> {
         let lines = self.lines.lock().ok()?.clone();
         let start = lines.iter().position(|l| l.contains("'job-completed'"))?;
         let fields: BTreeMap<String, String> = lines[start + 1..]
@@ -166,6 +174,13 @@ impl EventWatch {
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
         (!fields.is_empty()).then_some(fields)
+    }
+}
+
+impl EventWatch {
+    /// Everything virsh printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -218,6 +233,12 @@ impl Lab {
         std::fs::create_dir_all(&traces)
             .map_err(|e| LabError::Setup(format!("{}: {e}", traces.display())))?;
         self.link.set_bandwidth(s.link_mbit)?;
+        self.delay
+            .set_rtt(Duration::from_millis(u64::from(s.rtt_ms.unwrap_or(0))));
+        let (dest_addr, ping_rtt_ms) = match s.rtt_ms {
+            Some(_) => (crate::delay::DEST_ADDR, crate::delay::ping_rtt_ms()),
+            None => (crate::net::DEST_ADDR, None),
+        };
         let name = &s.guest.name;
         let xml = out.join(format!("{name}.xml"));
         std::fs::write(&xml, s.guest.domain_xml(&self.assets))
@@ -267,7 +288,7 @@ impl Lab {
         args.extend([
             name.clone(),
             self.dst.uri().into(),
-            format!("tcp://{}", crate::net::DEST_ADDR),
+            format!("tcp://{dest_addr}"),
         ]);
         let started = Instant::now();
         let mut child = Command::new("virsh")
@@ -376,6 +397,7 @@ impl Lab {
             wall_seconds: started.elapsed().as_secs_f64(),
             trace,
             guest_status,
+            ping_rtt_ms,
         })
     }
 }

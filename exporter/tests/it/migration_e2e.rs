@@ -7,14 +7,13 @@
 //! 1 MiB/s keeps the migration running long enough to be sampled live.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::exporter::{value, RunningExporter};
 use crate::support::libvirtd::TestLibvirtd;
 use crate::support::poll_until;
+use migration_lab::scenario::EventWatch;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -26,62 +25,6 @@ fn guest_xml(name: &str) -> String {
          <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
          <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
     )
-}
-
-/// `virsh event --all --loop` on a connection, its output collected line by line.
-struct EventWatch {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl EventWatch {
-    fn start(uri: &str) -> EventWatch {
-        let mut child = Command::new("virsh")
-            .args(["-c", uri, "event", "--all", "--loop"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("virsh event");
-        let out = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let w = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(mut v) = w.lock() {
-                    v.push(l);
-                }
-            }
-        });
-        EventWatch { child, lines }
-    }
-
-    /// The `key: value` lines that follow the first `job-completed` event.
-    fn job_completed(&self) -> Option<BTreeMap<String, String>> {
-        let lines = self.lines.lock().ok()?.clone();
-        let start = lines.iter().position(|l| l.contains("'job-completed'"))?;
-        let mut fields = BTreeMap::new();
-        for l in &lines[start + 1..] {
-            let Some((k, v)) = l.trim().split_once(':') else {
-                break;
-            };
-            if !l.starts_with(char::is_whitespace) {
-                break;
-            }
-            fields.insert(k.trim().to_string(), v.trim().to_string());
-        }
-        (!fields.is_empty()).then_some(fields)
-    }
-
-    fn all(&self) -> Vec<String> {
-        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for EventWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn num(fields: &BTreeMap<String, String>, key: &str) -> f64 {
@@ -226,7 +169,7 @@ fn outcome_series(outcome: &str, direction: &str) -> String {
 #[test]
 fn live_migration_is_seen_live_and_counted_with_libvirts_figures() {
     let pair = Pair::start("e2e");
-    let events = EventWatch::start(pair.src.uri());
+    let events = EventWatch::start(pair.src.uri()).expect("virsh event");
     let migrate = pair.migrate("e2e");
 
     // Live: the job and its progress are visible while it runs.
@@ -247,7 +190,7 @@ fn live_migration_is_seen_live_and_counted_with_libvirts_figures() {
     assert!(
         poll_until(WAIT, || events.job_completed().is_some()),
         "no job-completed event: {:?}",
-        events.all()
+        events.lines()
     );
     let ev = events.job_completed().expect("event");
     let mut m = String::new();

@@ -1,0 +1,136 @@
+//! The dashboards against a real Prometheus that scraped a lab migration: every panel returns
+//! data, and the panels are drawn to PNG (VME_SCREENSHOT_DIR) so the docs show what the boards
+//! show — no Grafana server exists here.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use migration_lab::guest::Pattern;
+use migration_lab::prom::{rules_file, Prometheus};
+use migration_lab::scenario::{Mode, Scenario};
+use migration_lab::{plots, Lab};
+use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Grafana's variables, as a user with "All" selected and a 5-minute range would have them.
+fn fill(expr: &str) -> String {
+    expr.replace("$__rate_interval", "15s")
+        .replace("$__range", "5m")
+        .replace("$host", ".*")
+        .replace("$domain", ".*")
+}
+
+fn series(result: &[serde_json::Value]) -> Vec<(String, Vec<(f64, f64)>)> {
+    result
+        .iter()
+        .map(|s| {
+            let name = s["metric"].as_object().map(|m| {
+                m.iter()
+                    .filter(|(k, _)| *k != "instance" && *k != "job" && *k != "uuid")
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            let pts = s["values"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|p| Some((p[0].as_f64()?, p[1].as_str()?.parse::<f64>().ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name.unwrap_or_default(), pts)
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_panel_returns_data_from_a_real_migration() {
+    let _one = one_lab_at_a_time();
+    let dir = scratch("dashboards");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let prom = Prometheus::start(&dir, &[port], &rules_file(), None);
+    let bin = exporter_binary();
+    let mut lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
+    lab.exporter_listen = Some(port);
+    let start = now();
+    // A converging migration (duration and downtime histograms) ...
+    let converging = Scenario::stressed("dash-converging", 10, Pattern::Seq, 30);
+    assert_eq!(
+        lab.run(&converging, &dir, &|_| {}).expect("run").outcome,
+        "completed"
+    );
+    // ... then a stuck one with auto-converge, rescued by post-copy: verdicts, throttle, phase,
+    // page requests, predicted vs max downtime.
+    let mut stuck = Scenario::stressed("dash-stuck", 150, Pattern::Random, 30);
+    stuck.mode = Mode::Postcopy;
+    stuck.auto_converge = true;
+    stuck.postcopy_after = Some(Duration::from_secs(30));
+    stuck.deadline = Duration::from_secs(90);
+    let r = lab.run(&stuck, &dir, &|_| {}).expect("run");
+    assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
+    drop(lab);
+    let end = now();
+
+    let shots = std::env::var("VME_SCREENSHOT_DIR").ok();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let mut empty_panels = Vec::new();
+    let mut empty_queries = Vec::new();
+    for file in [
+        "fleet-overview.json",
+        "migration-detail.json",
+        "network-path.json",
+    ] {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(file)).expect("dashboard"))
+                .expect("JSON");
+        for p in d["panels"].as_array().expect("panels") {
+            let title = p["title"].as_str().unwrap_or("?");
+            let mut drawn = Vec::new();
+            for t in p["targets"].as_array().expect("targets") {
+                let expr = fill(t["expr"].as_str().expect("expr"));
+                let result = prom.query_range(&expr, start, end);
+                if result.is_empty() {
+                    empty_queries.push(format!("{file}: {title}: {expr}"));
+                }
+                drawn.extend(series(&result));
+            }
+            if drawn.iter().all(|(_, pts)| pts.is_empty()) {
+                empty_panels.push(format!("{file}: {title}"));
+                continue;
+            }
+            if let Some(dir) = &shots {
+                let out = Path::new(dir).join(file.trim_end_matches(".json"));
+                std::fs::create_dir_all(&out).expect("screenshot dir");
+                let name: String = title
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_lowercase()
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                plots::timeseries_png(&out.join(format!("{name}.png")), title, &drawn)
+                    .expect("png");
+            }
+        }
+    }
+    for q in &empty_queries {
+        println!("dashboards: query with no data in this run: {q}");
+    }
+    assert!(
+        empty_panels.is_empty(),
+        "panels without data: {empty_panels:#?}"
+    );
+}
