@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   # build: libvirt headers for the FFI, pkg-config to find them
-  libvirt-dev pkg-config gcc
+  libvirt-dev pkg-config gcc libc6-dev
   # the lab and the system tests: real libvirtd + QEMU (TCG), guest initramfs tools, netns/veth/tc
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 cpio iproute2 iputils-ping
   # promtool (metrics and rule checks), real Prometheus + Alertmanager for the alerting tests

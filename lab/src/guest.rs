@@ -43,20 +43,32 @@ pub fn setup(lab_dir: &Path, say: &dyn Fn(&str)) -> Result<Assets, LabError> {
     };
     if !assets.kernel.is_file() {
         say("downloading the Debian cloud kernel (apt-get download, ~27 MB)");
-        let deps = run(
-            Command::new("apt-cache").args(["depends", KERNEL_META]),
-            "apt-cache depends",
-        )?;
-        let pkg = deps
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Depends: "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                LabError::Setup(format!(
-                    "apt-cache knows no {KERNEL_META}: run apt-get update"
-                ))
-            })?
-            .to_string();
+        let kernel_package = || -> Option<String> {
+            let deps = run(
+                Command::new("apt-cache").args(["depends", KERNEL_META]),
+                "apt-cache depends",
+            )
+            .ok()?;
+            deps.lines()
+                .find_map(|l| l.trim().strip_prefix("Depends: "))
+                .map(|p| p.trim().to_string())
+        };
+        // A fresh machine may have no package lists yet: refresh them once.
+        let pkg = match kernel_package() {
+            Some(p) => p,
+            None => {
+                say("apt has no package lists: running apt-get update");
+                run(
+                    Command::new("apt-get").args(["update", "-q"]),
+                    "apt-get update",
+                )?;
+                kernel_package().ok_or_else(|| {
+                    LabError::Setup(format!(
+                        "apt knows no {KERNEL_META} even after apt-get update"
+                    ))
+                })?
+            }
+        };
         let dl = dir.join("download");
         let _ = fs::remove_dir_all(&dl);
         fs::create_dir_all(&dl).map_err(|e| LabError::Setup(e.to_string()))?;
