@@ -246,10 +246,19 @@ impl Convergence {
             .range(2..)
             .map(|(_, p)| p.max_remaining)
             .collect();
-        let v = verdict(ratio, trend(&starts));
         let max_dt = max_downtime_ms
             .map(|m| m as f64 / 1000.0)
             .unwrap_or(DEFAULT_MAX_DOWNTIME_S);
+        // Already below QEMU's switch-over threshold: it switches over at the next check, whatever
+        // the last passes looked like (near the end passes are shorter than the sampling period).
+        // Only while λ < 1: a guest dirtying faster than the link is never called converging.
+        let below_threshold = matches!((remaining, rate), (Some(r), Some(b)) if r < b * max_dt)
+            && ratio.is_none_or(|l| l < 1.0);
+        let v = if below_threshold {
+            Verdict::Converging
+        } else {
+            verdict(ratio, trend(&starts))
+        };
         let start = starts.last().copied();
         let (predicted, eta) = match (start, ratio, rate, remaining) {
             (Some(start), Some(l), Some(b), Some(rem)) => match project(start, l, b, max_dt) {

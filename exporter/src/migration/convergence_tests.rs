@@ -246,3 +246,38 @@ proptest! {
         prop_assert!(!verdicts.contains(&Verdict::Converging), "{:?}", verdicts);
     }
 }
+
+#[test]
+fn below_the_switch_over_threshold_is_converging_whatever_the_trend() {
+    // The paper run's slow guest: passes 5, 6, 7 then 9 sampled at 42.5, 23.6, 7.9, 7.9 MiB;
+    // the last two equal read as a flat trend, but 7.9 MiB is under 30 MiB/s x 0.3 s.
+    let mut c = Convergence::default();
+    let b = 30 * 1048576;
+    c.observe(1.0, &sample(1, 508 << 20, 0, b), Some(300), Phase::Precopy);
+    for (t, i, rem) in [
+        (15.6, 5u64, 42.5),
+        (17.1, 6, 23.6),
+        (18.2, 7, 7.9),
+        (18.7, 9, 7.9),
+    ] {
+        let a = c.observe(
+            t,
+            &sample(i, (rem * 1048576.0) as u64, 20 * 256, b),
+            Some(300),
+            Phase::Precopy,
+        );
+        assert_eq!(a.verdict, Verdict::Converging, "pass {i}");
+    }
+    // The same flat remainder far above the threshold is a stall.
+    let mut c = Convergence::default();
+    c.observe(1.0, &sample(1, 508 << 20, 0, b), Some(300), Phase::Precopy);
+    for (t, i) in [(10.0, 2u64), (15.0, 3), (20.0, 4)] {
+        c.observe(
+            t,
+            &sample(i, 200 << 20, 20 * 256, b),
+            Some(300),
+            Phase::Precopy,
+        );
+    }
+    assert_eq!(c.current().verdict, Verdict::Stalled);
+}
