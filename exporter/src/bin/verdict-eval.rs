@@ -57,15 +57,19 @@ fn lab_forced(path: &Path) -> Option<bool> {
         .iter()
         .find(|r| r["scenario"]["name"] == name.as_str())?;
     let sc = &run["scenario"];
-    Some(
-        !sc["raise_max_downtime"].is_null()
-            || !sc["postcopy_after"].is_null()
-            || !sc["restart_source_libvirtd_after"].is_null(),
-    )
+    Some(!sc["raise_max_downtime"].is_null() || !sc["restart_source_libvirtd_after"].is_null())
 }
 
 fn evaluate(path: &Path) -> Result<Option<Evaluated>, String> {
     let records = read_trace(path).map_err(|e| e.to_string())?;
+    // A post-copy switch on a schedule says nothing about whether pre-copy would have converged.
+    let switched = records.iter().any(|r| {
+        matches!(r, TraceRecord::Event { event: DomainEvent::Lifecycle { event, detail, .. }, .. }
+            if (*event, *detail) == (lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY))
+    });
+    if switched {
+        return Ok(None);
+    }
     // Forced to finish: the max downtime changed during the job, or post-copy was switched on.
     let mut downtimes = records.iter().filter_map(|r| match r {
         TraceRecord::MaxDowntime { ms, .. } => Some(*ms),
@@ -167,7 +171,7 @@ fn main() -> ExitCode {
             Ok(Some(e)) => e,
             Ok(None) => {
                 eprintln!(
-                    "verdict-eval: {}: no outgoing migration in it, skipped",
+                    "verdict-eval: {}: post-copy (or no outgoing migration): not judged",
                     path.display()
                 );
                 continue;

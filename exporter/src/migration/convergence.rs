@@ -31,6 +31,8 @@ pub const DEFAULT_MAX_DOWNTIME_S: f64 = 0.3;
 /// dirty rate saturates just under the transfer rate (the lab's 150 MiB/s random writer over a
 /// 30 MiB/s link measured 0.82 at pass 2, then 0.96, 1.0).
 const CAUTIOUS_RATIO: f64 = 0.75;
+/// A falling remainder counts as converging only while λ is below this.
+const FALLING_CONVERGES_BELOW: f64 = 0.9;
 /// A change of the remainder smaller than this between passes is "flat".
 const TREND_MARGIN: f64 = 0.05;
 /// Passes of history that decide the trend.
@@ -144,7 +146,8 @@ pub fn trend(pass_starts: &[f64]) -> Option<Trend> {
 pub fn verdict(ratio: Option<f64>, trend: Option<Trend>) -> Verdict {
     match (trend, ratio) {
         (Some(Trend::Rising), _) => Verdict::Diverging,
-        (Some(Trend::Falling), Some(l)) if l < 1.0 => Verdict::Converging,
+        // Falling with λ close to 1 takes ~100 passes (the 80 ms RTT lab run: 0.97): a stall.
+        (Some(Trend::Falling), Some(l)) if l < FALLING_CONVERGES_BELOW => Verdict::Converging,
         (Some(Trend::Falling), None) => Verdict::Converging,
         // Falling although the guest dirties faster than we send: a bounded working set.
         (Some(Trend::Falling), Some(_)) => Verdict::Stalled,

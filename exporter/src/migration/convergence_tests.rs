@@ -57,6 +57,11 @@ fn verdict_table() {
     assert_eq!(verdict(Some(0.2), Some(Rising)), Verdict::Diverging);
     assert_eq!(verdict(Some(0.2), Some(Falling)), Verdict::Converging);
     assert_eq!(verdict(Some(4.0), Some(Falling)), Verdict::Stalled);
+    assert_eq!(
+        verdict(Some(0.97), Some(Falling)),
+        Verdict::Stalled,
+        "λ near 1 barely falls"
+    );
     assert_eq!(verdict(Some(0.5), Some(Flat)), Verdict::Stalled);
 }
 
