@@ -92,12 +92,19 @@ impl Metrics {
             last_iterations: Family::default(),
             call_errors: Family::default(),
         };
-        // Pre-create every outcome × mode × direction so rate() has a zero to start from.
+        // Pre-create every outcome × mode × direction, histograms included, so rate() has a zero to
+        // start from: a series first seen at 1 shows no increase.
         for outcome in [Outcome::Completed, Outcome::Failed, Outcome::Aborted] {
             for mode in [Phase::Precopy, Phase::Postcopy] {
                 for direction in ["out", "in"] {
-                    let _ = m.finished.get_or_create(&FinishedLabels {
+                    let labels = FinishedLabels {
                         outcome: outcome.as_str(),
+                        mode: mode.as_str(),
+                        direction,
+                    };
+                    let _ = m.finished.get_or_create(&labels);
+                    let _ = m.duration.get_or_create(&labels);
+                    let _ = m.downtime.get_or_create(&DowntimeLabels {
                         mode: mode.as_str(),
                         direction,
                     });

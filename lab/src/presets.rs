@@ -74,6 +74,27 @@ pub fn paper() -> Vec<Scenario> {
             out.push(s);
         }
     }
+    // Auto-converge throttles the guest's vCPUs until it dirties less.
+    let mut auto = Scenario::stressed(
+        "paper-pre-150mbps-random-cap30-autoconverge",
+        150,
+        Pattern::Random,
+        30,
+    );
+    auto.auto_converge = true;
+    auto.deadline = Duration::from_secs(60);
+    out.push(auto);
+    // Post-copy switched by progress rather than time: after the third memory pass.
+    let mut by_pass = Scenario::stressed(
+        "paper-post-150mbps-random-cap30-after-pass3",
+        150,
+        Pattern::Random,
+        30,
+    );
+    by_pass.mode = Mode::Postcopy;
+    by_pass.postcopy_after_iterations = Some(3);
+    by_pass.deadline = Duration::from_secs(90);
+    out.push(by_pass);
     for pattern in [Pattern::Seq, Pattern::Random, Pattern::Hot] {
         let mut s = Scenario::stressed(
             &format!("paper-post-150mbps-{}-cap30", pattern.as_str()),

@@ -35,6 +35,9 @@ pub struct Scenario {
     pub auto_converge: bool,
     /// Switch a post-copy-enabled migration to post-copy after this long.
     pub postcopy_after: Option<Duration>,
+    /// ... or once the exporter shows this memory pass.
+    #[serde(default)]
+    pub postcopy_after_iterations: Option<u32>,
     /// Raise the max downtime to `.1` ms after `.0`.
     pub raise_max_downtime: Option<(Duration, u64)>,
     /// Restart the source's libvirtd after this long.
@@ -62,6 +65,7 @@ impl Scenario {
             rtt_ms: None,
             auto_converge: false,
             postcopy_after: None,
+            postcopy_after_iterations: None,
             raise_max_downtime: None,
             restart_source_libvirtd_after: None,
             deadline: Duration::from_secs(120),
@@ -311,10 +315,15 @@ impl Lab {
             let o = observe(&exporter.metrics(), name, el.as_secs_f64());
             progress(&o);
             observations.push(o);
-            if let Some(after) = s.postcopy_after {
-                if !switched && el >= after {
-                    switched = self.src.virsh(&["migrate-postcopy", name]).is_ok();
-                }
+            let pass_reached = s.postcopy_after_iterations.is_some_and(|n| {
+                observations
+                    .last()
+                    .and_then(|o: &Observation| o.iteration)
+                    .is_some_and(|i| i >= f64::from(n))
+            });
+            let time_reached = s.postcopy_after.is_some_and(|after| el >= after);
+            if !switched && (pass_reached || time_reached) {
+                switched = self.src.virsh(&["migrate-postcopy", name]).is_ok();
             }
             if let Some((after, ms)) = s.raise_max_downtime {
                 if !raised && el >= after {

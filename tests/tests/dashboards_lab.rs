@@ -69,14 +69,20 @@ fn every_dashboard_panel_returns_data_from_a_real_migration() {
         lab.run(&converging, &dir, &|_| {}).expect("run").outcome,
         "completed"
     );
-    // ... then a stuck one with auto-converge, rescued by post-copy: verdicts, throttle, phase,
-    // page requests, predicted vs max downtime.
+    // ... a stuck one with auto-converge (verdicts, throttle, predicted vs max downtime), aborted
+    // at its deadline ...
     let mut stuck = Scenario::stressed("dash-stuck", 150, Pattern::Random, 30);
-    stuck.mode = Mode::Postcopy;
     stuck.auto_converge = true;
-    stuck.postcopy_after = Some(Duration::from_secs(30));
-    stuck.deadline = Duration::from_secs(90);
+    stuck.deadline = Duration::from_secs(40);
     let r = lab.run(&stuck, &dir, &|_| {}).expect("run");
+    assert_eq!(r.outcome, "aborted", "{}", r.virsh_output);
+    // ... and one rescued by post-copy (phase, page requests). Post-copy together with
+    // auto-converge failed in QEMU 7.2 here ("domain is not running"), so they run apart.
+    let mut post = Scenario::stressed("dash-postcopy", 150, Pattern::Random, 30);
+    post.mode = Mode::Postcopy;
+    post.postcopy_after = Some(Duration::from_secs(8));
+    post.deadline = Duration::from_secs(90);
+    let r = lab.run(&post, &dir, &|_| {}).expect("run");
     assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
     drop(lab);
     let end = now();
@@ -104,6 +110,10 @@ fn every_dashboard_panel_returns_data_from_a_real_migration() {
                 }
                 drawn.extend(series(&result));
             }
+            // NaN (a quantile of no observations) is no data either.
+            drawn
+                .iter_mut()
+                .for_each(|(_, pts)| pts.retain(|(_, v)| v.is_finite()));
             if drawn.iter().all(|(_, pts)| pts.is_empty()) {
                 empty_panels.push(format!("{file}: {title}"));
                 continue;

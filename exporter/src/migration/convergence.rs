@@ -252,10 +252,11 @@ impl Convergence {
         let max_dt = max_downtime_ms
             .map(|m| m as f64 / 1000.0)
             .unwrap_or(DEFAULT_MAX_DOWNTIME_S);
-        // Already below QEMU's switch-over threshold: it switches over at the next check, whatever
-        // the last passes looked like (near the end passes are shorter than the sampling period).
-        // Only while λ < 1: a guest dirtying faster than the link is never called converging.
-        let below_threshold = matches!((remaining, rate), (Some(r), Some(b)) if r < b * max_dt)
+        // The current pass started below QEMU's switch-over threshold: QEMU checks the remainder
+        // right after each dirty-bitmap sync (a pass start), so it switches over now, whatever the
+        // trend looked like (near the end passes are shorter than the sampling period). Mid-pass
+        // the remainder always dips below the threshold; that proves nothing.
+        let below_threshold = matches!((starts.last(), rate), (Some(s), Some(b)) if *s < b * max_dt)
             && ratio.is_none_or(|l| l < 1.0);
         let v = if below_threshold {
             Verdict::Converging
