@@ -19,7 +19,7 @@ struct Cli {
     #[arg(
         long = "lab.dir",
         env = "MIGRATION_LAB_DIR",
-        default_value = "/var/tmp/vm-migration-lab",
+        default_value = "/var/tmp/migration-lab",
         global = true
     )]
     lab_dir: PathBuf,

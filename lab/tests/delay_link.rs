@@ -8,7 +8,7 @@ use migration_lab::{delay, Lab};
 #[test]
 fn delay_link_adds_the_rtt_ping_measures() {
     let dir = std::path::PathBuf::from(
-        std::env::var("MIGRATION_LAB_DIR").unwrap_or_else(|_| "/var/tmp/vm-migration-lab".into()),
+        std::env::var("MIGRATION_LAB_DIR").unwrap_or_else(|_| "/var/tmp/migration-lab".into()),
     );
     let lab = Lab::up(&dir, None, &|m| eprintln!("lab: {m}")).expect("lab up");
     let base = delay::ping_rtt_ms().expect("ping answers over the delayed path");

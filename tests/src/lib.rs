@@ -13,7 +13,7 @@ pub fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
 
 pub fn lab_dir() -> PathBuf {
     PathBuf::from(
-        std::env::var("MIGRATION_LAB_DIR").unwrap_or_else(|_| "/var/tmp/vm-migration-lab".into()),
+        std::env::var("MIGRATION_LAB_DIR").unwrap_or_else(|_| "/var/tmp/migration-lab".into()),
     )
 }
 

@@ -65,10 +65,8 @@ fn every_dashboard_panel_returns_data_from_a_real_migration() {
     let start = now();
     // A converging migration (duration and downtime histograms) ...
     let converging = Scenario::stressed("dash-converging", 10, Pattern::Seq, 30);
-    assert_eq!(
-        lab.run(&converging, &dir, &|_| {}).expect("run").outcome,
-        "completed"
-    );
+    let r = lab.run(&converging, &dir, &|_| {}).expect("run");
+    assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
     // ... a stuck one with auto-converge (verdicts, throttle, predicted vs max downtime), aborted
     // at its deadline ...
     let mut stuck = Scenario::stressed("dash-stuck", 150, Pattern::Random, 30);
