@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::net::ip;
 use crate::LabError;
 
 pub const SOURCE_ADDR: &str = "10.78.0.1";
@@ -23,22 +24,6 @@ const MTU: u16 = 9000;
 /// The delayed path; its delay can change between migrations.
 pub struct DelayLink {
     one_way_us: Arc<AtomicU64>,
-}
-
-fn ip(args: &[&str]) -> Result<(), LabError> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| LabError::Network(format!("ip {}: {e}", args.join(" "))))?;
-    if !out.status.success() {
-        return Err(LabError::Network(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 fn tun_device(name: &str) -> Result<tun::Device, LabError> {

@@ -16,7 +16,8 @@ pub struct Link {
     pub source_dev: String,
 }
 
-fn ip(args: &[&str]) -> Result<(), LabError> {
+/// Run `ip` with `args`; its stderr becomes the error.
+pub(crate) fn ip(args: &[&str]) -> Result<(), LabError> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
