@@ -2,7 +2,7 @@
 //! a network namespace of its own. The lab runs two of them as source and destination; the
 //! exporter's integration tests use them as throw-away daemons.
 //!
-//! ```ignore
+//! ```text
 //! let dir = tempfile::tempdir()?;                 // keep it short: socket paths max 107 bytes
 //! let uri = Host::uri_for(dir.path());    // known before the daemon exists
 //! let mut daemon = Host::start(dir.path())?;   // returns once the socket accepts
