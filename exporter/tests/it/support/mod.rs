@@ -9,19 +9,8 @@ use std::time::{Duration, Instant};
 
 use vm_migration_exporter::libvirt::SourceEvent;
 
-/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// Polls a condition until it holds or a deadline passes (the lab library's helper).
+pub use migration_lab::prom::poll_until;
 
 /// Receives events until one matches `pred` (returned) or `timeout` passes (panics with the
 /// events seen, to make failures readable). Non-matching events are discarded.
