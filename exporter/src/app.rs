@@ -5,12 +5,16 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::Settings;
 use crate::libvirt::{JobSource, SourceEvent};
 use crate::metrics::Metrics;
 use crate::migration::sampler::{Sampler, SamplerConfig};
+use crate::net::peers::Origin;
+use crate::net::probe::Prober;
+use crate::net::probing::{spawn_peer, Discoverer};
 use crate::server::{router, AppState};
 use crate::state;
 use crate::store::RecordLog;
@@ -58,7 +62,11 @@ pub async fn run(
         }
         None => None,
     };
-    let (registry, metrics) = Metrics::register(shared.clone());
+    let (mut registry, metrics) = Metrics::register(shared.clone());
+    let peers = crate::net::peers::PeerState::default();
+    registry.register_collector(Box::new(crate::net::peer_metrics::PeerCollector::new(
+        peers.clone(),
+    )));
     let trace = match &settings.trace_path {
         Some(p) => Some(TraceWriter::create(p)?),
         None => None,
@@ -88,7 +96,27 @@ pub async fn run(
     let history = Arc::new(parking_lot::Mutex::new(
         crate::net::netdev::TxHistory::default(),
     ));
-    let sampler = sampler.with_network(history.clone());
+    let sampler = sampler.with_network(history.clone(), Some(peers.clone()));
+    // Probes are tokio tasks on this runtime; discovery runs on the netdev thread.
+    let probes = &settings.probe;
+    let prober = Prober::new(peers, shared.clone(), probes.max_concurrency);
+    let rt = tokio::runtime::Handle::current();
+    let cancel = CancellationToken::new();
+    for peer in &probes.peers {
+        spawn_peer(&prober, &rt, peer, Origin::Config, &cancel);
+    }
+    if !probes.peers.is_empty() {
+        info!(peers = probes.peers.len(), "probing configured peers");
+    }
+    let discoverer = probes.discovery.then(|| {
+        Discoverer::new(
+            settings.netdev.procfs.clone(),
+            probes.discovery_probes.clone(),
+            prober.clone(),
+            rt.clone(),
+            cancel.child_token(),
+        )
+    });
     let sampler = match records {
         Some(log) => sampler.with_records(log),
         None => sampler,
@@ -102,6 +130,7 @@ pub async fn run(
                 std::time::Duration::from_secs(1),
                 state_net,
                 history,
+                discoverer,
                 stop_net,
             )
         })
@@ -150,6 +179,7 @@ pub async fn run(
         }
     };
     stop.store(true, Ordering::Relaxed);
+    cancel.cancel();
     // The sampler wakes at least once per sample interval and sees the flag.
     let _ = sampler_thread.join();
     let _ = netdev_thread.join();

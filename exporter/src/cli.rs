@@ -122,8 +122,10 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// YAML configuration file. Keys: `libvirt.uri`, `libvirt.reconnect_max_backoff`,
-    /// `sample.interval`, `sample.idle_interval`, `sample.completion_grace`. Flags and
-    /// environment variables win over the file; unknown keys are errors.
+    /// `sample.interval`, `sample.idle_interval`, `sample.completion_grace`, `probe.interval`,
+    /// `probe.timeout`, `probe.max_concurrency`, `probe.discovery`, `probe.discovery_tcp_port`,
+    /// `probe.peers[]` (name, address, probes[]: type icmp|tcp, port, interval, timeout).
+    /// Flags and environment variables win over the file; unknown keys are errors.
     #[arg(
         long = "config.file",
         env = "VM_MIGRATION_EXPORTER_CONFIG_FILE",
@@ -180,6 +182,9 @@ pub struct Cli {
         value_name = "FILE"
     )]
     pub trace_path: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub probe: crate::net::probe::settings::ProbeArgs,
 }
 
 /// The settings the daemon runs with, after merging flags, environment and config file.
@@ -200,6 +205,7 @@ pub struct Settings {
     pub storage_path: Option<PathBuf>,
     pub storage_retention_size: u64,
     pub netdev: crate::net::netdev::Netdev,
+    pub probe: crate::net::probe::settings::ProbeSettings,
 }
 
 /// Why the command line could not be turned into settings.
@@ -236,7 +242,7 @@ where
         Some(path) => Config::load(path).map_err(CliError::Config)?,
         None => Config::default(),
     };
-    Ok(merge(cli, &matches, config))
+    merge(cli, &matches, config).map_err(CliError::Flag)
 }
 
 fn flag_error(e: clap::Error) -> CliError {
@@ -264,12 +270,13 @@ fn from_default(m: &ArgMatches, id: &str) -> bool {
     matches!(m.value_source(id), Some(ValueSource::DefaultValue) | None)
 }
 
-fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Settings {
+fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, String> {
     let pick = |id: &str, flag: Duration, file: Option<Duration>| match file {
         Some(v) if from_default(m, id) => v,
         _ => flag,
     };
-    Settings {
+    let probe = crate::net::probe::settings::resolve(&cli.probe, m, &cfg.probe)?;
+    Ok(Settings {
         listen_address: cli.listen_address,
         web_config_file: cli.web_config_file,
         telemetry_path: cli.telemetry_path,
@@ -304,7 +311,8 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Settings {
             include: cli.netdev_include,
             exclude: cli.netdev_exclude,
         },
-    }
+        probe,
+    })
 }
 
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {

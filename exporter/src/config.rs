@@ -9,6 +9,11 @@
 //!   interval: 1s
 //!   idle_interval: 15s
 //!   completion_grace: 5s
+//! probe:            # peer probes: see crate::net::probe::config
+//!   peers:
+//!     - name: dst
+//!       address: 10.77.0.2
+//!       probes: [{type: icmp}, {type: tcp, port: 16509}]
 //! ```
 
 use std::path::Path;
@@ -23,6 +28,8 @@ pub struct Config {
     pub libvirt: LibvirtConfig,
     #[serde(default)]
     pub sample: SampleConfig,
+    #[serde(default)]
+    pub probe: crate::net::probe::config::ProbeConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -101,7 +108,7 @@ impl Config {
         {
             return Err("libvirt.uri is empty".into());
         }
-        Ok(())
+        crate::net::probe::config::validate(&self.probe)
     }
 }
 
@@ -167,6 +174,32 @@ mod tests {
         assert!(Config::parse("sample:\n  interval: soon\n").is_err());
         let e = Config::parse("sample:\n  interval: 0s\n").expect_err("zero must fail");
         assert!(e.contains("sample.interval"), "{e}");
+    }
+
+    #[test]
+    fn probe_peers_parse_and_bad_ones_name_the_key() {
+        let c = Config::parse(
+            "probe:\n  interval: 200ms\n  peers:\n    - name: dst\n      address: 10.77.0.2\n      probes:\n        - type: icmp\n        - type: tcp\n          port: 16509\n",
+        )
+        .expect("valid probe config");
+        assert_eq!(c.probe.peers.len(), 1);
+        assert_eq!(c.probe.peers[0].probes[1].port, Some(16509));
+        for (text, want) in [
+            ("probe:\n  peers:\n    - name: a\n      address: nowhere\n      probes: [{type: icmp}]\n", "probe.peers[0].address 'nowhere' is not an IP address"),
+            ("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: [{type: tcp}]\n", "probe.peers[0].probes[0].port is required"),
+            ("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: [{type: icmp, port: 7}]\n", "probe.peers[0].probes[0].port is only for tcp"),
+            ("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: []\n", "probe.peers[0].probes is empty"),
+            ("probe:\n  peers:\n    - {name: a, address: 10.0.0.1, probes: [{type: icmp}]}\n    - {name: a, address: 10.0.0.2, probes: [{type: icmp}]}\n", "probe.peers[1].name 'a' is used twice"),
+            ("probe:\n  max_concurrency: 0\n", "probe.max_concurrency must be at least 1"),
+            ("probe:\n  timeout: 0s\n", "probe.timeout must be longer than zero"),
+        ] {
+            let e = Config::parse(text).expect_err(want);
+            assert!(e.contains(want), "{e} does not contain {want}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = Config::parse("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: [{type: udp}]\n")
+            .expect_err("unknown probe type");
+        assert!(e.contains("udp"), "{e}");
     }
 
     #[test]

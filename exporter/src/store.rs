@@ -242,6 +242,7 @@ mod tests {
             verdicts: Vec::new(),
             figures: FigureSource::Event,
             network: None,
+            peer: None,
         }
     }
 

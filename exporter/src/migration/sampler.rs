@@ -61,6 +61,8 @@ struct Core {
     records: Option<RecordLog>,
     /// NIC transmit history, to add the network under a migration to its record.
     network: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
+    /// Probe results of the peers discovered for migrations, for their records.
+    peers: Option<crate::net::peers::PeerState>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -163,10 +165,16 @@ impl Core {
         if finished.is_empty() {
             return;
         }
+        if let Some(p) = &self.peers {
+            for f in &mut finished {
+                f.peer = p.summary_for_domain(&f.domain.uuid, f.started_at, f.finished_at);
+            }
+        }
         if let Some(h) = &self.network {
             let h = h.lock();
             for f in &mut finished {
-                f.network = h.summary(f.started_at, f.finished_at);
+                let via = f.peer.as_ref().and_then(|p| p.device.as_deref());
+                f.network = h.summary_via(f.started_at, f.finished_at, via);
             }
         }
         for f in &finished {
@@ -222,6 +230,7 @@ impl Sampler {
                 trace,
                 records: None,
                 network: None,
+                peers: None,
                 want_completed: HashMap::new(),
             })),
             last_completed_sweep: None,
@@ -235,9 +244,18 @@ impl Sampler {
         self
     }
 
-    /// Add the busiest NIC's throughput to each finished migration's record.
-    pub fn with_network(self, history: Arc<Mutex<crate::net::netdev::TxHistory>>) -> Self {
-        self.core.lock().network = Some(history);
+    /// Add the NIC's throughput (the route to the peer, else the busiest) and the peer's probe
+    /// figures to each finished migration's record.
+    pub fn with_network(
+        self,
+        history: Arc<Mutex<crate::net::netdev::TxHistory>>,
+        peers: Option<crate::net::peers::PeerState>,
+    ) -> Self {
+        {
+            let mut core = self.core.lock();
+            core.network = Some(history);
+            core.peers = peers;
+        }
         self
     }
 

@@ -153,6 +153,9 @@ pub struct FinishedMigration {
     /// The busiest transmitting NIC while it ran (source side).
     #[serde(default)]
     pub network: Option<crate::net::netdev::NetworkSummary>,
+    /// The migration's peer (found from QEMU's migration socket) as its probes saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<crate::net::peers::PeerSummary>,
 }
 
 /// What one sample round saw for one listed domain.
@@ -520,6 +523,7 @@ impl Tracker {
                 .unwrap_or_default(),
             figures,
             network: None,
+            peer: None,
         }
     }
 }

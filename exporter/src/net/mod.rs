@@ -1,6 +1,14 @@
-//! The network path: NIC counters and link state (peer probes are still to come).
+//! The network path: NIC counters and link state ([`netdev`]), probes of peer hosts
+//! ([`probe`], state in [`peers`]) and the peer of each running migration ([`discovery`],
+//! [`probing`]).
 
+pub mod discovery;
 pub mod netdev;
+pub mod peer_metrics;
+pub mod peers;
+pub mod probe;
+pub mod probing;
+pub mod routes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,13 +24,18 @@ use netdev::{Netdev, TxHistory};
 /// The collector name in `vm_migration_collector_*`.
 pub const NETDEV_COLLECTOR: &str = "netdev";
 
-/// Read NIC counters every `interval` into the shared state and the transmit history, until
-/// `stop` is set. Scrapes encode the latest reading.
+/// The collector name of migration-peer discovery.
+pub const DISCOVERY_COLLECTOR: &str = "discovery";
+
+/// Read NIC counters every `interval` into the shared state and the transmit history, and let
+/// `discoverer` look for the peers of running migrations, until `stop` is set. Scrapes encode
+/// the latest reading.
 pub fn run_netdev(
     netdev: Netdev,
     interval: Duration,
     state: SharedState,
     history: Arc<Mutex<TxHistory>>,
+    mut discoverer: Option<probing::Discoverer>,
     stop: Arc<AtomicBool>,
 ) {
     let mut warned = false;
@@ -50,6 +63,23 @@ pub fn run_netdev(
                 duration_seconds: started.elapsed().as_secs_f64(),
             },
         );
+        if let Some(d) = discoverer.as_mut() {
+            let jobs: Vec<(String, String)> = state
+                .lock()
+                .active
+                .iter()
+                .map(|j| (j.domain.name.clone(), j.domain.uuid.clone()))
+                .collect();
+            let t = Instant::now();
+            let ok = d.tick(&jobs);
+            state.lock().collectors.insert(
+                DISCOVERY_COLLECTOR,
+                CollectorStatus {
+                    success: ok,
+                    duration_seconds: t.elapsed().as_secs_f64(),
+                },
+            );
+        }
         std::thread::sleep(interval.saturating_sub(started.elapsed()));
     }
 }

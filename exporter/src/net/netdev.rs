@@ -167,39 +167,64 @@ impl TxHistory {
 
     /// The device that sent the most between `from` and `to`, with its peak and mean rate.
     pub fn summary(&self, from: f64, to: f64) -> Option<NetworkSummary> {
-        let mut best: Option<NetworkSummary> = None;
-        let mut best_bytes = 0u64;
+        self.summary_via(from, to, None)
+    }
+
+    /// Like [`Self::summary`], but the device `via` (the route to the migration's peer) when it
+    /// has readings in the window, even if another device sent more.
+    pub fn summary_via(&self, from: f64, to: f64, via: Option<&str>) -> Option<NetworkSummary> {
+        let mut best: Option<(u64, NetworkSummary)> = None;
         for (name, h) in &self.by_device {
-            let window: Vec<&(f64, u64)> = h
-                .iter()
-                .filter(|(t, _)| *t >= from - 1.0 && *t <= to + 1.0)
-                .collect();
-            let (Some(first), Some(last)) = (window.first(), window.last()) else {
+            let preferred = via == Some(name.as_str());
+            if name == "lo" && !preferred {
+                continue;
+            }
+            let Some((bytes, summary)) = self.device_summary(name, h, from, to) else {
                 continue;
             };
-            if last.0 <= first.0 || name == "lo" {
-                continue;
+            if preferred {
+                return Some(summary);
             }
-            let bytes = last.1.saturating_sub(first.1);
-            let peak = window
-                .windows(2)
-                .filter(|w| w[1].0 > w[0].0)
-                .map(|w| w[1].1.saturating_sub(w[0].1) as f64 / (w[1].0 - w[0].0))
-                .fold(0.0, f64::max);
-            if bytes > best_bytes {
-                best_bytes = bytes;
-                let mean = bytes as f64 / (last.0 - first.0);
-                let speed = self.speed.get(name).copied().flatten().map(|s| s as f64);
-                best = Some(NetworkSummary {
-                    device: name.clone(),
-                    peak_tx_bytes_per_second: peak,
-                    mean_tx_bytes_per_second: mean,
-                    link_speed_bytes_per_second: speed,
-                    mean_link_share: speed.map(|s| mean / s),
-                });
+            if best.as_ref().is_none_or(|(b, _)| bytes > *b) && bytes > 0 {
+                best = Some((bytes, summary));
             }
         }
-        best
+        best.map(|(_, s)| s)
+    }
+
+    fn device_summary(
+        &self,
+        name: &str,
+        h: &VecDeque<(f64, u64)>,
+        from: f64,
+        to: f64,
+    ) -> Option<(u64, NetworkSummary)> {
+        let window: Vec<&(f64, u64)> = h
+            .iter()
+            .filter(|(t, _)| *t >= from - 1.0 && *t <= to + 1.0)
+            .collect();
+        let (first, last) = (window.first()?, window.last()?);
+        if last.0 <= first.0 {
+            return None;
+        }
+        let bytes = last.1.saturating_sub(first.1);
+        let peak = window
+            .windows(2)
+            .filter(|w| w[1].0 > w[0].0)
+            .map(|w| w[1].1.saturating_sub(w[0].1) as f64 / (w[1].0 - w[0].0))
+            .fold(0.0, f64::max);
+        let mean = bytes as f64 / (last.0 - first.0);
+        let speed = self.speed.get(name).copied().flatten().map(|s| s as f64);
+        Some((
+            bytes,
+            NetworkSummary {
+                device: name.to_string(),
+                peak_tx_bytes_per_second: peak,
+                mean_tx_bytes_per_second: mean,
+                link_speed_bytes_per_second: speed,
+                mean_link_share: speed.map(|s| mean / s),
+            },
+        ))
     }
 }
 
@@ -304,5 +329,12 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         assert_eq!(s.mean_tx_bytes_per_second, 200_000.0);
         assert_eq!(s.mean_link_share, Some(0.2));
         assert_eq!(h.summary(10.0, 20.0), None);
+        // The route to the peer names eth1: its figures, although eth0 sent more.
+        let via = h.summary_via(0.0, 3.0, Some("eth1")).expect("summary");
+        assert_eq!(via.device, "eth1");
+        assert_eq!(via.mean_tx_bytes_per_second, 10.0);
+        // A preferred device without readings falls back to the busiest.
+        let gone = h.summary_via(0.0, 3.0, Some("eth9")).expect("summary");
+        assert_eq!(gone.device, "eth0");
     }
 }

@@ -129,9 +129,33 @@ fn golden_metrics_against_the_test_driver() {
 
 #[test]
 fn promtool_accepts_the_output() {
-    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    // With peer probes (ICMP and TCP to a local listener) so their families are checked too.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--probe.peer",
+        "self=127.0.0.1",
+        "--probe.peer-probes",
+        "icmp,tcp",
+        "--probe.tcp-port",
+        &port,
+        "--probe.interval",
+        "100ms",
+    ]);
     ready(&e);
-    let m = e.metrics();
+    let mut m = String::new();
+    let probed = poll_until(Duration::from_secs(15), || {
+        m = e.metrics();
+        ["icmp", "tcp"].iter().all(|p| {
+            value(
+                &m,
+                &format!("vm_migration_peer_up{{peer=\"self\",probe=\"{p}\",origin=\"config\"}}"),
+            ) == Some(1.0)
+        })
+    });
+    assert!(probed, "both probes of 127.0.0.1 should succeed:\n{m}");
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -212,6 +236,14 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
         (&["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
         (&["--log.format", "xml"], "--log.format"),
         (&["--no-such-flag"], "--no-such-flag"),
+        (&["--probe.peer", "dst=nowhere"], "--probe.peer"),
+        (
+            &["--probe.peer", "10.0.0.2", "--probe.peer-probes", "tcp"],
+            "--probe.tcp-port",
+        ),
+        (&["--probe.peer-probes", "udp"], "--probe.peer-probes"),
+        (&["--probe.max-concurrency", "0"], "--probe.max-concurrency"),
+        (&["--probe.timeout", "0s"], "--probe.timeout"),
     ];
     for (args, names) in cases {
         let (code, err) = run_bad(args);

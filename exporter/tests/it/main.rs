@@ -5,6 +5,7 @@ mod binary;
 mod landing;
 mod libvirt_source;
 mod migration_e2e;
+mod netns;
 mod records;
 mod replay;
 mod support;

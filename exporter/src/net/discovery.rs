@@ -1,0 +1,222 @@
+//! Finding a running migration's peer: the QEMU process of the domain (its command line
+//! carries `-uuid <uuid>`), the sockets in its fd table (`/proc/<pid>/fd/* -> socket:[inode]`)
+//! and those sockets' rows in `/proc/<pid>/net/tcp{,6}` (the process's network namespace).
+//!
+//! The migration connection is the process's established TCP socket that is not a VNC/SPICE
+//! display connection (local or remote port 5900–5999); when several remain, the one with the
+//! most bytes queued for sending (a migration stream keeps its send queue full), then the
+//! first. QEMU's monitor and chardevs are UNIX sockets and do not appear here.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+/// One row of `/proc/net/tcp` or `tcp6`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Kernel TCP state; 1 is ESTABLISHED, 10 LISTEN.
+    pub state: u8,
+    pub tx_queue: u64,
+    pub inode: u64,
+}
+
+pub const TCP_ESTABLISHED: u8 = 1;
+
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(
+            u32::from_str_radix(ip, 16).ok()?.to_le_bytes(),
+        )),
+        32 => {
+            // Four 32-bit words, each in host (little-endian) order.
+            let mut b = [0u8; 16];
+            for (i, chunk) in b.chunks_mut(4).enumerate() {
+                let w = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            let v6 = Ipv6Addr::from(b);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Parse `/proc/<pid>/net/tcp` or `tcp6`; malformed rows are skipped.
+pub fn parse_proc_net_tcp(text: &str) -> Vec<TcpSocket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 10 {
+                return None;
+            }
+            let (tx, _rx) = f[4].split_once(':')?;
+            Some(TcpSocket {
+                local: parse_addr(f[1])?,
+                remote: parse_addr(f[2])?,
+                state: u8::from_str_radix(f[3], 16).ok()?,
+                tx_queue: u64::from_str_radix(tx, 16).ok()?,
+                inode: f[9].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn is_display(port: u16) -> bool {
+    (5900..=5999).contains(&port)
+}
+
+/// The migration peer among `sockets` owned by the process (`inodes`).
+pub fn pick_peer(sockets: &[TcpSocket], inodes: &HashSet<u64>) -> Option<IpAddr> {
+    sockets
+        .iter()
+        .filter(|s| s.state == TCP_ESTABLISHED && inodes.contains(&s.inode))
+        .filter(|s| !is_display(s.local.port()) && !is_display(s.remote.port()))
+        .enumerate()
+        .max_by_key(|(i, s)| (s.tx_queue, std::cmp::Reverse(*i)))
+        .map(|(_, s)| s.remote.ip())
+}
+
+/// Socket inodes in `/proc/<pid>/fd`. Unreadable entries (closed meanwhile) are skipped.
+pub fn socket_inodes(procfs: &Path, pid: u32) -> std::io::Result<HashSet<u64>> {
+    let mut out = HashSet::new();
+    for e in std::fs::read_dir(procfs.join(pid.to_string()).join("fd"))? {
+        let Ok(e) = e else { continue };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if let Some(n) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse().ok())
+        {
+            out.insert(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The process whose command line has `-uuid <uuid>` (QEMU started by libvirt).
+pub fn find_qemu_pid(procfs: &Path, uuid: &str) -> Option<u32> {
+    for e in std::fs::read_dir(procfs).ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if cmdline_has_uuid(procfs, pid, uuid) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+pub fn cmdline_has_uuid(procfs: &Path, pid: u32, uuid: &str) -> bool {
+    let Ok(raw) = std::fs::read(procfs.join(pid.to_string()).join("cmdline")) else {
+        return false;
+    };
+    let mut args = raw.split(|b| *b == 0);
+    while let Some(a) = args.next() {
+        if a == b"-uuid" {
+            return args
+                .next()
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid.as_bytes()));
+        }
+    }
+    false
+}
+
+/// The peer of the migration of the QEMU process `pid`, from its sockets.
+pub fn peer_of_pid(procfs: &Path, pid: u32) -> Option<IpAddr> {
+    let inodes = socket_inodes(procfs, pid).ok()?;
+    if inodes.is_empty() {
+        return None;
+    }
+    let base = procfs.join(pid.to_string()).join("net");
+    let mut sockets = Vec::new();
+    for f in ["tcp", "tcp6"] {
+        if let Ok(t) = std::fs::read_to_string(base.join(f)) {
+            sockets.extend(parse_proc_net_tcp(&t));
+        }
+    }
+    pick_peer(&sockets, &inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(p: &str) -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/net/discovery")
+                .join(p),
+        )
+        .expect("fixture")
+    }
+
+    #[test]
+    fn parses_tcp_and_tcp6_rows() {
+        let s = parse_proc_net_tcp(&fixture("tcp"));
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[0].state, 10);
+        assert_eq!(s[1].local, "10.77.0.1:45678".parse().expect("addr"));
+        assert_eq!(s[1].remote, "10.77.0.2:49152".parse().expect("addr"));
+        assert_eq!(s[1].tx_queue, 0x2a000);
+        assert_eq!(s[1].inode, 5001);
+        let s6 = parse_proc_net_tcp(&fixture("tcp6"));
+        assert_eq!(s6[0].remote.ip(), "fd00::2".parse::<IpAddr>().expect("ip"));
+        // v4-mapped addresses become IPv4.
+        assert_eq!(
+            s6[1].remote.ip(),
+            "10.77.0.3".parse::<IpAddr>().expect("ip")
+        );
+    }
+
+    #[test]
+    fn picks_migration_socket_not_vnc_nor_foreign() {
+        let s = parse_proc_net_tcp(&fixture("tcp"));
+        // 5001: migration; 5002: a VNC client on local port 5900; 9999: another process.
+        let inodes: HashSet<u64> = [5001, 5002].into_iter().collect();
+        assert_eq!(
+            pick_peer(&s, &inodes),
+            Some("10.77.0.2".parse().expect("ip"))
+        );
+        let only_vnc: HashSet<u64> = [5002].into_iter().collect();
+        assert_eq!(pick_peer(&s, &only_vnc), None);
+        let none: HashSet<u64> = [1234].into_iter().collect();
+        assert_eq!(pick_peer(&s, &none), None);
+    }
+
+    #[test]
+    fn finds_qemu_by_uuid_on_fixture_procfs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("4242/fd")).expect("mkdir");
+        std::fs::create_dir_all(p.join("4242/net")).expect("mkdir");
+        std::fs::create_dir_all(p.join("17")).expect("mkdir");
+        std::fs::write(p.join("17/cmdline"), b"/bin/sh\0-c\0true\0").expect("write");
+        std::fs::write(
+            p.join("4242/cmdline"),
+            b"/usr/bin/qemu-system-x86_64\0-name\0guest=ci\0-uuid\0AB5E0000-0000-4000-8000-000000000001\0",
+        )
+        .expect("write");
+        std::fs::write(p.join("4242/net/tcp"), fixture("tcp")).expect("write");
+        std::fs::write(p.join("4242/net/tcp6"), fixture("tcp6")).expect("write");
+        std::os::unix::fs::symlink("socket:[5001]", p.join("4242/fd/20")).expect("symlink");
+        std::os::unix::fs::symlink("/dev/null", p.join("4242/fd/0")).expect("symlink");
+        let pid = find_qemu_pid(p, "ab5e0000-0000-4000-8000-000000000001");
+        assert_eq!(pid, Some(4242));
+        assert_eq!(
+            find_qemu_pid(p, "00000000-0000-0000-0000-000000000000"),
+            None
+        );
+        assert_eq!(peer_of_pid(p, 4242), Some("10.77.0.2".parse().expect("ip")));
+        // The process exited between the listing and the fd read.
+        assert_eq!(peer_of_pid(p, 4243), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! Peer probes, blackbox_exporter style: one prober per kind (`icmp`, `tcp`) with one signature,
+//! each peer × probe in its own tokio task on its own interval. A shared semaphore bounds how
+//! many probes are in flight; a probe holds its permit at most `timeout`, so an unreachable
+//! peer costs others nothing as long as fewer than `--probe.max-concurrency` peers time out at
+//! once. Results go into [`PeerState`]; scrapes only read it.
+
+pub mod config;
+pub mod icmp;
+pub mod settings;
+pub mod tcp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::peers::{PeerState, ProbeKey, ProbeOutcome};
+use crate::migration::sampler::unix_now;
+use crate::state::{CollectorStatus, SharedState};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    Icmp,
+    Tcp { port: u16 },
+}
+
+impl ProbeKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ProbeKind::Icmp => "icmp",
+            ProbeKind::Tcp { .. } => "tcp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub name: String,
+    pub address: IpAddr,
+    pub probes: Vec<ProbeSpec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("ICMP echo needs CAP_NET_RAW (raw socket: {raw}) or a datagram ICMP socket, which net.ipv4.ping_group_range does not allow for gid {gid} ({dgram}); run with CAP_NET_RAW (e.g. setcap cap_net_raw+ep, or the container's capabilities) or widen the sysctl")]
+    IcmpPermission {
+        dgram: String,
+        raw: String,
+        gid: String,
+    },
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+impl ProbeError {
+    /// Set-up errors (no socket at all) make the `probe` collector fail.
+    pub fn is_setup(&self) -> bool {
+        matches!(self, ProbeError::IcmpPermission { .. })
+    }
+}
+
+/// Spawns probe tasks that share one concurrency limit.
+#[derive(Clone, Debug)]
+pub struct Prober {
+    net: PeerState,
+    status: SharedState,
+    limit: Arc<Semaphore>,
+}
+
+impl Prober {
+    pub fn new(net: PeerState, status: SharedState, max_concurrency: usize) -> Self {
+        Prober {
+            net,
+            status,
+            limit: Arc::new(Semaphore::new(max_concurrency.max(1))),
+        }
+    }
+
+    pub fn peers(&self) -> &PeerState {
+        &self.net
+    }
+
+    /// Probe `address` per `spec` until `cancel` fires. Must be called inside a tokio runtime
+    /// (or with its handle).
+    pub fn spawn(
+        &self,
+        rt: &tokio::runtime::Handle,
+        key: ProbeKey,
+        address: IpAddr,
+        spec: ProbeSpec,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
+        let me = self.clone();
+        me.net.ensure_series(&key, address);
+        rt.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = me.run(key, address, spec) => {}
+            }
+        })
+    }
+
+    async fn run(self, key: ProbeKey, address: IpAddr, spec: ProbeSpec) {
+        let mut tick = tokio::time::interval(spec.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut icmp: Option<icmp::IcmpSocket> = None;
+        let mut reported = false;
+        loop {
+            tick.tick().await;
+            let Ok(_permit) = self.limit.acquire().await else {
+                return;
+            };
+            let started = Instant::now();
+            let result = match spec.kind {
+                ProbeKind::Icmp => {
+                    if icmp.is_none() {
+                        match icmp::IcmpSocket::open(address) {
+                            Ok(s) => {
+                                debug!(peer = %key.peer, socket = icmp::kind_label(s.is_raw()), "ICMP socket open");
+                                icmp = Some(s);
+                            }
+                            Err(e) => {
+                                if !reported {
+                                    error!(peer = %key.peer, error = %e, "cannot probe with ICMP");
+                                    reported = true;
+                                }
+                                self.finish(&key, address, started, ProbeOutcome::Error, true);
+                                continue;
+                            }
+                        }
+                    }
+                    match icmp.as_mut() {
+                        Some(s) => tokio::time::timeout(spec.timeout, s.ping()).await,
+                        None => continue,
+                    }
+                }
+                ProbeKind::Tcp { port } => {
+                    tokio::time::timeout(
+                        spec.timeout,
+                        tcp::connect_time(SocketAddr::new(address, port)),
+                    )
+                    .await
+                }
+            };
+            let outcome = match result {
+                Ok(Ok(rtt)) => ProbeOutcome::Success(rtt.as_secs_f64()),
+                Ok(Err(e)) => {
+                    debug!(peer = %key.peer, probe = key.probe, error = %e, "probe failed");
+                    if matches!(spec.kind, ProbeKind::Icmp) {
+                        // Send errors (e.g. no route) may leave the socket unusable: reopen.
+                        icmp = None;
+                    }
+                    ProbeOutcome::Error
+                }
+                Err(_) => ProbeOutcome::Timeout,
+            };
+            self.finish(&key, address, started, outcome, false);
+        }
+    }
+
+    fn finish(
+        &self,
+        key: &ProbeKey,
+        address: IpAddr,
+        started: Instant,
+        outcome: ProbeOutcome,
+        setup_error: bool,
+    ) {
+        self.net.record_probe(key, address, unix_now(), outcome);
+        if let ProbeOutcome::Success(rtt) = outcome {
+            // One line per probe at debug level: the benchmark (scripts/bench-net.sh) reads it.
+            debug!(peer = %key.peer, probe = key.probe, rtt_seconds = rtt, "probe");
+        }
+        let setup_failures = self.net.note_setup(key, setup_error);
+        if setup_error && setup_failures == 1 {
+            warn!(peer = %key.peer, probe = key.probe, "probe cannot run; vm_migration_collector_success{{collector=\"probe\"}} is 0");
+        }
+        self.status.lock().collectors.insert(
+            "probe",
+            CollectorStatus {
+                success: setup_failures == 0,
+                duration_seconds: started.elapsed().as_secs_f64(),
+            },
+        );
+    }
+}
