@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::migration::sampler::{Sampler, SamplerConfig};
 use crate::net::peers::Origin;
 use crate::net::probe::Prober;
-use crate::net::probing::{spawn_peer, Discoverer};
+use crate::net::probing::{run_discovery, spawn_peer, Discoverer};
 use crate::server::{router, AppState};
 use crate::state;
 use crate::store::RecordLog;
@@ -96,7 +96,7 @@ pub async fn run(
     let history = Arc::new(parking_lot::Mutex::new(
         crate::net::netdev::TxHistory::default(),
     ));
-    let sampler = sampler.with_network(history.clone(), Some(peers.clone()));
+    let mut sampler = sampler.with_network(history.clone(), Some(peers.clone()));
     // Probes are tokio tasks on this runtime; discovery runs on the netdev thread.
     let probes = &settings.probe;
     let prober = Prober::new(peers, shared.clone(), probes.max_concurrency);
@@ -108,15 +108,28 @@ pub async fn run(
     if !probes.peers.is_empty() {
         info!(peers = probes.peers.len(), "probing configured peers");
     }
-    let discoverer = probes.discovery.then(|| {
-        Discoverer::new(
+    let discovery_thread = if probes.discovery {
+        let d = Discoverer::new(
             settings.netdev.procfs.clone(),
             probes.discovery_probes.clone(),
             prober.clone(),
             rt.clone(),
             cancel.child_token(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        sampler = sampler.with_jobs_changed(tx);
+        let (state_d, stop_d) = (shared.clone(), stop.clone());
+        Some(
+            std::thread::Builder::new()
+                .name("discovery".into())
+                .spawn(move || {
+                    run_discovery(d, state_d, rx, std::time::Duration::from_secs(1), stop_d)
+                })
+                .map_err(AppError::Serve)?,
         )
-    });
+    } else {
+        None
+    };
     let sampler = match records {
         Some(log) => sampler.with_records(log),
         None => sampler,
@@ -130,7 +143,6 @@ pub async fn run(
                 std::time::Duration::from_secs(1),
                 state_net,
                 history,
-                discoverer,
                 stop_net,
             )
         })
@@ -183,5 +195,8 @@ pub async fn run(
     // The sampler wakes at least once per sample interval and sees the flag.
     let _ = sampler_thread.join();
     let _ = netdev_thread.join();
+    if let Some(t) = discovery_thread {
+        let _ = t.join();
+    }
     served
 }

@@ -57,6 +57,9 @@ impl Exporter {
         let mut child = Command::new(bin)
             .args(["--web.listen-address", &listen, "--libvirt.uri", uri])
             .args(["--sample.interval", "500ms", "--sample.idle-interval", "2s"])
+            // Probe each migration's peer four times a second: short ci migrations still get
+            // several RTT samples into their records.
+            .args(["--probe.interval", "250ms", "--probe.timeout", "1s"])
             .arg("--storage.path")
             .arg(storage)
             .arg("--trace.path")

@@ -39,6 +39,12 @@ enum Cmd {
     },
     /// Stop everything a lab in --lab.dir left running (also after a crash).
     Down,
+    /// Only the network path, for benchmarks: the destination namespace with its veth
+    /// (10.77.0.2) and the delay link (10.78.0.2) at --rtt-ms, until stdin closes.
+    Path {
+        #[arg(long, default_value_t = 0)]
+        rtt_ms: u32,
+    },
     /// Draw the plots of an earlier run again from its results.json.
     Plot {
         #[arg(long, default_value = "lab-out")]
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
             say("stopped");
             Ok(())
         }
+        Cmd::Path { rtt_ms } => path(rtt_ms, &say),
         Cmd::Up { exporter } => Lab::up(&cli.lab_dir, exporter.as_deref(), &say).map(|lab| {
             println!(
                 "source      {}\ndestination {}",
@@ -171,5 +178,27 @@ fn run(
         out.display()
     );
     plot(&results, out);
+    Ok(())
+}
+
+/// Hold the lab's network path up (no hosts) until stdin closes.
+fn path(rtt_ms: u32, say: &dyn Fn(&str)) -> Result<(), LabError> {
+    use std::io::Read;
+    if !migration_lab::is_root() {
+        return Err(LabError::NotRoot);
+    }
+    let link = migration_lab::net::Link::create(migration_lab::NETNS, migration_lab::SOURCE_DEV)?;
+    let delay = migration_lab::delay::DelayLink::create(migration_lab::NETNS)?;
+    delay.set_rtt(std::time::Duration::from_millis(u64::from(rtt_ms)));
+    say(&format!(
+        "path up: {} (veth), {} (delay link, RTT {rtt_ms} ms) in namespace {}; close stdin to tear down",
+        migration_lab::net::DEST_ADDR,
+        migration_lab::delay::DEST_ADDR,
+        migration_lab::NETNS
+    ));
+    println!("ready");
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(delay);
+    drop(link);
     Ok(())
 }

@@ -57,6 +57,28 @@ fn total_finished(r: &RunResult) -> f64 {
         .sum()
 }
 
+/// The record names the peer the exporter found from QEMU's migration socket (the address the
+/// migration went to), and its probes' RTT over the migration; returns the median RTT.
+fn assert_peer_in_record(r: &RunResult, address: &str) -> f64 {
+    let rec = r
+        .exporter_record
+        .as_ref()
+        .expect("the exporter kept a record");
+    let peer = &rec["peer"];
+    assert_eq!(peer["address"], address, "record: {rec}");
+    assert_eq!(peer["origin"], "discovered", "record: {rec}");
+    assert_eq!(peer["probe"], "icmp", "record: {rec}");
+    assert!(
+        peer["probes"].as_u64().unwrap_or(0) >= 1,
+        "probes ran during the migration: {rec}"
+    );
+    let rtt = peer["rtt_median_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("an RTT median: {rec}"));
+    assert!(rtt > 0.0, "{rec}");
+    rtt
+}
+
 /// The exporter's `last_*` figures equal those of libvirt's job-completed event.
 fn assert_matches_libvirt(r: &RunResult) {
     let ev = |k: &str| {
@@ -93,6 +115,7 @@ fn idle_precopy_converges_and_the_exporter_matches_libvirt() {
     );
     assert_eq!(total_finished(&r), 1.0);
     assert_matches_libvirt(&r);
+    assert_peer_in_record(&r, "10.77.0.2");
     assert!(
         !r.verdicts_seen()
             .iter()
@@ -166,6 +189,13 @@ fn stressed_precopy_does_not_converge_and_is_counted_aborted() {
         r.exporter_metrics
     );
     assert_eq!(total_finished(&r), 1.0);
+    // Over the delay link: the probes crossed it, so no RTT below the delay it adds.
+    let rtt = assert_peer_in_record(&r, "10.78.0.2");
+    let delay = presets::RTT_METRO_MS as f64 / 1000.0;
+    assert!(
+        rtt >= delay,
+        "median RTT {rtt} s under the path's {delay} s"
+    );
 }
 
 #[test]

@@ -63,6 +63,8 @@ struct Core {
     network: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
     /// Probe results of the peers discovered for migrations, for their records.
     peers: Option<crate::net::peers::PeerState>,
+    /// Told when the set of running jobs changes.
+    jobs_changed: Option<std::sync::mpsc::Sender<()>>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -142,7 +144,7 @@ impl Core {
                 }
                 // Counter and live series change in one step, and a phase change shows at once.
                 self.publish(finished);
-                self.state.lock().active = self.tracker.active_jobs().cloned().collect();
+                self.publish_active();
                 wants_sample
             }
         };
@@ -157,6 +159,26 @@ impl Core {
             *left = left.saturating_sub(1);
             if found || *left == 0 {
                 self.want_completed.remove(uuid);
+            }
+        }
+    }
+
+    /// Copy the running jobs into the shared state; tell the watcher (peer discovery) when a
+    /// job started or ended, so it need not poll.
+    fn publish_active(&mut self) {
+        let active: Vec<_> = self.tracker.active_jobs().cloned().collect();
+        let mut st = self.state.lock();
+        let changed = st.active.len() != active.len()
+            || st
+                .active
+                .iter()
+                .zip(&active)
+                .any(|(a, b)| a.domain.uuid != b.domain.uuid);
+        st.active = active;
+        drop(st);
+        if changed {
+            if let Some(tx) = &self.jobs_changed {
+                let _ = tx.send(());
             }
         }
     }
@@ -231,6 +253,7 @@ impl Sampler {
                 records: None,
                 network: None,
                 peers: None,
+                jobs_changed: None,
                 want_completed: HashMap::new(),
             })),
             last_completed_sweep: None,
@@ -256,6 +279,12 @@ impl Sampler {
             core.network = Some(history);
             core.peers = peers;
         }
+        self
+    }
+
+    /// Send `()` on `tx` whenever a migration job starts or ends (peer discovery waits on it).
+    pub fn with_jobs_changed(self, tx: std::sync::mpsc::Sender<()>) -> Self {
+        self.core.lock().jobs_changed = Some(tx);
         self
     }
 
@@ -287,7 +316,7 @@ impl Sampler {
             }
             None => false,
         };
-        let active: Vec<_> = core.tracker.active_jobs().cloned().collect();
+        core.publish_active();
         let mut st = core.state.lock();
         st.ready = true;
         st.libvirt_up = self.source.is_connected();
@@ -301,7 +330,6 @@ impl Sampler {
         if ok {
             st.last_success_at = Some(now);
         }
-        st.active = active;
         drop(st);
         core.flush_trace();
     }

@@ -24,18 +24,13 @@ use netdev::{Netdev, TxHistory};
 /// The collector name in `vm_migration_collector_*`.
 pub const NETDEV_COLLECTOR: &str = "netdev";
 
-/// The collector name of migration-peer discovery.
-pub const DISCOVERY_COLLECTOR: &str = "discovery";
-
-/// Read NIC counters every `interval` into the shared state and the transmit history, and let
-/// `discoverer` look for the peers of running migrations, until `stop` is set. Scrapes encode
-/// the latest reading.
+/// Read NIC counters every `interval` into the shared state and the transmit history, until
+/// `stop` is set. Scrapes encode the latest reading.
 pub fn run_netdev(
     netdev: Netdev,
     interval: Duration,
     state: SharedState,
     history: Arc<Mutex<TxHistory>>,
-    mut discoverer: Option<probing::Discoverer>,
     stop: Arc<AtomicBool>,
 ) {
     let mut warned = false;
@@ -63,23 +58,6 @@ pub fn run_netdev(
                 duration_seconds: started.elapsed().as_secs_f64(),
             },
         );
-        if let Some(d) = discoverer.as_mut() {
-            let jobs: Vec<(String, String)> = state
-                .lock()
-                .active
-                .iter()
-                .map(|j| (j.domain.name.clone(), j.domain.uuid.clone()))
-                .collect();
-            let t = Instant::now();
-            let ok = d.tick(&jobs);
-            state.lock().collectors.insert(
-                DISCOVERY_COLLECTOR,
-                CollectorStatus {
-                    success: ok,
-                    duration_seconds: t.elapsed().as_secs_f64(),
-                },
-            );
-        }
         std::thread::sleep(interval.saturating_sub(started.elapsed()));
     }
 }

@@ -4,6 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -12,6 +16,45 @@ use super::discovery;
 use super::peers::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
 use super::probe::{PeerSpec, ProbeSpec, Prober};
 use super::routes;
+use crate::state::{CollectorStatus, SharedState};
+
+/// The collector name of migration-peer discovery.
+pub const DISCOVERY_COLLECTOR: &str = "discovery";
+
+/// Look for the peers of running migrations whenever the sampler says the running jobs changed
+/// (`changed`), and at least every `interval`, until `stop` is set.
+pub fn run_discovery(
+    mut d: Discoverer,
+    state: SharedState,
+    changed: Receiver<()>,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let jobs: Vec<(String, String)> = state
+            .lock()
+            .active
+            .iter()
+            .map(|j| (j.domain.name.clone(), j.domain.uuid.clone()))
+            .collect();
+        let t = Instant::now();
+        let ok = d.tick(&jobs);
+        state.lock().collectors.insert(
+            DISCOVERY_COLLECTOR,
+            CollectorStatus {
+                success: ok,
+                duration_seconds: t.elapsed().as_secs_f64(),
+            },
+        );
+        match changed.recv_timeout(interval) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            // The sampler is gone: the exporter is stopping.
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // Several changes at once need one pass.
+        while changed.try_recv().is_ok() {}
+    }
+}
 
 /// Spawn the probes of one peer; returns their keys.
 pub fn spawn_peer(
