@@ -384,8 +384,8 @@ impl GuestSpec {
     }
 
     pub fn domain_xml(&self, assets: &Assets) -> String {
-        // The application NIC goes in as QEMU arguments: libvirt 9.0 forwards ports only for
-        // passt, which Debian 12's QEMU 7.2 setup here does not have; slirp state migrates.
+        // The application NIC goes in as QEMU arguments: libvirt 9.0 forwards ports only with
+        // the passt backend (not installed here). QEMU migrates the slirp state.
         let (ns, app) = match self.app_port {
             None => (String::new(), String::new()),
             Some(port) => (
@@ -473,5 +473,68 @@ pub fn wait_running(serial: &Path, timeout: Duration) -> Result<String, LabError
             )));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GuestSpec {
+        GuestSpec {
+            name: "g".into(),
+            memory_mb: 512,
+            dirty_mbps: 0,
+            dirty_mb: 64,
+            pattern: Pattern::Seq,
+            hot_mb: 32,
+            app_port: None,
+        }
+    }
+
+    fn assets() -> Assets {
+        Assets {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+        }
+    }
+
+    #[test]
+    fn no_app_port_no_nic() {
+        let xml = spec().domain_xml(&assets());
+        assert!(!xml.contains("qemu:"), "{xml}");
+        assert!(!xml.contains("http_port"), "{xml}");
+        assert!(
+            xml.starts_with("<domain type='qemu'><name>g</name>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn app_port_adds_the_forwarded_nic_and_the_parameter() {
+        let mut s = spec();
+        s.app_port = Some(18080);
+        let xml = s.domain_xml(&assets());
+        assert!(xml.contains(" http_port=80</cmdline>"), "{xml}");
+        assert!(
+            xml.starts_with(
+                "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+            ),
+            "{xml}"
+        );
+        assert!(xml.ends_with(
+            "</devices><qemu:commandline><qemu:arg value='-netdev'/>\
+             <qemu:arg value='user,id=app0,hostfwd=tcp::18080-:80'/><qemu:arg value='-device'/>\
+             <qemu:arg value='virtio-net-pci,netdev=app0,addr=0x8'/></qemu:commandline></domain>"
+        ));
+    }
+
+    #[test]
+    fn specs_without_app_port_still_parse() {
+        let s: GuestSpec = serde_json::from_str(
+            r#"{"name":"g","memory_mb":512,"dirty_mbps":0,"dirty_mb":64,"pattern":"seq","hot_mb":32}"#,
+        )
+        .expect("parses");
+        assert_eq!(s.app_port, None);
     }
 }
