@@ -32,7 +32,11 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, LabError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Build (or reuse) the kernel and initramfs under `<lab_dir>/assets`.
+/// Modules the guest's application NIC needs (virtio-net on virtio-pci); their dependencies are
+/// found from each module's `.modinfo` and loaded first.
+const NIC_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
+
+/// Build (or reuse) the kernel, its NIC modules and the initramfs under `<lab_dir>/assets`.
 pub fn setup(lab_dir: &Path, say: &dyn Fn(&str)) -> Result<Assets, LabError> {
     let dir = lab_dir.join("assets");
     fs::create_dir_all(&dir)
@@ -41,7 +45,9 @@ pub fn setup(lab_dir: &Path, say: &dyn Fn(&str)) -> Result<Assets, LabError> {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.gz"),
     };
-    if !assets.kernel.is_file() {
+    let modules = dir.join("modules");
+    // vmlinuz and the modules come from one package: fetch both when either is missing.
+    if !assets.kernel.is_file() || !modules.join("load").is_file() {
         say("downloading the Debian cloud kernel (apt-get download, ~27 MB)");
         let kernel_package = || -> Option<String> {
             let deps = run(
@@ -96,24 +102,46 @@ pub fn setup(lab_dir: &Path, say: &dyn Fn(&str)) -> Result<Assets, LabError> {
                     .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
             })
             .ok_or_else(|| LabError::Setup("the kernel package holds no boot/vmlinuz-*".into()))?;
+        let release = vmlinuz
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_start_matches("vmlinuz-")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        extract_modules(&x.join("lib/modules").join(&release), &release, &modules)?;
         fs::copy(&vmlinuz, &assets.kernel).map_err(|e| LabError::Setup(e.to_string()))?;
         let _ = fs::remove_dir_all(&dl);
     }
-    // Rebuild the initramfs whenever the dirtier's source changed.
-    let stamp = dir.join("dirtier.c");
-    if !assets.initrd.is_file() || fs::read_to_string(&stamp).ok().as_deref() != Some(DIRTIER_C) {
-        say("building the guest initramfs (static dirtier as /init)");
+    // Rebuild the initramfs whenever the dirtier's source or the module set changed.
+    let load = fs::read_to_string(modules.join("load"))
+        .map_err(|e| LabError::Setup(format!("{}: {e}", modules.join("load").display())))?;
+    let mut stamp_text = format!("{DIRTIER_C}\n--- modules ---\n");
+    for name in load.lines().chain(["release"]) {
+        let bytes = fs::read(modules.join(name))
+            .map_err(|e| LabError::Setup(format!("{}: {e}", modules.join(name).display())))?;
+        stamp_text += &format!("{name} {} {:016x}\n", bytes.len(), fnv1a(&bytes));
+    }
+    let stamp = dir.join("initrd.stamp");
+    if !assets.initrd.is_file() || fs::read_to_string(&stamp).ok() != Some(stamp_text.clone()) {
+        say("building the guest initramfs (static dirtier as /init, NIC modules)");
         let root = dir.join("root");
         let _ = fs::remove_dir_all(&root);
-        for d in ["dev", "proc"] {
+        for d in ["dev", "proc", "lib/modules"] {
             fs::create_dir_all(root.join(d)).map_err(|e| LabError::Setup(e.to_string()))?;
         }
-        fs::write(&stamp, DIRTIER_C).map_err(|e| LabError::Setup(e.to_string()))?;
+        for name in load.lines().chain(["load"]) {
+            fs::copy(modules.join(name), root.join("lib/modules").join(name))
+                .map_err(|e| LabError::Setup(format!("copy module {name}: {e}")))?;
+        }
+        let source = dir.join("dirtier.c");
+        fs::write(&source, DIRTIER_C).map_err(|e| LabError::Setup(e.to_string()))?;
         run(
             Command::new("gcc")
                 .args(["-O2", "-static", "-o"])
                 .arg(root.join("init"))
-                .arg(&stamp),
+                .arg(&source),
             "gcc -static dirtier.c (needs gcc and libc6-dev)",
         )?;
         run(
@@ -124,8 +152,169 @@ pub fn setup(lab_dir: &Path, say: &dyn Fn(&str)) -> Result<Assets, LabError> {
             )),
             "cpio | gzip",
         )?;
+        fs::write(&stamp, stamp_text).map_err(|e| LabError::Setup(e.to_string()))?;
     }
     Ok(assets)
+}
+
+/// A stable fingerprint of a file's content for the initramfs stamp (FNV-1a, 64 bit).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Copy [`NIC_MODULES`] and what they depend on from an extracted `lib/modules/<release>` to
+/// `out` as plain `.ko` files (decompressing `.ko.xz`, `.ko.zst`, `.ko.gz`), and write
+/// `out/load`, their file names in load order (dependencies first), and `out/release`.
+fn extract_modules(tree: &Path, release: &str, out: &Path) -> Result<(), LabError> {
+    let mut index = std::collections::BTreeMap::new();
+    index_modules(&tree.join("kernel"), &mut index)?;
+    let builtin = fs::read_to_string(tree.join("modules.builtin")).unwrap_or_default();
+    let is_builtin = |name: &str| {
+        builtin.lines().any(|l| {
+            l.rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".ko"))
+                .is_some_and(|f| f.replace('-', "_") == name)
+        })
+    };
+    // Depth-first, dependencies before dependents.
+    let mut order: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut stack: Vec<(String, bool)> = NIC_MODULES
+        .iter()
+        .rev()
+        .map(|m| (m.to_string(), false))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut deps_of = std::collections::BTreeMap::new();
+    while let Some((name, expanded)) = stack.pop() {
+        if expanded {
+            if let Some(ko) = deps_of.remove(&name) {
+                order.push((name, ko));
+            }
+            continue;
+        }
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let Some(path) = index.get(&name) else {
+            if is_builtin(&name) {
+                continue;
+            }
+            return Err(LabError::Setup(format!(
+                "the kernel {release} has no module {name} (needed for the guest NIC)"
+            )));
+        };
+        let ko = read_module(path)?;
+        let deps = modinfo(&ko, "depends")
+            .ok_or_else(|| LabError::Setup(format!("{}: no .modinfo", path.display())))?;
+        stack.push((name.clone(), true));
+        for d in deps.split(',').filter(|d| !d.is_empty()).rev() {
+            stack.push((d.replace('-', "_"), false));
+        }
+        deps_of.insert(name, ko);
+    }
+    let _ = fs::remove_dir_all(out);
+    fs::create_dir_all(out).map_err(|e| LabError::Setup(e.to_string()))?;
+    let mut load = String::new();
+    for (name, ko) in &order {
+        fs::write(out.join(format!("{name}.ko")), ko)
+            .map_err(|e| LabError::Setup(format!("write {name}.ko: {e}")))?;
+        load += &format!("{name}.ko\n");
+    }
+    fs::write(out.join("release"), format!("{release}\n"))
+        .map_err(|e| LabError::Setup(e.to_string()))?;
+    // Written last: its presence says the set is complete.
+    fs::write(out.join("load"), load).map_err(|e| LabError::Setup(e.to_string()))
+}
+
+/// Module name (dashes as underscores) → file, for every module under `dir`.
+fn index_modules(
+    dir: &Path,
+    index: &mut std::collections::BTreeMap<String, PathBuf>,
+) -> Result<(), LabError> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| LabError::Setup(format!("{}: {e}", dir.display())))?;
+    for e in entries.filter_map(Result::ok) {
+        let path = e.path();
+        if path.is_dir() {
+            index_modules(&path, index)?;
+        } else if let Some(stem) = path.file_name().and_then(|n| {
+            let n = n.to_str()?;
+            [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+                .iter()
+                .find_map(|x| n.strip_suffix(x))
+        }) {
+            index.insert(stem.replace('-', "_"), path.clone());
+        }
+    }
+    Ok(())
+}
+
+/// A module's ELF image, decompressed if the package compressed it.
+fn read_module(path: &Path) -> Result<Vec<u8>, LabError> {
+    let name = path.to_string_lossy();
+    let tool = [(".xz", "xz"), (".zst", "zstd"), (".gz", "gzip")]
+        .into_iter()
+        .find(|(x, _)| name.ends_with(x))
+        .map(|(_, t)| t);
+    match tool {
+        None => fs::read(path).map_err(|e| LabError::Setup(format!("{name}: {e}"))),
+        Some(t) => {
+            let out = Command::new(t)
+                .arg("-dc")
+                .arg(path)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| LabError::Setup(format!("{t} -dc {name}: {e}")))?;
+            if !out.status.success() {
+                return Err(LabError::Setup(format!(
+                    "{t} -dc {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(out.stdout)
+        }
+    }
+}
+
+/// The value of `key` in a kernel module's `.modinfo` section (NUL-separated `key=value`).
+fn modinfo(ko: &[u8], key: &str) -> Option<String> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(ko.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(ko.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(ko.get(o..o + 8)?.try_into().ok()?));
+    // ELF64 little-endian only (x86_64 modules).
+    if ko.get(0..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = usize::try_from(u64_at(0x28)?).ok()?;
+    let shentsize = usize::from(u16_at(0x3a)?);
+    let shnum = usize::from(u16_at(0x3c)?);
+    let shstrndx = usize::from(u16_at(0x3e)?);
+    // (name offset, file offset, size) of section i.
+    let section = |i: usize| -> Option<(usize, usize, usize)> {
+        let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
+        Some((
+            usize::try_from(u32_at(h)?).ok()?,
+            usize::try_from(u64_at(h + 0x18)?).ok()?,
+            usize::try_from(u64_at(h + 0x20)?).ok()?,
+        ))
+    };
+    let (_, strtab, _) = section(shstrndx)?;
+    let prefix = format!("{key}=");
+    (0..shnum).find_map(|i| {
+        let (name, off, size) = section(i)?;
+        let n = ko.get(strtab.checked_add(name)?..)?;
+        let n = &n[..n.iter().position(|b| *b == 0)?];
+        if n != b".modinfo" {
+            return None;
+        }
+        ko.get(off..off.checked_add(size)?)?
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
 }
 
 /// How the guest writes memory.
@@ -155,27 +344,115 @@ pub struct GuestSpec {
     pub dirty_mb: u32,
     pub pattern: Pattern,
     pub hot_mb: u32,
+    /// Serve HTTP inside the guest, reachable on this host TCP port (on whichever host runs the
+    /// guest): QEMU user-mode networking forwards it to the guest's port [`APP_GUEST_PORT`].
+    #[serde(default)]
+    pub app_port: Option<u16>,
+}
+
+/// The TCP port the guest's HTTP service listens on.
+pub const APP_GUEST_PORT: u16 = 80;
+/// The PCI slot of the guest's application NIC, fixed so source and destination QEMU have the
+/// same device layout.
+pub const APP_NIC_ADDR: &str = "0x8";
+
+/// QEMU arguments of the guest's application NIC: user-mode networking (slirp) forwarding host
+/// TCP `host_addr:host_port` (`host_addr` empty: every address) to the guest's HTTP service.
+pub fn app_nic_args(host_addr: &str, host_port: u16) -> [String; 4] {
+    [
+        "-netdev".into(),
+        format!("user,id=app0,hostfwd=tcp:{host_addr}:{host_port}-:{APP_GUEST_PORT}"),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=app0,addr={APP_NIC_ADDR}"),
+    ]
 }
 
 impl GuestSpec {
+    /// The kernel command line; the dirtier reads its parameters from it.
+    pub fn cmdline(&self) -> String {
+        let mut c = format!(
+            "console=ttyS0 quiet panic=-1 dirty_mbps={} dirty_mb={} pattern={} hot_mb={}",
+            self.dirty_mbps,
+            self.dirty_mb,
+            self.pattern.as_str(),
+            self.hot_mb
+        );
+        if self.app_port.is_some() {
+            c += &format!(" http_port={APP_GUEST_PORT}");
+        }
+        c
+    }
+
     pub fn domain_xml(&self, assets: &Assets) -> String {
+        // The application NIC goes in as QEMU arguments: libvirt 9.0 forwards ports only with
+        // the passt backend (not installed here). QEMU migrates the slirp state.
+        let (ns, app) = match self.app_port {
+            None => (String::new(), String::new()),
+            Some(port) => (
+                " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'".to_string(),
+                format!(
+                    "<qemu:commandline>{}</qemu:commandline>",
+                    app_nic_args("", port)
+                        .iter()
+                        .map(|a| format!("<qemu:arg value='{a}'/>"))
+                        .collect::<String>()
+                ),
+            ),
+        };
         format!(
-            "<domain type='qemu'><name>{n}</name><memory unit='MiB'>{m}</memory><vcpu>1</vcpu>\
+            "<domain type='qemu'{ns}><name>{n}</name><memory unit='MiB'>{m}</memory><vcpu>1</vcpu>\
              <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>\
-             <cmdline>console=ttyS0 quiet panic=-1 dirty_mbps={d} dirty_mb={w} pattern={p} hot_mb={h}</cmdline></os>\
+             <cmdline>{c}</cmdline></os>\
              <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
              <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><controller type='usb' model='none'/>\
              <serial type='file'><source path='/var/log/libvirt/qemu/{n}.serial'/></serial>\
-             <memballoon model='none'/></devices></domain>",
+             <memballoon model='none'/></devices>{app}</domain>",
             n = self.name,
             m = self.memory_mb,
             k = assets.kernel.display(),
             i = assets.initrd.display(),
-            d = self.dirty_mbps,
-            w = self.dirty_mb,
-            p = self.pattern.as_str(),
-            h = self.hot_mb,
+            c = self.cmdline(),
         )
+    }
+}
+
+/// One answer of the guest's HTTP service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppReply {
+    /// Requests the guest served so far, this one included.
+    pub requests: u64,
+    /// The guest's uptime (CLOCK_BOOTTIME) when it answered.
+    pub uptime_s: f64,
+}
+
+/// One HTTP/1.0 GET of the guest's service at `addr`. Before the guest listens, QEMU's
+/// forwarder accepts and then closes the connection: that is an error here.
+pub fn app_get(addr: std::net::SocketAddr, timeout: Duration) -> Result<AppReply, LabError> {
+    use std::io::{Read, Write};
+    let err = |e: String| LabError::Guest(format!("http://{addr}/: {e}"));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| err(e.to_string()))?;
+    s.set_read_timeout(Some(timeout))
+        .and_then(|()| s.set_write_timeout(Some(timeout)))
+        .map_err(|e| err(e.to_string()))?;
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
+    if !text.starts_with("HTTP/1.0 200 ") {
+        return Err(err(format!("unexpected answer {:?}", text.lines().next())));
+    }
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(|v| v.trim_end_matches('s').to_string())
+    };
+    let requests = field("requests=").and_then(|v| v.parse().ok());
+    let uptime_s = field("uptime=").and_then(|v| v.parse().ok());
+    match (requests, uptime_s) {
+        (Some(requests), Some(uptime_s)) => Ok(AppReply { requests, uptime_s }),
+        _ => Err(err(format!("no requests=/uptime= in {text:?}"))),
     }
 }
 
@@ -196,5 +473,68 @@ pub fn wait_running(serial: &Path, timeout: Duration) -> Result<String, LabError
             )));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GuestSpec {
+        GuestSpec {
+            name: "g".into(),
+            memory_mb: 512,
+            dirty_mbps: 0,
+            dirty_mb: 64,
+            pattern: Pattern::Seq,
+            hot_mb: 32,
+            app_port: None,
+        }
+    }
+
+    fn assets() -> Assets {
+        Assets {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+        }
+    }
+
+    #[test]
+    fn no_app_port_no_nic() {
+        let xml = spec().domain_xml(&assets());
+        assert!(!xml.contains("qemu:"), "{xml}");
+        assert!(!xml.contains("http_port"), "{xml}");
+        assert!(
+            xml.starts_with("<domain type='qemu'><name>g</name>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn app_port_adds_the_forwarded_nic_and_the_parameter() {
+        let mut s = spec();
+        s.app_port = Some(18080);
+        let xml = s.domain_xml(&assets());
+        assert!(xml.contains(" http_port=80</cmdline>"), "{xml}");
+        assert!(
+            xml.starts_with(
+                "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+            ),
+            "{xml}"
+        );
+        assert!(xml.ends_with(
+            "</devices><qemu:commandline><qemu:arg value='-netdev'/>\
+             <qemu:arg value='user,id=app0,hostfwd=tcp::18080-:80'/><qemu:arg value='-device'/>\
+             <qemu:arg value='virtio-net-pci,netdev=app0,addr=0x8'/></qemu:commandline></domain>"
+        ));
+    }
+
+    #[test]
+    fn specs_without_app_port_still_parse() {
+        let s: GuestSpec = serde_json::from_str(
+            r#"{"name":"g","memory_mb":512,"dirty_mbps":0,"dirty_mb":64,"pattern":"seq","hot_mb":32}"#,
+        )
+        .expect("parses");
+        assert_eq!(s.app_port, None);
     }
 }

@@ -58,6 +58,7 @@ impl Scenario {
                 dirty_mb: 64,
                 pattern: Pattern::Seq,
                 hot_mb: 32,
+                app_port: None,
             },
             mode: Mode::Precopy,
             bandwidth_mibs: None,
