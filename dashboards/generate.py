@@ -8,9 +8,9 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Peer RTT/loss panels need the peer probes of issue 6 (vm_migration_peer_*), not exported yet:
-# a dashboard must never name a metric the exporter does not export. Flip when they land.
-PEER_PROBES = False
+# Peer RTT/loss panels (vm_migration_peer_*): a dashboard must never name a metric the exporter
+# does not export, so they can be switched off together.
+PEER_PROBES = True
 DS = {"type": "prometheus", "uid": "${datasource}"}
 HOST = 'instance=~"$host"'
 DOM = 'instance=~"$host",domain=~"$domain"'
@@ -193,8 +193,10 @@ def detail():
                    12, 30, unit="Bps"),
     ]
     if PEER_PROBES:
-        p.append(timeseries("Peer RTT (median)", "Round trip to the migration peers, on the same time axis.",
-                            [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST}}}[{RATE}])))",
+        # The selected domains' peers only: discovered peers joined to the migrations they serve.
+        p.append(timeseries("Peer RTT (median)", "Round trip to the peer each selected migration goes to (found from QEMU's migration socket), on the same time axis.",
+                            [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST},origin=\"discovered\"}}[{RATE}])"
+                                    f" * on (instance, peer) group_left () max by (instance, peer) (vm_migration_peer_discovered{{{DOM}}})))",
                                     "{{peer}}")], 0, 30, unit="s"))
     return dashboard("vm-migration-detail", "VM migrations: migration detail",
                      "One migration as it runs: progress, rates, verdict, downtime, and the network under it.",

@@ -148,7 +148,8 @@ pub struct Cli {
     #[arg(long = "storage.retention-size", env = "VM_MIGRATION_EXPORTER_STORAGE_RETENTION_SIZE", default_value = "64MiB", value_parser = crate::store::parse_size, value_name = "SIZE")]
     pub storage_retention_size: u64,
 
-    /// procfs mount point (NIC counters come from <path>/net/dev).
+    /// procfs mount point: NIC counters from <path>/net/dev, migration peers from the QEMU
+    /// process's <path>/<pid>/fd and <path>/<pid>/net/tcp{,6}, routes from <path>/net/route.
     #[arg(
         long = "path.procfs",
         env = "VM_MIGRATION_EXPORTER_PATH_PROCFS",

@@ -417,7 +417,7 @@ impl GuestSpec {
 }
 
 /// One answer of the guest's HTTP service.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AppReply {
     /// Requests the guest served so far, this one included.
     pub requests: u64,
@@ -453,6 +453,19 @@ pub fn app_get(addr: std::net::SocketAddr, timeout: Duration) -> Result<AppReply
     match (requests, uptime_s) {
         (Some(requests), Some(uptime_s)) => Ok(AppReply { requests, uptime_s }),
         _ => Err(err(format!("no requests=/uptime= in {text:?}"))),
+    }
+}
+
+/// Ask the guest's service at `addr` until it answers or `timeout` passes (it starts after the
+/// guest boots; after a migration, once the destination runs the guest).
+pub fn app_wait(addr: std::net::SocketAddr, timeout: Duration) -> Result<AppReply, LabError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match app_get(addr, Duration::from_secs(2)) {
+            Ok(r) => return Ok(r),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }
 

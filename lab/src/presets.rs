@@ -12,9 +12,14 @@ pub fn smoke() -> Vec<Scenario> {
     vec![Scenario::idle("smoke-idle")]
 }
 
+/// Host port of the guest's HTTP service in the `ci` preset.
+pub const CI_APP_PORT: u16 = 18480;
+
 /// The system-test set.
 pub fn ci() -> Vec<Scenario> {
-    let idle = Scenario::idle("ci-idle-precopy");
+    let mut idle = Scenario::idle("ci-idle-precopy");
+    // With the guest's HTTP service: it must answer on the destination after the migration.
+    idle.guest.app_port = Some(CI_APP_PORT);
     // A loaded guest that still converges: 10 MiB/s of sequential writes against 30 MiB/s.
     let loaded = Scenario::stressed("ci-loaded-precopy", 10, Pattern::Seq, 30);
     // 150 MiB/s dirtied against 30 MiB/s sent over a metro-like 10 ms path: never converges;

@@ -118,6 +118,12 @@ pub struct RunResult {
     /// Average RTT `ping` measured over the migration's path just before it (delayed path only).
     #[serde(default)]
     pub ping_rtt_ms: Option<f64>,
+    /// The guest's HTTP service before the migration (on the source) ...
+    #[serde(default)]
+    pub app_before: Option<guest::AppReply>,
+    /// ... and after it, where the guest then runs.
+    #[serde(default)]
+    pub app_after: Option<guest::AppReply>,
 }
 
 impl RunResult {
@@ -253,6 +259,14 @@ impl Lab {
             .map_err(|e| LabError::Guest(e.to_string()))?;
         let serial = self.src.dir().join(format!("log/qemu/{name}.serial"));
         guest::wait_running(&serial, Duration::from_secs(90))?;
+        // The guest's HTTP service, when it has one, answers on the source before migrating.
+        let app_before = match s.guest.app_port {
+            Some(port) => Some(guest::app_wait(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(60),
+            )?),
+            None => None,
+        };
 
         let trace = traces.join(format!("{name}-source.jsonl"));
         let _ = std::fs::remove_file(&trace);
@@ -394,6 +408,20 @@ impl Lab {
                         .find(|l| l.starts_with("dirtier: t="))
                         .map(str::to_string)
                 });
+        // ... and afterwards wherever the guest runs: the destination's namespace after a
+        // completed migration (the same port, forwarded by the destination's QEMU).
+        let app_after = s.guest.app_port.and_then(|port| {
+            let host: std::net::IpAddr = if outcome == "completed" {
+                crate::net::DEST_ADDR.parse().ok()?
+            } else {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            };
+            guest::app_wait(
+                std::net::SocketAddr::new(host, port),
+                Duration::from_secs(30),
+            )
+            .ok()
+        });
         let _ = self.dst.virsh(&["destroy", name]);
         let _ = self.src.virsh(&["destroy", name]);
         Ok(RunResult {
@@ -408,6 +436,8 @@ impl Lab {
             trace,
             guest_status,
             ping_rtt_ms,
+            app_before,
+            app_after,
         })
     }
 }

@@ -72,6 +72,8 @@ fn every_dashboard_panel_returns_data_from_a_real_migration() {
     let mut stuck = Scenario::stressed("dash-stuck", 150, Pattern::Random, 30);
     stuck.auto_converge = true;
     stuck.deadline = Duration::from_secs(40);
+    // Over the delay link, so the peer RTT panels show the path's latency.
+    stuck.rtt_ms = Some(migration_lab::presets::RTT_METRO_MS);
     let r = lab.run(&stuck, &dir, &|_| {}).expect("run");
     assert_eq!(r.outcome, "aborted", "{}", r.virsh_output);
     // ... and one rescued by post-copy (phase, page requests). Post-copy together with

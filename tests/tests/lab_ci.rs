@@ -116,6 +116,24 @@ fn idle_precopy_converges_and_the_exporter_matches_libvirt() {
     assert_eq!(total_finished(&r), 1.0);
     assert_matches_libvirt(&r);
     assert_peer_in_record(&r, "10.77.0.2");
+    // The guest's HTTP service answered on the source before and on the destination after,
+    // the same guest: its request counter and uptime went on.
+    let before = r
+        .app_before
+        .as_ref()
+        .expect("the guest app answered before");
+    let after = r
+        .app_after
+        .as_ref()
+        .expect("the guest app answered on the destination");
+    assert!(
+        after.requests > before.requests,
+        "{before:?} then {after:?}"
+    );
+    assert!(
+        after.uptime_s > before.uptime_s,
+        "{before:?} then {after:?}"
+    );
     assert!(
         !r.verdicts_seen()
             .iter()
