@@ -18,7 +18,8 @@ pub struct Assets {
     pub initrd: PathBuf,
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<String, LabError> {
+/// Run `cmd`; its standard output, or an error naming `what` with its standard error.
+fn run_bytes(cmd: &mut Command, what: &str) -> Result<Vec<u8>, LabError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -29,7 +30,11 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, LabError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String, LabError> {
+    run_bytes(cmd, what).map(|o| String::from_utf8_lossy(&o).into_owned())
 }
 
 /// Modules the guest's application NIC needs (virtio-net on virtio-pci); their dependencies are
@@ -261,21 +266,10 @@ fn read_module(path: &Path) -> Result<Vec<u8>, LabError> {
         .map(|(_, t)| t);
     match tool {
         None => fs::read(path).map_err(|e| LabError::Setup(format!("{name}: {e}"))),
-        Some(t) => {
-            let out = Command::new(t)
-                .arg("-dc")
-                .arg(path)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| LabError::Setup(format!("{t} -dc {name}: {e}")))?;
-            if !out.status.success() {
-                return Err(LabError::Setup(format!(
-                    "{t} -dc {name} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            Ok(out.stdout)
-        }
+        Some(t) => run_bytes(
+            Command::new(t).arg("-dc").arg(path),
+            &format!("{t} -dc {name}"),
+        ),
     }
 }
 
@@ -494,15 +488,7 @@ mod tests {
     use super::*;
 
     fn spec() -> GuestSpec {
-        GuestSpec {
-            name: "g".into(),
-            memory_mb: 512,
-            dirty_mbps: 0,
-            dirty_mb: 64,
-            pattern: Pattern::Seq,
-            hot_mb: 32,
-            app_port: None,
-        }
+        crate::scenario::Scenario::idle("g").guest
     }
 
     fn assets() -> Assets {

@@ -206,8 +206,13 @@ pub fn timeseries_png(
                 format!("{:.1}M", v / 1e6)
             } else if a >= 1e3 {
                 format!("{:.1}k", v / 1e3)
-            } else {
+            } else if a == 0.0 || a >= 0.1 {
                 format!("{v:.2}")
+            } else if a >= 1e-3 {
+                // Seconds of RTT or downtime: milliseconds read better than 0.01.
+                format!("{:.1}m", v * 1e3)
+            } else {
+                format!("{:.0}µ", v * 1e6)
             }
         })
         .draw()

@@ -45,10 +45,14 @@ fn cells(r: &RunResult) -> Vec<String> {
             .unwrap_or("none")
             .to_string(),
         r.verdicts_seen().join(" → "),
+        // The RTT the exporter's probes of the discovered peer saw while it migrated.
+        rec.and_then(|v| v["peer"]["rtt_median_seconds"].as_f64())
+            .map(|s| format!("{:.2}", s * 1000.0))
+            .unwrap_or_default(),
     ]
 }
 
-const HEAD: [&str; 13] = [
+const HEAD: [&str; 14] = [
     "scenario",
     "mode",
     "dirty MiB/s",
@@ -62,6 +66,7 @@ const HEAD: [&str; 13] = [
     "iterations",
     "exporter outcome",
     "exporter verdicts",
+    "exporter peer RTT ms",
 ];
 
 pub fn markdown(results: &[RunResult]) -> String {
