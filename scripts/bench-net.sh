@@ -15,6 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${1:-60}
+need=()
+for pkg in prometheus-blackbox-exporter prometheus-smokeping-prober prometheus-node-exporter iputils-ping curl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get install -y -q "${need[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; }
+fi
 cargo build -q --release -p vm-migration-exporter -p migration-lab
 BIN=${CARGO_TARGET_DIR:-target}/release/vm-migration-exporter
 LAB=${CARGO_TARGET_DIR:-target}/release/migration-lab
