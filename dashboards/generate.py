@@ -110,9 +110,9 @@ def fleet():
     p = [
         stat("Migrations running", "Outgoing migration jobs running now.",
              f'count(vm_migration_job_active{{{HOST},operation="migration_out"}}) or vector(0)', 0, 0),
-        stat("Not converging now", "Running pre-copy migrations whose verdict is stalled or diverging: "
-             "they will not finish by themselves.",
-             f'count(vm_migration_convergence{{{HOST},state=~"stalled|diverging"}} == 1) or vector(0)', 6, 0,
+        stat("Not converging now", "Running migrations that will not finish by themselves: pre-copy "
+             "stalled or diverging, or post-copy failed (guest paused).",
+             f'count(vm_migration_convergence{{{HOST},state=~"stalled|diverging|postcopy_failed"}} == 1) or vector(0)', 6, 0,
              thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
         stat("Failed or aborted (range)", "Migrations that ended failed or aborted in the selected range.",
              f'sum(increase(vm_migration_finished_total{{{HOST},outcome=~"failed|aborted"}}[$__range])) or vector(0)',
@@ -170,7 +170,7 @@ def detail():
                    [target(f"vm_migration_predicted_downtime_seconds{{{DOM}}}", "predicted {{domain}}"),
                     target(f"vm_migration_expected_downtime_seconds{{{DOM}}}", "expected (QEMU) {{domain}}"),
                     target(f"vm_migration_max_downtime_seconds{{{DOM}}}", "max {{domain}}")], 12, 8, unit="s"),
-        panel("state-timeline", "Verdict", "converging / stalled / diverging / postcopy / unknown over time.",
+        panel("state-timeline", "Verdict", "converging / stalled / diverging / postcopy / postcopy_failed / unknown over time.",
               [target(f"vm_migration_convergence{{{DOM}}} == 1", "{{domain}} {{state}}")], 0, 16, 12, 6,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),

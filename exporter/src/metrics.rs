@@ -443,7 +443,7 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
     );
     let mut convergence = GaugeFamily::new(
         "vm_migration_convergence",
-        "Convergence verdict: 1 for the current state (converging, stalled, diverging, postcopy, unknown), 0 for the others.",
+        "Convergence verdict: 1 for the current state (converging, stalled, diverging, postcopy, postcopy_failed, unknown), 0 for the others.",
     );
     let mut gauges: Vec<GaugeFamily> = JOB_GAUGES
         .iter()

@@ -69,6 +69,7 @@ pub mod lifecycle {
     pub const SUSPENDED_POSTCOPY_FAILED: i32 = 8;
     pub const RESUMED_MIGRATED: i32 = 1;
     pub const RESUMED_POSTCOPY: i32 = 3;
+    pub const STOPPED_DESTROYED: i32 = 2;
     pub const STOPPED_MIGRATED: i32 = 3;
     pub const STOPPED_FAILED: i32 = 5;
 }

@@ -52,15 +52,20 @@ pub enum Verdict {
     Stalled,
     Diverging,
     Postcopy,
+    /// Post-copy broke off (libvirt's "suspended: post-copy failed"): the guest is paused with
+    /// its memory split between the hosts and neither side can run it until the migration is
+    /// resumed (`virsh migrate --postcopy-resume`). It never finishes on its own.
+    PostcopyFailed,
     Unknown,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 5] = [
+    pub const ALL: [Verdict; 6] = [
         Verdict::Converging,
         Verdict::Stalled,
         Verdict::Diverging,
         Verdict::Postcopy,
+        Verdict::PostcopyFailed,
         Verdict::Unknown,
     ];
 
@@ -70,6 +75,7 @@ impl Verdict {
             Verdict::Stalled => "stalled",
             Verdict::Diverging => "diverging",
             Verdict::Postcopy => "postcopy",
+            Verdict::PostcopyFailed => "postcopy_failed",
             Verdict::Unknown => "unknown",
         }
     }
@@ -194,6 +200,8 @@ pub struct Convergence {
     rate_ewma: Option<f64>,
     current: Option<Assessment>,
     history: Vec<VerdictChange>,
+    /// Post-copy failed: the verdict stays so whatever the frozen job stats say.
+    postcopy_failed: bool,
 }
 
 impl Convergence {
@@ -206,6 +214,9 @@ impl Convergence {
         phase: Phase,
     ) -> Assessment {
         let a = self.assess(s, max_downtime_ms, phase);
+        if self.postcopy_failed {
+            return self.current();
+        }
         self.record(t, a);
         a
     }
@@ -293,12 +304,24 @@ impl Convergence {
         self.current = Some(a);
     }
 
-    /// Post-copy was switched on (lifecycle event): say so at once.
+    /// Post-copy was switched on, or resumed after a failure (lifecycle event): say so at once.
     pub fn postcopy(&mut self, t: f64) {
+        self.postcopy_failed = false;
         let mut a = self.current.unwrap_or_else(Assessment::unknown);
         a.verdict = Verdict::Postcopy;
         a.dirty_to_transfer_ratio = None;
         a.predicted_downtime_seconds = None;
+        self.record(t, a);
+    }
+
+    /// Post-copy failed (lifecycle event): the verdict from now on.
+    pub fn postcopy_failed(&mut self, t: f64) {
+        let mut a = self.current.unwrap_or_else(Assessment::unknown);
+        a.verdict = Verdict::PostcopyFailed;
+        a.dirty_to_transfer_ratio = None;
+        a.predicted_downtime_seconds = None;
+        a.eta_seconds = None;
+        self.postcopy_failed = true;
         self.record(t, a);
     }
 

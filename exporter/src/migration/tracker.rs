@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::convergence::{Convergence, VerdictChange};
+use super::convergence::{Convergence, Verdict, VerdictChange};
 use super::stats::{Direction, JobStats};
 use crate::libvirt::jobs::{job_type, lifecycle, DomainEvent, DomainId, RawJob};
 
@@ -315,6 +315,8 @@ impl Tracker {
                     (lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY)
                         | (lifecycle::RESUMED, lifecycle::RESUMED_POSTCOPY)
                 );
+                let postcopy_failed = (*event, *detail)
+                    == (lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY_FAILED);
                 let migrated_away =
                     (*event, *detail) == (lifecycle::STOPPED, lifecycle::STOPPED_MIGRATED);
                 // A domain resumed after an incoming migration has fresh completed stats.
@@ -322,9 +324,16 @@ impl Tracker {
                     (*event, *detail) == (lifecycle::RESUMED, lifecycle::RESUMED_MIGRATED);
                 match self.active.get_mut(uuid) {
                     Some(job) => {
-                        if postcopy && job.phase != Phase::Postcopy {
+                        let resumed = job.convergence.current().verdict == Verdict::PostcopyFailed
+                            && (*event, *detail)
+                                == (lifecycle::RESUMED, lifecycle::RESUMED_POSTCOPY);
+                        if postcopy && (job.phase != Phase::Postcopy || resumed) {
                             job.phase = Phase::Postcopy;
                             job.convergence.postcopy(now);
+                        }
+                        if postcopy_failed {
+                            job.phase = Phase::Postcopy;
+                            job.convergence.postcopy_failed(now);
                         }
                         if migrated_away {
                             job.stopped_migrated = true;

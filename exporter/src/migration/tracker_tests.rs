@@ -221,6 +221,53 @@ fn postcopy_switch_sets_phase_and_mode() {
 }
 
 #[test]
+fn postcopy_failure_is_sticky_until_resumed_and_counts_failed_when_the_domain_goes() {
+    let mut t = Tracker::new(2.0);
+    let lc = |event, detail| DomainEvent::Lifecycle {
+        domain: dom(),
+        event,
+        detail,
+    };
+    let verdict = |t: &Tracker| {
+        t.active_jobs()
+            .next()
+            .map(|j| j.convergence.current().verdict)
+    };
+    t.on_round(10.0, &round(vec![running(8000, 300_000_000, 6)]));
+    t.on_event(
+        10.2,
+        &lc(lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY),
+    );
+    assert_eq!(verdict(&t), Some(Verdict::Postcopy));
+    t.on_event(
+        11.0,
+        &lc(lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY_FAILED),
+    );
+    assert_eq!(verdict(&t), Some(Verdict::PostcopyFailed));
+    // The job stays, frozen: later samples do not talk the verdict back to post-copy.
+    t.on_round(12.0, &round(vec![running(10_000, 12_000_000, 8)]));
+    assert_eq!(verdict(&t), Some(Verdict::PostcopyFailed));
+    // Resumed (virsh migrate --postcopy-resume): post-copy again.
+    t.on_event(13.0, &lc(lifecycle::RESUMED, lifecycle::RESUMED_POSTCOPY));
+    assert_eq!(verdict(&t), Some(Verdict::Postcopy));
+    t.on_event(
+        14.0,
+        &lc(lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY_FAILED),
+    );
+    // Given up: the domain is destroyed; after the grace it is one failed post-copy migration.
+    t.on_event(15.0, &lc(lifecycle::STOPPED, lifecycle::STOPPED_DESTROYED));
+    assert!(t.on_round(15.5, &Round::default()).is_empty());
+    let fin = t.on_round(18.0, &Round::default());
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0].outcome, Outcome::Failed);
+    assert_eq!(fin[0].mode, Phase::Postcopy);
+    assert_eq!(
+        fin[0].verdicts.last().map(|v| v.verdict),
+        Some(Verdict::PostcopyFailed)
+    );
+}
+
+#[test]
 fn incoming_completed_stats_count_once_and_history_not_at_all() {
     let mut t = Tracker::new(5.0);
     let history = RawJob {

@@ -17,9 +17,11 @@ use vm_migration_exporter::trace::{read_trace, ReplaySource, TraceRecord};
 fn fixture(name: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     // Lab runs keep their traces beside the run's results.json (fixtures/lab-ci).
-    let lab = base.join("lab-ci/traces").join(name);
-    if lab.exists() {
-        return lab;
+    for lab in ["lab-ci", "lab-paper"] {
+        let p = base.join(lab).join("traces").join(name);
+        if p.exists() {
+            return p;
+        }
     }
     base.join("traces").join(name)
 }
@@ -246,4 +248,62 @@ fn lab_loaded_precopy_converges_without_a_false_alarm() {
     );
     assert_eq!(r.finished.len(), 1);
     assert_eq!(r.finished[0].outcome, Outcome::Completed);
+}
+
+/// A real post-copy failure (QEMU 7.2 at a 100 MiB/s cap, the lab's paper run): libvirt says
+/// "suspended: post-copy failed", the job stays with frozen figures and the guest paused. The
+/// exporter must say so at once and keep saying it, not show a healthy post-copy.
+#[test]
+fn postcopy_failure_from_the_lab_is_called_postcopy_failed() {
+    let r = replay("paper-post-150mbps-random-cap100-rtt0-source.jsonl");
+    // The trace ends with libvirt's two words: suspended for post-copy (7), then post-copy
+    // failed (8).
+    let details: Vec<i32> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            TraceRecord::Event {
+                event:
+                    DomainEvent::Lifecycle {
+                        event: 3, detail, ..
+                    },
+                ..
+            } => Some(*detail),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        details.ends_with(&[7, 8]),
+        "the fixture's suspend events: {details:?}"
+    );
+    let verdicts: Vec<Verdict> = r.live.iter().map(|(_, v, _)| *v).collect();
+    let first_failed = verdicts
+        .iter()
+        .position(|v| *v == Verdict::PostcopyFailed)
+        .unwrap_or_else(|| panic!("never called post-copy failed: {verdicts:?}"));
+    assert!(
+        r.live[first_failed..]
+            .iter()
+            .all(|(_, _, p)| *p == Phase::Postcopy),
+        "in the post-copy phase"
+    );
+    let after = &verdicts[first_failed..];
+    assert!(
+        after.iter().all(|v| *v == Verdict::PostcopyFailed),
+        "the failure sticks while the frozen job is sampled: {after:?}"
+    );
+    assert!(
+        r.final_text
+            .lines()
+            .any(|l| l.starts_with("vm_migration_convergence{")
+                && l.contains("state=\"postcopy_failed\"")
+                && l.ends_with(" 1.0")),
+        "{}",
+        r.final_text
+    );
+    assert!(
+        r.finished.is_empty(),
+        "not finished while the guest waits for a resume: {:?}",
+        r.finished
+    );
 }
