@@ -91,6 +91,7 @@ pub async fn run(
             interval: settings.sample_interval,
             idle_interval: settings.sample_idle_interval,
             grace: settings.completion_grace,
+            last_retention: settings.last_retention,
         },
     );
     let history = Arc::new(parking_lot::Mutex::new(

@@ -148,6 +148,12 @@ pub struct Cli {
     #[arg(long = "storage.retention-size", env = "VM_MIGRATION_EXPORTER_STORAGE_RETENTION_SIZE", default_value = "64MiB", value_parser = crate::store::parse_size, value_name = "SIZE")]
     pub storage_retention_size: u64,
 
+    /// How long a domain's `vm_migration_last_*` series stay after its last migration finished
+    /// on this host (guests come and go; their series should not pile up). 0 keeps them until
+    /// the exporter restarts. The records under --storage.path are not affected.
+    #[arg(long = "metrics.last-retention", env = "VM_MIGRATION_EXPORTER_METRICS_LAST_RETENTION", default_value = "24h", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub last_retention: Duration,
+
     /// procfs mount point: NIC counters from <path>/net/dev, migration peers from the QEMU
     /// process's <path>/<pid>/fd and <path>/<pid>/net/tcp{,6}, routes from <path>/net/route.
     #[arg(
@@ -205,6 +211,8 @@ pub struct Settings {
     /// `None`: records in memory only.
     pub storage_path: Option<PathBuf>,
     pub storage_retention_size: u64,
+    /// `None`: keep `last_*` series until restart.
+    pub last_retention: Option<Duration>,
     pub netdev: crate::net::netdev::Netdev,
     pub probe: crate::net::probe::settings::ProbeSettings,
 }
@@ -306,6 +314,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, String> {
         trace_path: cli.trace_path,
         storage_path: (!cli.storage_path.is_empty()).then(|| PathBuf::from(cli.storage_path)),
         storage_retention_size: cli.storage_retention_size,
+        last_retention: (!cli.last_retention.is_zero()).then_some(cli.last_retention),
         netdev: crate::net::netdev::Netdev {
             procfs: cli.procfs,
             sysfs: cli.sysfs,
@@ -345,6 +354,15 @@ fn parse_regex(s: &str) -> Result<regex::Regex, String> {
             e.to_string().lines().last().unwrap_or("invalid")
         )
     })
+}
+
+/// A duration where 0 means "off".
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30m, 24h, or 0 for never"))
 }
 
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {

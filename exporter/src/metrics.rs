@@ -75,6 +75,9 @@ pub struct Metrics {
     pub last_data_processed: Family<DomainLabels, FloatGauge>,
     pub last_iterations: Family<DomainLabels, FloatGauge>,
     pub call_errors: Family<CallLabels, Counter>,
+    /// When each domain's `last_*` series were set, so series of domains that have long left
+    /// the host can be dropped (a host sees many guests over months).
+    last_set_at: parking_lot::Mutex<std::collections::HashMap<DomainLabels, f64>>,
 }
 
 impl Metrics {
@@ -91,6 +94,7 @@ impl Metrics {
             last_data_processed: Family::default(),
             last_iterations: Family::default(),
             call_errors: Family::default(),
+            last_set_at: parking_lot::Mutex::new(std::collections::HashMap::new()),
         };
         // Pre-create every outcome × mode × direction, histograms included, so rate() has a zero to
         // start from: a series first seen at 1 shows no increase.
@@ -191,6 +195,31 @@ impl Metrics {
             self.last_iterations.get_or_create(&dom).set(i as f64);
         }
         self.last_finished.get_or_create(&dom).set(f.finished_at);
+        self.last_set_at.lock().insert(dom, f.finished_at);
+    }
+
+    /// Drop the `last_*` series of domains whose last migration finished before `before`
+    /// (Unix time). Returns how many domains were dropped.
+    pub fn prune_last(&self, before: f64) -> usize {
+        let mut set_at = self.last_set_at.lock();
+        let old: Vec<DomainLabels> = set_at
+            .iter()
+            .filter(|(_, &t)| t < before)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for dom in &old {
+            set_at.remove(dom);
+            for family in [
+                &self.last_duration,
+                &self.last_downtime,
+                &self.last_finished,
+                &self.last_data_processed,
+                &self.last_iterations,
+            ] {
+                family.remove(dom);
+            }
+        }
+        old.len()
     }
 
     pub fn call_error(&self, call: &'static str) {

@@ -40,6 +40,9 @@ pub struct SamplerConfig {
     pub idle_interval: Duration,
     /// How long to wait for `JOB_COMPLETED` after a migrating domain left.
     pub grace: Duration,
+    /// How long a domain's `vm_migration_last_*` series stay after its last migration
+    /// finished; `None` keeps them until restart.
+    pub last_retention: Option<Duration>,
 }
 
 impl Default for SamplerConfig {
@@ -48,6 +51,7 @@ impl Default for SamplerConfig {
             interval: Duration::from_secs(1),
             idle_interval: Duration::from_secs(15),
             grace: Duration::from_secs(5),
+            last_retention: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -317,6 +321,15 @@ impl Sampler {
             None => false,
         };
         core.publish_active();
+        if let Some(keep) = self.cfg.last_retention {
+            let dropped = core.metrics.prune_last(now - keep.as_secs_f64());
+            if dropped > 0 {
+                debug!(
+                    domains = dropped,
+                    "dropped last_* series past --metrics.last-retention"
+                );
+            }
+        }
         let mut st = core.state.lock();
         st.ready = true;
         st.libvirt_up = self.source.is_connected();

@@ -292,3 +292,47 @@ fn completion_event_removes_the_live_job_at_once() {
     assert!(st.active.is_empty(), "live job must go with the completion");
     assert_eq!(st.records.len(), 1);
 }
+
+#[test]
+fn last_series_are_dropped_after_the_retention_but_counters_stay() {
+    let shared = state::shared();
+    let (reg, metrics) = Metrics::register(shared.clone());
+    let mut records = trace();
+    // The migration finished at 102.2; rounds 10 min and 2 h later, with a 1 h retention.
+    for t in [702.2, 7302.2] {
+        records.push(TraceRecord::Round { t, domains: vec![] });
+    }
+    let source = Arc::new(ReplaySource::new(records));
+    let mut sampler = Sampler::new(
+        source.clone(),
+        shared.clone(),
+        metrics,
+        None,
+        SamplerConfig {
+            last_retention: Some(Duration::from_secs(3600)),
+            ..SamplerConfig::default()
+        },
+    );
+    let mut seen = Vec::new();
+    sampler.replay(&source, |t| seen.push((t, metrics_text(&reg))));
+    let at = |t: f64| &seen.iter().find(|(x, _)| *x == t).expect("round ran").1;
+    let finished =
+        "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"} 1";
+    let kept = at(702.2);
+    for name in [
+        "vm_migration_last_duration_seconds{",
+        "vm_migration_last_downtime_seconds{",
+        "vm_migration_last_finished_timestamp_seconds{",
+        "vm_migration_last_data_processed_bytes{",
+        "vm_migration_last_iterations{",
+    ] {
+        assert!(
+            kept.contains(name),
+            "{name} missing within the retention:\n{kept}"
+        );
+    }
+    let pruned = at(7302.2);
+    assert!(!pruned.contains("vm_migration_last_"), "{pruned}");
+    assert!(pruned.contains(finished), "{pruned}");
+    assert!(kept.contains(finished), "{kept}");
+}

@@ -232,6 +232,10 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["--sample.interval", "0s"], "--sample.interval"),
         (&["--sample.interval", "fast"], "--sample.interval"),
+        (
+            &["--metrics.last-retention", "a day"],
+            "--metrics.last-retention",
+        ),
         (&["--web.listen-address", "nope"], "--web.listen-address"),
         (&["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
         (&["--log.format", "xml"], "--log.format"),
@@ -327,6 +331,7 @@ fn help_explains_every_flag_and_version_prints() {
         "--trace.path",
         "--storage.path",
         "--storage.retention-size",
+        "--metrics.last-retention",
         "--web.config.file",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
