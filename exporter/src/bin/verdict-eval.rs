@@ -14,15 +14,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use vm_migration_exporter::libvirt::jobs::{lifecycle, DomainEvent};
-use vm_migration_exporter::metrics::Metrics;
 use vm_migration_exporter::migration::convergence::Verdict;
-use vm_migration_exporter::migration::sampler::{Sampler, SamplerConfig};
+use vm_migration_exporter::migration::replay::Replay;
+use vm_migration_exporter::migration::sampler::SamplerConfig;
 use vm_migration_exporter::migration::tracker::Outcome;
-use vm_migration_exporter::state;
-use vm_migration_exporter::trace::{read_trace, ReplaySource, TraceRecord};
+use vm_migration_exporter::trace::{read_trace, TraceRecord};
 
 /// One verdict as it stood after a sample round.
 struct Point {
@@ -82,19 +80,11 @@ fn evaluate(path: &Path) -> Result<Option<Evaluated>, String> {
             if (*event, *detail) == (lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY))
     });
 
-    let shared = state::shared();
-    let (_reg, metrics) = Metrics::register(shared.clone());
-    let source = Arc::new(ReplaySource::new(records));
-    let mut sampler = Sampler::new(
-        source.clone(),
-        shared.clone(),
-        metrics,
-        None,
-        SamplerConfig::default(),
-    );
+    let mut replay = Replay::new(records, SamplerConfig::default());
+    let shared = replay.state.clone();
     let mut points = Vec::new();
     let mut start = None;
-    sampler.replay(&source, |t| {
+    replay.run(|t, _| {
         if let Some(j) = shared.lock().active.iter().find(|j| j.stats.is_migration()) {
             start.get_or_insert(j.started_at);
             let a = j.convergence.current();

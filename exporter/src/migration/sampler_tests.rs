@@ -3,8 +3,7 @@
 
 use super::*;
 use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, ParamValue, Params, RawJob};
-use crate::metrics::Metrics;
-use crate::state;
+use crate::migration::replay::{text, Replay};
 
 fn dom() -> DomainId {
     DomainId {
@@ -89,24 +88,12 @@ fn trace() -> Vec<TraceRecord> {
     r
 }
 
-fn metrics_text(reg: &prometheus_client::registry::Registry) -> String {
-    crate::exposition::encode(reg, false).expect("encodes").0
-}
-
 #[test]
 fn replayed_migration_shows_live_then_finished() {
-    let shared = state::shared();
-    let (reg, metrics) = Metrics::register(shared.clone());
-    let source = Arc::new(ReplaySource::new(trace()));
-    let mut sampler = Sampler::new(
-        source.clone(),
-        shared.clone(),
-        metrics,
-        None,
-        SamplerConfig::default(),
-    );
+    let mut r = Replay::new(trace(), SamplerConfig::default());
+    let shared = r.state.clone();
     let mut seen = Vec::new();
-    sampler.replay(&source, |t| seen.push((t, metrics_text(&reg))));
+    r.run(|t, reg| seen.push((t, text(reg))));
 
     let at = |t: f64| &seen.iter().find(|(x, _)| *x == t).expect("round ran").1;
     let uuid = &dom().uuid;
@@ -189,8 +176,6 @@ fn replayed_migration_shows_live_then_finished() {
 
 #[test]
 fn iteration_event_newer_than_sample_wins() {
-    let shared = state::shared();
-    let (reg, metrics) = Metrics::register(shared.clone());
     let mut recs = trace();
     recs.truncate(
         recs.iter()
@@ -199,16 +184,9 @@ fn iteration_event_newer_than_sample_wins() {
     );
     // One more round while still running, after the iteration-3 event.
     recs.extend(running(102.0, 3000, 150_000_000));
-    let source = Arc::new(ReplaySource::new(recs));
-    let mut sampler = Sampler::new(
-        source.clone(),
-        shared,
-        metrics,
-        None,
-        SamplerConfig::default(),
-    );
-    sampler.replay(&source, |_| {});
-    let text = metrics_text(&reg);
+    let mut r = Replay::new(recs, SamplerConfig::default());
+    r.run(|_, _| {});
+    let text = r.metrics_text();
     assert!(
         text.contains(&format!(
             "vm_migration_iteration{{domain=\"g1\",uuid=\"{}\"}} 3",
@@ -220,8 +198,6 @@ fn iteration_event_newer_than_sample_wins() {
 
 #[test]
 fn disconnected_source_hides_jobs_and_reports_down() {
-    let shared = state::shared();
-    let (reg, metrics) = Metrics::register(shared.clone());
     let mut recs = vec![TraceRecord::Connection {
         t: 1.0,
         connected: true,
@@ -235,16 +211,9 @@ fn disconnected_source_hides_jobs_and_reports_down() {
         t: 2.0,
         domains: vec![],
     });
-    let source = Arc::new(ReplaySource::new(recs));
-    let mut sampler = Sampler::new(
-        source.clone(),
-        shared,
-        metrics,
-        None,
-        SamplerConfig::default(),
-    );
-    sampler.replay(&source, |_| {});
-    let text = metrics_text(&reg);
+    let mut r = Replay::new(recs, SamplerConfig::default());
+    r.run(|_, _| {});
+    let text = r.metrics_text();
     assert!(text.contains("vm_migration_libvirt_up 0"), "{text}");
     assert!(text.contains("vm_migration_collector_success{collector=\"jobs\"} 0"));
     assert!(
@@ -263,22 +232,14 @@ fn disconnected_source_hides_jobs_and_reports_down() {
 /// listed the job until the next round, so one scrape could show both.
 #[test]
 fn completion_event_removes_the_live_job_at_once() {
-    let shared = state::shared();
-    let (_reg, metrics) = Metrics::register(shared.clone());
     let mut recs = vec![TraceRecord::Connection {
         t: 1.0,
         connected: true,
     }];
     recs.extend(running(1.0, 1000, 300_000_000));
-    let source = Arc::new(ReplaySource::new(recs));
-    let mut sampler = Sampler::new(
-        source.clone(),
-        shared.clone(),
-        metrics,
-        None,
-        SamplerConfig::default(),
-    );
-    sampler.replay(&source, |_| {});
+    let mut r = Replay::new(recs, SamplerConfig::default());
+    r.run(|_, _| {});
+    let shared = r.state.clone();
     assert_eq!(shared.lock().active.len(), 1);
     let done = DomainEvent::JobCompleted {
         domain: dom(),
@@ -287,7 +248,7 @@ fn completion_event_removes_the_live_job_at_once() {
             ("time_elapsed", 1500),
         ]),
     };
-    sampler.handle(2.0, SourceEvent::Domain(done));
+    r.sampler.handle(2.0, SourceEvent::Domain(done));
     let st = shared.lock();
     assert!(st.active.is_empty(), "live job must go with the completion");
     assert_eq!(st.records.len(), 1);
@@ -295,26 +256,20 @@ fn completion_event_removes_the_live_job_at_once() {
 
 #[test]
 fn last_series_are_dropped_after_the_retention_but_counters_stay() {
-    let shared = state::shared();
-    let (reg, metrics) = Metrics::register(shared.clone());
     let mut records = trace();
     // The migration finished at 102.2; rounds 10 min and 2 h later, with a 1 h retention.
     for t in [702.2, 7302.2] {
         records.push(TraceRecord::Round { t, domains: vec![] });
     }
-    let source = Arc::new(ReplaySource::new(records));
-    let mut sampler = Sampler::new(
-        source.clone(),
-        shared.clone(),
-        metrics,
-        None,
+    let mut r = Replay::new(
+        records,
         SamplerConfig {
             last_retention: Some(Duration::from_secs(3600)),
             ..SamplerConfig::default()
         },
     );
     let mut seen = Vec::new();
-    sampler.replay(&source, |t| seen.push((t, metrics_text(&reg))));
+    r.run(|t, reg| seen.push((t, text(reg))));
     let at = |t: f64| &seen.iter().find(|(x, _)| *x == t).expect("round ran").1;
     let finished =
         "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"} 1";

@@ -3,16 +3,14 @@
 //! seam. Expected figures are read from libvirt's own answers inside each trace.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use vm_migration_exporter::libvirt::jobs::DomainEvent;
-use vm_migration_exporter::metrics::Metrics;
 use vm_migration_exporter::migration::convergence::Verdict;
-use vm_migration_exporter::migration::sampler::{Sampler, SamplerConfig};
+use vm_migration_exporter::migration::replay::Replay;
+use vm_migration_exporter::migration::sampler::SamplerConfig;
 use vm_migration_exporter::migration::stats::{Direction, JobStats};
 use vm_migration_exporter::migration::tracker::{FigureSource, FinishedMigration, Outcome, Phase};
-use vm_migration_exporter::state;
-use vm_migration_exporter::trace::{read_trace, ReplaySource, TraceRecord};
+use vm_migration_exporter::trace::{read_trace, TraceRecord};
 
 fn fixture(name: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -38,19 +36,11 @@ struct Replayed {
 
 fn replay(name: &str) -> Replayed {
     let records = read_trace(&fixture(name)).expect("fixture parses");
-    let shared = state::shared();
-    let (reg, metrics) = Metrics::register(shared.clone());
-    let source = Arc::new(ReplaySource::new(records.clone()));
-    let mut sampler = Sampler::new(
-        source.clone(),
-        shared.clone(),
-        metrics,
-        None,
-        SamplerConfig::default(),
-    );
+    let mut replay = Replay::new(records.clone(), SamplerConfig::default());
+    let shared = replay.state.clone();
     let mut seen_live = false;
     let mut live = Vec::new();
-    sampler.replay(&source, |_| {
+    replay.run(|_, _| {
         let st = shared.lock();
         seen_live |= st.active.iter().any(|j| j.stats.data_remaining.is_some());
         for j in &st.active {
@@ -62,9 +52,7 @@ fn replay(name: &str) -> Replayed {
         }
     });
     let finished = shared.lock().records.iter().cloned().collect();
-    let final_text = vm_migration_exporter::exposition::encode(&reg, false)
-        .expect("encode")
-        .0;
+    let final_text = replay.metrics_text();
     Replayed {
         finished,
         seen_live,
