@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::LabError;
 
@@ -453,34 +453,35 @@ pub fn app_get(addr: std::net::SocketAddr, timeout: Duration) -> Result<AppReply
 /// Ask the guest's service at `addr` until it answers or `timeout` passes (it starts after the
 /// guest boots; after a migration, once the destination runs the guest).
 pub fn app_wait(addr: std::net::SocketAddr, timeout: Duration) -> Result<AppReply, LabError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match app_get(addr, Duration::from_secs(2)) {
-            Ok(r) => return Ok(r),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+    let mut last = app_get(addr, Duration::from_secs(2));
+    crate::prom::poll_until(timeout, || {
+        if last.is_err() {
+            last = app_get(addr, Duration::from_secs(2));
         }
-    }
+        last.is_ok()
+    });
+    last
 }
 
 /// Wait until the guest's serial console (a file under the host's private log directory) shows
 /// a dirtier status line; returns the last line.
 pub fn wait_running(serial: &Path, timeout: Duration) -> Result<String, LabError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(text) = fs::read_to_string(serial) {
-            if let Some(l) = text.lines().rev().find(|l| l.starts_with("dirtier: t=")) {
-                return Ok(l.to_string());
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(LabError::Guest(format!(
-                "no dirtier status on {} within {timeout:?} (boot failed?)",
-                serial.display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut line = None;
+    crate::prom::poll_until(timeout, || {
+        line = fs::read_to_string(serial).ok().and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| l.starts_with("dirtier: t="))
+                .map(str::to_string)
+        });
+        line.is_some()
+    });
+    line.ok_or_else(|| {
+        LabError::Guest(format!(
+            "no dirtier status on {} within {timeout:?} (boot failed?)",
+            serial.display()
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use migration_lab::guest::{self, AppReply, GuestSpec, Pattern};
+use migration_lab::prom::poll_until;
 
 /// A QEMU this test started: killed (by its own handle) when dropped.
 struct Qemu {
@@ -101,19 +102,15 @@ impl Qemu {
     }
 }
 
-/// Poll `f` every 200 ms until it returns Some, or panic with `what` at the deadline.
+/// The value `f` yields once it yields one (the lab's `poll_until`), or panic naming `what`.
 fn until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut got = None;
+    let done = poll_until(timeout, || {
+        got = f();
+        got.is_some()
+    });
+    assert!(done, "timed out after {timeout:?}: {what}");
+    got.expect("poll_until returned true only with a value")
 }
 
 fn free_port() -> SocketAddr {
@@ -163,11 +160,8 @@ fn guest_http_service_answers_before_and_after_live_migration() {
         },
     );
     // The forwarder may accept before the guest's socket is reachable: poll for the answer.
-    let first = until(
-        "an HTTP answer from the source",
-        Duration::from_secs(30),
-        || guest::app_get(http_src, Duration::from_secs(5)).ok(),
-    );
+    let first =
+        guest::app_wait(http_src, Duration::from_secs(30)).expect("an HTTP answer from the source");
     let second = get(http_src);
     println!("before migration: {first:?} then {second:?}");
     assert_eq!(second.requests, first.requests + 1);
@@ -214,11 +208,8 @@ fn guest_http_service_answers_before_and_after_live_migration() {
         },
     );
 
-    let after = until(
-        "an HTTP answer from the destination",
-        Duration::from_secs(30),
-        || guest::app_get(http_dst, Duration::from_secs(5)).ok(),
-    );
+    let after = guest::app_wait(http_dst, Duration::from_secs(30))
+        .expect("an HTTP answer from the destination");
     println!("after migration: {after:?}");
     assert_eq!(
         after.requests,
