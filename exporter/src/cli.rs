@@ -279,20 +279,23 @@ fn from_default(m: &ArgMatches, id: &str) -> bool {
     matches!(m.value_source(id), Some(ValueSource::DefaultValue) | None)
 }
 
-fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, String> {
-    let pick = |id: &str, flag: Duration, file: Option<Duration>| match file {
+/// An explicit flag (or its environment variable) wins over the config file, the file over the
+/// flag's default. `id` is the flag's clap id (its field name).
+pub(crate) fn flag_or_file<T>(m: &ArgMatches, id: &str, flag: T, file: Option<T>) -> T {
+    match file {
         Some(v) if from_default(m, id) => v,
         _ => flag,
-    };
+    }
+}
+
+fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, String> {
+    let pick = |id: &str, flag: Duration, file: Option<Duration>| flag_or_file(m, id, flag, file);
     let probe = crate::net::probe::settings::resolve(&cli.probe, m, &cfg.probe)?;
     Ok(Settings {
         listen_address: cli.listen_address,
         web_config_file: cli.web_config_file,
         telemetry_path: cli.telemetry_path,
-        libvirt_uri: match cfg.libvirt.uri {
-            Some(u) if from_default(m, "libvirt_uri") => u,
-            _ => cli.libvirt_uri,
-        },
+        libvirt_uri: flag_or_file(m, "libvirt_uri", cli.libvirt_uri, cfg.libvirt.uri),
         reconnect_max_backoff: pick(
             "reconnect_max_backoff",
             cli.reconnect_max_backoff,

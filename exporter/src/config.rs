@@ -51,6 +51,15 @@ pub struct SampleConfig {
     pub completion_grace: Option<Duration>,
 }
 
+/// A duration key, when given, must be longer than zero; the error names the key.
+pub(crate) fn positive(key: &str, d: Option<Duration>) -> Result<(), String> {
+    if d.is_some_and(|d| d.is_zero()) {
+        Err(format!("{key} must be longer than zero"))
+    } else {
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: cannot read it: {source} (check --config.file)")]
@@ -96,9 +105,7 @@ impl Config {
             ("sample.completion_grace", self.sample.completion_grace),
         ];
         for (key, d) in durations {
-            if d.is_some_and(|d| d.is_zero()) {
-                return Err(format!("{key} must be longer than zero"));
-            }
+            positive(key, d)?;
         }
         if self
             .libvirt

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::positive;
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
@@ -66,15 +68,8 @@ pub struct ProbeEntry {
 
 /// Check what serde cannot: the error names the key.
 pub fn validate(p: &ProbeConfig) -> Result<(), String> {
-    let zero = |key: &str, d: Option<Duration>| {
-        if d.is_some_and(|d| d.is_zero()) {
-            Err(format!("{key} must be longer than zero"))
-        } else {
-            Ok(())
-        }
-    };
-    zero("probe.interval", p.interval)?;
-    zero("probe.timeout", p.timeout)?;
+    positive("probe.interval", p.interval)?;
+    positive("probe.timeout", p.timeout)?;
     if p.max_concurrency == Some(0) {
         return Err("probe.max_concurrency must be at least 1".into());
     }
@@ -112,8 +107,8 @@ pub fn validate(p: &ProbeConfig) -> Result<(), String> {
                 }
                 _ => {}
             }
-            zero(&format!("{at}.interval"), pr.interval)?;
-            zero(&format!("{at}.timeout"), pr.timeout)?;
+            positive(&format!("{at}.interval"), pr.interval)?;
+            positive(&format!("{at}.timeout"), pr.timeout)?;
         }
     }
     Ok(())

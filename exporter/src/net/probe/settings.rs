@@ -4,12 +4,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, ValueEnum};
 
 use super::config::{ProbeConfig, ProbeType};
 use super::{PeerSpec, ProbeKind, ProbeSpec};
-use crate::cli::parse_positive_duration;
+use crate::cli::{flag_or_file, parse_positive_duration};
 
 /// Peer-probe settings after merging flags, environment and config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,27 +79,18 @@ pub struct ProbeArgs {
     pub discovery_tcp_port: Option<u16>,
 }
 
-fn explicit(m: &ArgMatches, id: &str) -> bool {
-    !matches!(m.value_source(id), Some(ValueSource::DefaultValue) | None)
-}
-
 /// Merge: an explicit flag (or env) wins over the file, the file over the default. Peers from
 /// `--probe.peer` and from `probe.peers` are all probed; names must be unique.
 pub fn resolve(a: &ProbeArgs, m: &ArgMatches, pc: &ProbeConfig) -> Result<ProbeSettings, String> {
-    let pick = |id: &str, flag: Duration, file: Option<Duration>| match file {
-        Some(v) if !explicit(m, id) => v,
-        _ => flag,
-    };
-    let interval = pick("interval", a.interval, pc.interval);
-    let timeout = pick("timeout", a.timeout, pc.timeout);
-    let max_concurrency = match pc.max_concurrency {
-        Some(n) if !explicit(m, "max_concurrency") => n,
-        _ => usize::from(a.max_concurrency),
-    };
-    let discovery = match pc.discovery {
-        Some(d) if !explicit(m, "discovery") => d,
-        _ => a.discovery,
-    };
+    let interval = flag_or_file(m, "interval", a.interval, pc.interval);
+    let timeout = flag_or_file(m, "timeout", a.timeout, pc.timeout);
+    let max_concurrency = flag_or_file(
+        m,
+        "max_concurrency",
+        usize::from(a.max_concurrency),
+        pc.max_concurrency,
+    );
+    let discovery = flag_or_file(m, "discovery", a.discovery, pc.discovery);
 
     let mut peers = Vec::new();
     let mut flag_probes = Vec::new();
