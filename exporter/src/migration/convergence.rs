@@ -200,8 +200,6 @@ pub struct Convergence {
     rate_ewma: Option<f64>,
     current: Option<Assessment>,
     history: Vec<VerdictChange>,
-    /// Post-copy failed: the verdict stays so whatever the frozen job stats say.
-    postcopy_failed: bool,
 }
 
 impl Convergence {
@@ -214,7 +212,8 @@ impl Convergence {
         phase: Phase,
     ) -> Assessment {
         let a = self.assess(s, max_downtime_ms, phase);
-        if self.postcopy_failed {
+        // Post-copy failed: the verdict stays so whatever the frozen job stats say.
+        if self.is_postcopy_failed() {
             return self.current();
         }
         self.record(t, a);
@@ -306,7 +305,6 @@ impl Convergence {
 
     /// Post-copy was switched on, or resumed after a failure (lifecycle event): say so at once.
     pub fn postcopy(&mut self, t: f64) {
-        self.postcopy_failed = false;
         let mut a = self.current.unwrap_or_else(Assessment::unknown);
         a.verdict = Verdict::Postcopy;
         a.dirty_to_transfer_ratio = None;
@@ -321,8 +319,13 @@ impl Convergence {
         a.dirty_to_transfer_ratio = None;
         a.predicted_downtime_seconds = None;
         a.eta_seconds = None;
-        self.postcopy_failed = true;
         self.record(t, a);
+    }
+
+    /// Post-copy failed and has not been resumed since.
+    pub fn is_postcopy_failed(&self) -> bool {
+        self.current
+            .is_some_and(|a| a.verdict == Verdict::PostcopyFailed)
     }
 
     pub fn current(&self) -> Assessment {

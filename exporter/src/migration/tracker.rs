@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::convergence::{Convergence, Verdict, VerdictChange};
+use super::convergence::{Convergence, VerdictChange};
 use super::stats::{Direction, JobStats};
 use crate::libvirt::jobs::{job_type, lifecycle, DomainEvent, DomainId, RawJob};
 
@@ -324,7 +324,7 @@ impl Tracker {
                     (*event, *detail) == (lifecycle::RESUMED, lifecycle::RESUMED_MIGRATED);
                 match self.active.get_mut(uuid) {
                     Some(job) => {
-                        let resumed = job.convergence.current().verdict == Verdict::PostcopyFailed
+                        let resumed = job.convergence.is_postcopy_failed()
                             && (*event, *detail)
                                 == (lifecycle::RESUMED, lifecycle::RESUMED_POSTCOPY);
                         if postcopy && (job.phase != Phase::Postcopy || resumed) {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::libvirt::jobs::{job_operation, ParamValue, Params};
+use crate::migration::convergence::Verdict;
 
 fn dom() -> DomainId {
     DomainId {
