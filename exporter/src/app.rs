@@ -98,7 +98,7 @@ pub async fn run(
         crate::net::netdev::TxHistory::default(),
     ));
     let mut sampler = sampler.with_network(history.clone(), Some(peers.clone()));
-    // Probes are tokio tasks on this runtime; discovery runs on the netdev thread.
+    // Probes are tokio tasks on this runtime; discovery has a thread of its own.
     let probes = &settings.probe;
     let prober = Prober::new(peers, shared.clone(), probes.max_concurrency);
     let rt = tokio::runtime::Handle::current();

@@ -1,5 +1,6 @@
 //! Which peers get probed: the configured ones from the start, and the peer of each running
-//! migration while it runs ([`Discoverer`], called from the netdev thread once per reading).
+//! migration while it runs ([`Discoverer`], on its own thread, woken by the sampler when jobs
+//! start or end).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -184,8 +185,9 @@ impl Discoverer {
                 g.discovered.retain(|_, d| d.active);
             }
         }
+        // Jobs that ended, whether or not their peer was found, need no pid any more.
+        self.pids.retain(|uuid, _| live.contains(uuid.as_str()));
         for (uuid, address) in ended {
-            self.pids.remove(&uuid);
             let done = self.running.get_mut(&address).is_some_and(|r| {
                 r.uuids.remove(&uuid);
                 r.uuids.is_empty()
@@ -200,5 +202,98 @@ impl Discoverer {
             }
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::probe::ProbeKind;
+    use std::path::Path;
+
+    const UUID: &str = "ab5e0000-0000-4000-8000-000000000001";
+
+    /// A procfs with one QEMU (pid 4242, `-uuid UUID`) and, when `socket`, its established
+    /// migration socket to 10.77.0.2 (the discovery fixture's inode 5001).
+    fn procfs(socket: bool) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("4242");
+        std::fs::create_dir_all(p.join("fd")).expect("mkdir");
+        std::fs::create_dir_all(p.join("net")).expect("mkdir");
+        std::fs::write(
+            p.join("cmdline"),
+            format!("/usr/bin/qemu-system-x86_64\0-uuid\0{UUID}\0"),
+        )
+        .expect("write");
+        let tcp = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/net/discovery/tcp"),
+        )
+        .expect("fixture");
+        std::fs::write(p.join("net/tcp"), tcp).expect("write");
+        if socket {
+            std::os::unix::fs::symlink("socket:[5001]", p.join("fd/20")).expect("symlink");
+        }
+        dir
+    }
+
+    fn discoverer(procfs: &Path, rt: &tokio::runtime::Runtime) -> Discoverer {
+        let prober = Prober::new(PeerState::default(), crate::state::shared(), 4);
+        let probes = vec![ProbeSpec {
+            kind: ProbeKind::Tcp { port: 9 },
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_millis(100),
+        }];
+        Discoverer::new(
+            procfs.to_path_buf(),
+            probes,
+            prober,
+            rt.handle().clone(),
+            CancellationToken::new(),
+        )
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn peer_is_probed_while_the_job_runs_and_retired_after() {
+        let rt = runtime();
+        let dir = procfs(true);
+        let mut d = discoverer(dir.path(), &rt);
+        let jobs = vec![("g".to_string(), UUID.to_string())];
+        assert!(d.tick(&jobs));
+        let peer = d.peers.discovered_peer(UUID).expect("discovered");
+        assert_eq!(peer.address, "10.77.0.2".parse::<IpAddr>().expect("ip"));
+        assert!(peer.active);
+        let key = ProbeKey {
+            peer: "10.77.0.2".into(),
+            probe: "tcp",
+            origin: Origin::Discovered,
+        };
+        assert!(
+            d.peers.lock().probes.contains_key(&key),
+            "probe series exported"
+        );
+        assert!(d.tick(&[]));
+        assert!(!d.peers.discovered_peer(UUID).expect("kept").active);
+        assert!(d.peers.lock().probes.is_empty(), "series retired");
+        assert!(d.running.is_empty() && d.pids.is_empty());
+    }
+
+    #[test]
+    fn a_job_that_ends_before_its_socket_appears_leaves_nothing_behind() {
+        let rt = runtime();
+        let dir = procfs(false);
+        let mut d = discoverer(dir.path(), &rt);
+        let jobs = vec![("g".to_string(), UUID.to_string())];
+        assert!(d.tick(&jobs));
+        assert_eq!(d.peers.discovered_peer(UUID), None);
+        assert_eq!(d.pids.get(UUID), Some(&4242), "the QEMU pid is remembered");
+        assert!(d.tick(&[]));
+        assert!(d.pids.is_empty(), "{:?}", d.pids);
     }
 }
