@@ -240,17 +240,17 @@ struct LiveCollector {
     state: SharedState,
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// One gauge family built at encode time; empty families are not written.
-struct GaugeFamily {
+pub(crate) struct GaugeFamily {
     name: &'static str,
     help: &'static str,
     series: Vec<(Labels, f64)>,
 }
 
 impl GaugeFamily {
-    fn new(name: &'static str, help: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str, help: &'static str) -> Self {
         GaugeFamily {
             name,
             help,
@@ -258,13 +258,13 @@ impl GaugeFamily {
         }
     }
 
-    fn push(&mut self, labels: Labels, value: Option<f64>) {
+    pub(crate) fn push(&mut self, labels: Labels, value: Option<f64>) {
         if let Some(v) = value {
             self.series.push((labels, v));
         }
     }
 
-    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if self.series.is_empty() {
             return Ok(());
         }

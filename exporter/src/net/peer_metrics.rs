@@ -3,10 +3,10 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::peers::{PeerState, ProbeKey, RESULTS};
+use crate::metrics::{GaugeFamily, Labels};
 
 #[derive(Debug)]
 pub struct PeerCollector {
@@ -19,7 +19,7 @@ impl PeerCollector {
     }
 }
 
-fn labels(k: &ProbeKey) -> Vec<(&'static str, String)> {
+fn labels(k: &ProbeKey) -> Labels {
     vec![
         ("peer", k.peer.clone()),
         ("probe", k.probe.to_string()),
@@ -53,46 +53,34 @@ impl Collector for PeerCollector {
                     ConstCounter::new(*n).encode(me.encode_family(&l)?)?;
                 }
             }
-            let mut me = enc.encode_descriptor(
-                "vm_migration_peer_up",
-                "Whether the peer's last probe succeeded (1) or not (0).",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (k, s) in &g.probes {
-                if let Some(up) = s.up {
-                    ConstGauge::new(i64::from(up)).encode(me.encode_family(&labels(k))?)?;
-                }
-            }
-            let mut me = enc.encode_descriptor(
-                "vm_migration_peer_rtt_jitter_seconds",
-                "Smoothed variation between consecutive RTTs (RFC 3550 interarrival jitter: J += (|D| - J)/16).",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (k, s) in &g.probes {
-                if let Some(j) = s.jitter {
-                    ConstGauge::new(j).encode(me.encode_family(&labels(k))?)?;
-                }
-            }
         }
-        let active: Vec<_> = g.discovered.values().filter(|d| d.active).collect();
-        if !active.is_empty() {
-            let mut me = enc.encode_descriptor(
-                "vm_migration_peer_discovered",
-                "1 for each running migration whose peer was found from QEMU's migration socket; device is the route to it.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for d in active {
-                let l = vec![
-                    ("domain", d.domain.clone()),
-                    ("uuid", d.uuid.clone()),
-                    ("peer", d.address.to_string()),
-                    ("device", d.device.clone().unwrap_or_default()),
-                ];
-                ConstGauge::new(1i64).encode(me.encode_family(&l)?)?;
-            }
+        let mut up = GaugeFamily::new(
+            "vm_migration_peer_up",
+            "Whether the peer's last probe succeeded (1) or not (0).",
+        );
+        let mut jitter = GaugeFamily::new(
+            "vm_migration_peer_rtt_jitter_seconds",
+            "Smoothed variation between consecutive RTTs (RFC 3550 interarrival jitter: J += (|D| - J)/16).",
+        );
+        for (k, s) in &g.probes {
+            up.push(labels(k), s.up.map(|u| f64::from(u8::from(u))));
+            jitter.push(labels(k), s.jitter);
+        }
+        let mut discovered = GaugeFamily::new(
+            "vm_migration_peer_discovered",
+            "1 for each running migration whose peer was found from QEMU's migration socket; device is the route to it.",
+        );
+        for d in g.discovered.values().filter(|d| d.active) {
+            let l = vec![
+                ("domain", d.domain.clone()),
+                ("uuid", d.uuid.clone()),
+                ("peer", d.address.to_string()),
+                ("device", d.device.clone().unwrap_or_default()),
+            ];
+            discovered.push(l, Some(1.0));
+        }
+        for family in [up, jitter, discovered] {
+            family.encode(&mut enc)?;
         }
         Ok(())
     }
