@@ -1,12 +1,15 @@
 //! Probes across a veth pair into a network namespace this test creates (and removes): a peer
 //! that answers, one that does not (an address nobody has), a TCP port that refuses, a TCP
-//! port that listens. Needs root (ip netns); skipped with a message otherwise.
+//! port that listens. Needs root (ip netns), like the rest of the test command.
 
 use std::process::Command;
 use std::time::Duration;
 
 use crate::support::exporter::{value, RunningExporter};
 use crate::support::poll_until;
+
+const NEEDS_ROOT: &str =
+    "a network namespace with a veth pair (run the tests as root: sudo bash scripts/test.sh)";
 
 /// A namespace joined to the host by a veth pair; removed on drop (deleting the namespace
 /// deletes the veth too).
@@ -59,10 +62,7 @@ impl Drop for Netns {
 
 #[test]
 fn probes_across_veth_answering_silent_and_refusing_peers() {
-    let Some(ns) = Netns::create("p", 231) else {
-        eprintln!("skipping: cannot create a network namespace (needs root and iproute2)");
-        return;
-    };
+    let ns = Netns::create("p", 231).expect(NEEDS_ROOT);
     // A TCP listener inside the namespace on port 7001; 7002 has none (RST: refused).
     let mut listener = Command::new("ip")
         .args(["netns", "exec", &ns.name, "python3", "-c"])
@@ -155,10 +155,7 @@ fn icmp_without_cap_net_raw_says_so() {
     use std::io::{BufRead, BufReader};
     // A namespace of our own, where datagram ICMP is off (ping_group_range "1 0" allows no
     // group) whatever the host says, and the exporter runs without CAP_NET_RAW.
-    let Some(ns) = Netns::create("c", 232) else {
-        eprintln!("skipping: cannot create a network namespace (needs root and iproute2)");
-        return;
-    };
+    let ns = Netns::create("c", 232).expect(NEEDS_ROOT);
     assert!(
         ip(&[
             "netns",
