@@ -135,7 +135,11 @@ fn guest_http_service_answers_before_and_after_live_migration() {
     let spec = GuestSpec {
         name: "app".into(),
         memory_mb: 256,
-        dirty_mbps: 10,
+        // An idle guest, as in the lab's ci idle run: with the dirtier writing 10 MiB/s, QEMU
+        // 7.2 under TCG left the destination's guest kernel crashed right after this plain
+        // migration in 5 of 35 runs (timer rbtree corruption; docs/lab.md, known issue).
+        // This test is about the service surviving the migration, not about that.
+        dirty_mbps: 0,
         dirty_mb: 32,
         pattern: Pattern::Seq,
         hot_mb: 32,
@@ -208,8 +212,12 @@ fn guest_http_service_answers_before_and_after_live_migration() {
         },
     );
 
-    let after = guest::app_wait(http_dst, Duration::from_secs(30))
-        .expect("an HTTP answer from the destination");
+    let after = guest::app_wait(http_dst, Duration::from_secs(30)).unwrap_or_else(|e| {
+        panic!(
+            "no HTTP answer from the destination ({e}); its console:\n{}",
+            dst.console()
+        )
+    });
     println!("after migration: {after:?}");
     assert_eq!(
         after.requests,
