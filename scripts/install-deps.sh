@@ -7,7 +7,7 @@ packages=(
   # build: libvirt headers for the FFI, pkg-config to find them
   libvirt-dev pkg-config gcc libc6-dev
   # the lab and the system tests: real libvirtd + QEMU (TCG), guest initramfs tools, netns/veth/tc
-  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 cpio iproute2 iputils-ping
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients cpio iproute2 iputils-ping
   # promtool (metrics and rule checks), real Prometheus + Alertmanager for the alerting tests
   prometheus prometheus-alertmanager
   # headless browser for the landing-page test
@@ -23,6 +23,33 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+
+# QEMU comes from bookworm-backports (10.x): Debian 12's QEMU 7.2 loses TCG dirty writes during
+# migration, so migrated lab guests crash or corrupt (docs/lab.md). The suite is added for the
+# mirror this machine already uses; only qemu-system-x86 is taken from it.
+backports_list=/etc/apt/sources.list.d/vm-migration-exporter-backports.list
+qemu_major() { { qemu-system-x86_64 --version 2>/dev/null || true; } | sed -nE 's/.*version ([0-9]+)\..*/\1/p' | head -1; }
+qv=$(qemu_major)
+if [ -z "$qv" ] || [ "$qv" -lt 9 ]; then
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # The first non-security Debian mirror from deb822 "URIs:" or one-line "deb" entries.
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
+      2>/dev/null | awk '($1 == "URIs:" || $1 == "deb") && $2 !~ /security/ && $2 ~ /debian\/?$/ {print $2; exit}' || true)
+    mirror=${mirror:-http://deb.debian.org/debian}
+    echo "install-deps: adding bookworm-backports from $mirror (QEMU 10)"
+    echo "deb $mirror bookworm-backports main" > "$backports_list"
+  fi
+  id libvirt-qemu >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+    --shell /usr/sbin/nologin libvirt-qemu
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -t bookworm-backports qemu-system-x86
+  qv=$(qemu_major)
+  if [ -z "$qv" ] || [ "$qv" -lt 9 ]; then
+    echo "install-deps: qemu-system-x86 from bookworm-backports did not install (found '${qv:-none}'); the lab needs QEMU >= 9" >&2
+    exit 2
+  fi
+fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
   # libvirt-daemon's postinst fails on a machine without this system user.

@@ -393,11 +393,13 @@ impl GuestSpec {
                 ),
             ),
         };
+        // <acpi/>: without it libvirt 9.0 passes -no-acpi, which QEMU 10 rejects.
         format!(
             "<domain type='qemu'{ns}><name>{n}</name><memory unit='MiB'>{m}</memory><vcpu>1</vcpu>\
              <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>\
              <cmdline>{c}</cmdline></os>\
              <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
+             <features><acpi/></features>\
              <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><controller type='usb' model='none'/>\
              <serial type='file'><source path='/var/log/libvirt/qemu/{n}.serial'/></serial>\
              <memballoon model='none'/></devices>{app}</domain>",
