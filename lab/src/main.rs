@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
     },
-    /// Run a preset (smoke, ci, paper): one migration at a time, the exporter watching each;
+    /// Run a preset (smoke, ci, paper, convergence): one migration at a time, the exporter watching each;
     /// writes results.md, results.csv, results.json and per-migration traces to --out.
     Run {
         #[arg(long, default_value = "smoke")]
@@ -133,7 +133,9 @@ fn run(
     say: &dyn Fn(&str),
 ) -> Result<(), LabError> {
     let scenarios = presets::by_name(preset).ok_or_else(|| {
-        LabError::Setup(format!("unknown --preset {preset}: use smoke, ci or paper"))
+        LabError::Setup(format!(
+            "unknown --preset {preset}: use smoke, ci, paper or convergence"
+        ))
     })?;
     std::fs::create_dir_all(out)
         .map_err(|e| LabError::Setup(format!("--out {}: {e}", out.display())))?;

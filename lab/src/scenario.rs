@@ -219,7 +219,13 @@ fn observe(m: &str, dom: &str, t: f64) -> Observation {
         verdict: one_of(
             "vm_migration_convergence",
             "state",
-            &["converging", "stalled", "diverging", "postcopy", "unknown"],
+            &[
+                "converging",
+                "not_converging",
+                "postcopy",
+                "postcopy_failed",
+                "unknown",
+            ],
         ),
         phase: one_of("vm_migration_phase", "phase", &["precopy", "postcopy"]),
         postcopy_requests: sample(m, "vm_migration_postcopy_page_requests", &labels),
