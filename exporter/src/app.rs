@@ -63,6 +63,9 @@ pub async fn run(
         None => None,
     };
     let (mut registry, metrics) = Metrics::register(shared.clone());
+    if let Some(log) = &records {
+        registry.register_collector(Box::new(crate::store::StoreCollector(log.stats())));
+    }
     let peers = crate::net::peers::PeerState::default();
     registry.register_collector(Box::new(crate::net::peer_metrics::PeerCollector::new(
         peers.clone(),

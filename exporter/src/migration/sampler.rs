@@ -218,11 +218,15 @@ impl Core {
             self.metrics.record_finished(f);
         }
         let mut st = self.state.lock();
-        for f in finished {
-            st.push_finished(f);
-            // The record stays in memory (API, landing page) even if the disk refuses it.
-            if let (Some(log), Some(rec)) = (self.records.as_mut(), st.records.back()) {
-                if let Err(e) = log.append(rec, &st.records) {
+        for f in &finished {
+            st.push_finished(f.clone());
+        }
+        // Disk writes happen after the lock that scrapes take is released. The record stays
+        // in memory (API, landing page) even if the disk refuses it.
+        drop(st);
+        if let Some(log) = self.records.as_mut() {
+            for f in &finished {
+                if let Err(e) = log.append(f) {
                     warn!(error = %e, "cannot store a migration record");
                 }
             }

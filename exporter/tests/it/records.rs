@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::exporter::{RunningExporter, BIN};
+use vm_migration_exporter::migration::tracker::FinishedMigration;
+use vm_migration_exporter::store::{RecordLog, StoreOp};
+
+use crate::support::exporter::{value, RunningExporter, BIN};
 use crate::support::poll_until;
 
 fn record(name: &str, uuid: &str, finished_at: f64, outcome: &str) -> String {
@@ -157,34 +160,264 @@ fn unusable_storage_is_bad_configuration() {
     assert!(err.contains("--storage.path") && err.contains(&p), "{err}");
 }
 
+/// The record file can never keep the exporter from starting (issue 16): damage before the last
+/// line moves the file aside, keeps every valid record and names the moved file in the log and
+/// in a metric.
 #[test]
-fn damage_before_the_last_line_is_refused_not_overwritten() {
+fn damaged_record_file_is_moved_aside_valid_records_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("migrations.jsonl");
-    let good = record(
+    let a = record(
         "a",
         "00000000-0000-4000-8000-00000000000a",
         1000.0,
         "completed",
     );
-    std::fs::write(&file, format!("garbage\n{good}\n")).expect("write");
-    let p = dir.path().to_string_lossy().to_string();
-    let out = std::process::Command::new(BIN)
-        .args([
-            "--libvirt.uri",
-            "test:///default",
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--storage.path",
-            &p,
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+    let b = record(
+        "b",
+        "00000000-0000-4000-8000-00000000000b",
+        2000.0,
+        "completed",
+    );
+    let mut original = format!("{a}\ngarbage\n").into_bytes();
+    original.extend_from_slice(b"{\"domain\":\"\xff\xfe\"}\n");
+    original.extend_from_slice(format!("{b}\n").as_bytes());
+    std::fs::write(&file, &original).expect("write");
+    let storage = dir.path().to_string_lossy().to_string();
+
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--storage.path",
+        &storage,
+    ]);
+    let (status, all) = get_json(&e, "/api/v1/migrations");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["domain"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["b", "a"],
+        "valid records before and after the damage kept"
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("readdir")
+        .filter_map(Result::ok)
+        .map(|d| d.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("migrations.jsonl.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join(&aside[0])).expect("read aside"),
+        original,
+        "the damaged file is kept as it was"
+    );
     assert_eq!(
         std::fs::read_to_string(&file).expect("read"),
-        format!("garbage\n{good}\n"),
-        "never lose data"
+        format!("{a}\n{b}\n")
     );
+    assert!(
+        e.log()
+            .iter()
+            .any(|l| l.contains(&aside[0]) && l.contains("line=2")),
+        "a log line names the moved file and the damaged line: {:?}",
+        e.log()
+    );
+    let m = e.metrics();
+    assert!(
+        m.contains(&aside[0]) && m.contains("vm_migration_storage_damaged_file_info{"),
+        "{m}"
+    );
+    assert_eq!(value(&m, "vm_migration_storage_records"), Some(2.0), "{m}");
+}
+
+/// A write torn inside a multi-byte UTF-8 character made every start fail (issue 16).
+#[test]
+fn torn_last_line_inside_a_utf8_character_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("migrations.jsonl");
+    let a = record(
+        "a",
+        "00000000-0000-4000-8000-00000000000a",
+        1000.0,
+        "completed",
+    );
+    let mut text = format!("{a}\n{{\"domain\":{{\"name\":\"g").into_bytes();
+    text.push("ä".as_bytes()[0]);
+    std::fs::write(&file, &text).expect("write");
+    let storage = dir.path().to_string_lossy().to_string();
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--storage.path",
+        &storage,
+    ]);
+    let (status, all) = get_json(&e, "/api/v1/migrations");
+    assert_eq!(status, 200);
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    drop(e);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        format!("{a}\n")
+    );
+}
+
+fn rec(i: u32) -> FinishedMigration {
+    let uuid = format!("00000000-0000-4000-8000-{i:012}");
+    serde_json::from_str(&record(
+        &format!("g{i}"),
+        &uuid,
+        1000.0 + f64::from(i),
+        "completed",
+    ))
+    .expect("a record")
+}
+
+fn append(log: &mut RecordLog, r: &FinishedMigration) -> bool {
+    log.append(r).is_ok()
+}
+
+/// A small tmpfs, unmounted on drop (the tests run as root, like the rest of this binary).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount a tmpfs (needs root): {st}");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Fill `dir`'s file system with one file; returns its path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).expect("create filler");
+    let chunk = vec![b'x'; 4096];
+    while f.write(&chunk).map(|n| n > 0).unwrap_or(false) {}
+    let _ = f.write_all(b"x");
+    p
+}
+
+/// Disk full during record writes, then space freed: every record whose append succeeded is
+/// there after a restart, none glued to another, and the exporter keeps serving.
+#[test]
+fn disk_full_then_freed_loses_and_glues_nothing() {
+    let fs = Tmpfs::mount("64k");
+    let dir = fs.0.path();
+    let (mut log, _) = RecordLog::open(dir, 1 << 20).expect("open");
+    let mut stored = Vec::new();
+    let mut i = 0;
+    // Half-fill the last page, then take every free page: the next records fail part way.
+    while i < 3 {
+        assert!(append(&mut log, &rec(i)));
+        stored.push(i);
+        i += 1;
+    }
+    let filler = fill(dir);
+    let mut failures = 0;
+    for _ in 0..20 {
+        if append(&mut log, &rec(i)) {
+            stored.push(i);
+        } else {
+            failures += 1;
+        }
+        i += 1;
+    }
+    assert!(failures > 0, "the disk never filled");
+    assert!(log.stats().errors(StoreOp::Append) >= failures);
+
+    std::fs::remove_file(filler).expect("free space");
+    for _ in 0..3 {
+        assert!(append(&mut log, &rec(i)), "append after space came back");
+        stored.push(i);
+        i += 1;
+    }
+    drop(log);
+    let (log, back) = RecordLog::open(dir, 1 << 20).expect("reopen");
+    assert_eq!(log.stats().damaged_file(), None, "no damaged line");
+    let names: Vec<String> = back.iter().map(|r| r.domain.name.clone()).collect();
+    let want: Vec<String> = stored.iter().map(|i| format!("g{i}")).collect();
+    assert_eq!(names, want, "every stored record, once, in order");
+    // The exporter starts and serves on a full disk, with every record.
+    drop(log);
+    let _filler = fill(dir);
+    let storage = dir.to_string_lossy().to_string();
+    {
+        let e = RunningExporter::start(&[
+            "--libvirt.uri",
+            "test:///default",
+            "--storage.path",
+            &storage,
+        ]);
+        let m = e.metrics();
+        assert_eq!(
+            value(&m, "vm_migration_storage_records"),
+            Some(stored.len() as f64),
+            "{m}"
+        );
+    }
+}
+
+/// A symlink planted where compaction writes its temp file is never followed.
+#[test]
+fn compaction_does_not_follow_a_planted_temp_symlink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim_dir = tempfile::tempdir().expect("tempdir");
+    let victim = victim_dir.path().join("precious");
+    std::fs::write(&victim, "precious\n").expect("write");
+    std::os::unix::fs::symlink(&victim, dir.path().join("migrations.jsonl.tmp")).expect("symlink");
+    let max = 8192;
+    let (mut log, _) = RecordLog::open(dir.path(), max).expect("open");
+    for i in 0..40 {
+        append(&mut log, &rec(i));
+    }
+    assert!(
+        std::fs::metadata(log.path()).expect("stat").len() <= max,
+        "compacted"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read"),
+        "precious\n"
+    );
+}
+
+/// A compaction that fails (here: a directory in the temp file's place) is not tried again on
+/// every append, and appends keep succeeding.
+#[test]
+fn failed_compaction_backs_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = dir.path().join("migrations.jsonl.tmp");
+    std::fs::create_dir(&blocker).expect("mkdir");
+    std::fs::write(blocker.join("x"), "x").expect("write");
+    let (mut log, _) = RecordLog::open(dir.path(), 8192).expect("open");
+    let failed: Vec<u32> = (0..60).filter(|&i| !append(&mut log, &rec(i))).collect();
+    assert!(
+        failed.is_empty(),
+        "every record stored although compaction fails: {failed:?}"
+    );
+    assert_eq!(
+        log.stats().errors(StoreOp::Compact),
+        1,
+        "one failed compaction, then a back-off"
+    );
+    let (_, back) = RecordLog::open(dir.path(), 8192).expect("reopen");
+    assert_eq!(back.len(), 60, "nothing lost while compaction is off");
 }
