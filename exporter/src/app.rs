@@ -167,7 +167,7 @@ pub async fn run(
         app
     } else {
         app.layer(axum::middleware::from_fn_with_state(
-            Users(Arc::new(users)),
+            Users::new(users),
             require_basic_auth,
         ))
     };

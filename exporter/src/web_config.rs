@@ -13,9 +13,9 @@
 //! suites, HTTP headers) are rejected, not ignored: a security setting must never be silently
 //! dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -138,40 +138,153 @@ fn rustls_pemfile_key(pem: &[u8]) -> Result<rustls::pki_types::PrivateKeyDer<'st
         .map_err(|e| format!("no PEM private key: {e:?}"))
 }
 
-/// Basic-auth users: name → bcrypt hash.
-#[derive(Clone, Debug)]
-pub struct Users(pub Arc<BTreeMap<String, String>>);
+/// Cached bcrypt results per kind (right and wrong passwords apart, so a flood of wrong ones
+/// cannot push a good scraper's entry out): exporter-toolkit keeps 100.
+const CACHE_MAX: usize = 100;
+
+type CacheKey = [u8; 32];
+
+#[derive(Default)]
+struct Cache {
+    good: HashSet<CacheKey>,
+    bad: HashSet<CacheKey>,
+}
+
+impl Cache {
+    fn get(&self, k: &CacheKey) -> Option<bool> {
+        if self.good.contains(k) {
+            Some(true)
+        } else if self.bad.contains(k) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn insert(&mut self, k: CacheKey, ok: bool) {
+        let set = if ok { &mut self.good } else { &mut self.bad };
+        if set.len() >= CACHE_MAX {
+            // Any entry: the set's order is randomised per process.
+            if let Some(old) = set.iter().next().copied() {
+                set.remove(&old);
+            }
+        }
+        set.insert(k);
+    }
+}
+
+struct Auth {
+    users: BTreeMap<String, String>,
+    /// Checked for unknown users so they take as long as known ones (no user discovery by
+    /// timing); made on first use at the cost of the configured hashes.
+    fake_hash: OnceLock<String>,
+    /// Held across every bcrypt: a flood of new passwords costs at most one core.
+    bcrypt: Arc<tokio::sync::Mutex<()>>,
+    cache: parking_lot::Mutex<Cache>,
+}
+
+/// Basic-auth users (name → bcrypt hash) with exporter-toolkit's defences: results cached per
+/// (user, hash, password), one bcrypt at a time, a fake hash for unknown users.
+#[derive(Clone)]
+pub struct Users(Arc<Auth>);
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("users", &self.0.users.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cost of a `$2y$NN$…` hash (bcrypt's default 12 when it cannot be read).
+fn bcrypt_cost(hash: &str) -> u32 {
+    hash.get(4..6).and_then(|c| c.parse().ok()).unwrap_or(12)
+}
+
+/// SHA-256 over the length-prefixed parts, so the cache holds no password.
+fn cache_key(user: &str, hash: &str, pass: &str) -> CacheKey {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [user, hash, pass] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
+}
+
+/// `Authorization: Basic <base64(user:password)>`, the scheme matched case-insensitively
+/// (RFC 7617; Go's `ParseBasicAuth` does the same).
+fn credentials(value: &header::HeaderValue) -> Option<(String, String)> {
+    let v = value.to_str().ok()?.trim_start();
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+impl Users {
+    pub fn new(users: BTreeMap<String, String>) -> Users {
+        Users(Arc::new(Auth {
+            users,
+            fake_hash: OnceLock::new(),
+            bcrypt: Arc::new(tokio::sync::Mutex::new(())),
+            cache: parking_lot::Mutex::new(Cache::default()),
+        }))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.users.is_empty()
+    }
+
+    /// Whether the `Authorization` header names a configured user with the right password.
+    pub async fn check(&self, value: Option<&header::HeaderValue>) -> bool {
+        let Some((user, pass)) = value.and_then(credentials) else {
+            return false;
+        };
+        let hash = self.0.users.get(&user).cloned();
+        let key = cache_key(&user, hash.as_deref().unwrap_or(""), &pass);
+        if let Some(ok) = self.0.cache.lock().get(&key) {
+            return ok;
+        }
+        // Owned guard moved into the blocking task: a client that hangs up while waiting
+        // cannot let a second bcrypt start beside the first.
+        let guard = self.0.bcrypt.clone().lock_owned().await;
+        let auth = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = guard;
+            if let Some(ok) = auth.cache.lock().get(&key) {
+                return ok; // worked out while this one waited
+            }
+            let ok = match &hash {
+                Some(h) => bcrypt::verify(&pass, h).unwrap_or(false),
+                None => {
+                    let fake = auth.fake_hash.get_or_init(|| {
+                        let cost = auth.users.values().map(|h| bcrypt_cost(h)).max();
+                        bcrypt::hash("not a password of anyone", cost.unwrap_or(10))
+                            .unwrap_or_default()
+                    });
+                    let _ = bcrypt::verify(&pass, fake);
+                    false
+                }
+            };
+            auth.cache.lock().insert(key, ok);
+            ok
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
 
 /// Middleware: every route needs a valid user when users are configured.
 pub async fn require_basic_auth(State(users): State<Users>, req: Request, next: Next) -> Response {
-    let creds = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|s| {
-            s.split_once(':')
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-        });
-    let ok = match creds {
-        Some((user, pass)) => match users.0.get(&user).cloned() {
-            // bcrypt is deliberately slow: keep it off the async worker threads.
-            Some(hash) => {
-                tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
-                    .await
-                    .unwrap_or(false)
-            }
-            None => false,
-        },
-        None => false,
-    };
-    if ok {
+    if users.check(req.headers().get(header::AUTHORIZATION)).await {
         next.run(req).await
     } else {
         (
@@ -183,5 +296,66 @@ pub async fn require_basic_auth(State(users): State<Users>, req: Request, next: 
             "Unauthorized\n",
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &str) -> header::HeaderValue {
+        header::HeaderValue::from_str(s).expect("header value")
+    }
+
+    fn basic(scheme: &str, user: &str, pass: &str) -> header::HeaderValue {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        value(&format!("{scheme} {b}"))
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            assert_eq!(
+                credentials(&basic(scheme, "u", "p:w")),
+                Some(("u".into(), "p:w".into())),
+                "{scheme}"
+            );
+        }
+        assert_eq!(credentials(&basic("Bearer", "u", "p")), None);
+        assert_eq!(credentials(&value("Basic")), None);
+        assert_eq!(credentials(&value("Basic !!!")), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_are_cached_and_unknown_users_pay_a_bcrypt() {
+        let hash = bcrypt::hash("right", 4).expect("hash");
+        let users = Users::new(BTreeMap::from([("prom".to_string(), hash)]));
+        assert!(users.check(Some(&basic("basic", "prom", "right"))).await);
+        assert!(!users.check(Some(&basic("Basic", "prom", "wrong"))).await);
+        assert!(!users.check(Some(&basic("Basic", "nobody", "right"))).await);
+        let sizes = {
+            let c = users.0.cache.lock();
+            (c.good.len(), c.bad.len())
+        };
+        assert_eq!(sizes, (1, 2));
+        assert!(
+            users.0.fake_hash.get().is_some_and(|h| h.starts_with("$2")),
+            "the unknown user was checked against a real bcrypt hash"
+        );
+        // Answered from the cache: a poisoned hash would fail a fresh bcrypt.
+        assert!(users.check(Some(&basic("basic", "prom", "right"))).await);
+    }
+
+    #[test]
+    fn cache_is_bounded_and_wrong_passwords_do_not_evict_right_ones() {
+        let mut c = Cache::default();
+        c.insert([1; 32], true);
+        for i in 0..1000u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.insert(k, false);
+        }
+        assert_eq!(c.bad.len(), CACHE_MAX);
+        assert_eq!(c.get(&[1; 32]), Some(true));
     }
 }
