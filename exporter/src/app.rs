@@ -171,29 +171,21 @@ pub async fn run(
             require_basic_auth,
         ))
     };
-    let served = match tls {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(AppError::Serve),
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-            });
-            let std_listener = listener.into_std().map_err(AppError::Serve)?;
-            axum_server::from_tcp_rustls(
-                std_listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(tls),
-            )
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await
-            .map_err(AppError::Serve)
-        }
+    // Outermost: a request over the cap is refused before it costs a bcrypt.
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            crate::serve::RequestSlots::new(settings.web_max_requests),
+            crate::serve::limit_requests,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::serve::MAX_HEAD_BYTES,
+        ));
+    let limits = crate::serve::Limits {
+        max_connections: crate::serve::connection_cap(settings.web_max_connections),
     };
+    let served = crate::serve::serve(listener, app, tls, limits, shutdown)
+        .await
+        .map_err(AppError::Serve);
     stop.store(true, Ordering::Relaxed);
     cancel.cancel();
     // The sampler wakes at least once per sample interval and sees the flag.

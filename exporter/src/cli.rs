@@ -70,6 +70,16 @@ pub struct Cli {
     )]
     pub web_config_file: Option<PathBuf>,
 
+    /// Most open HTTP connections; past it new connections are closed at once. Lowered, with a
+    /// warning, when the open-files limit cannot hold it.
+    #[arg(long = "web.max-connections", env = "VM_MIGRATION_EXPORTER_WEB_MAX_CONNECTIONS", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub web_max_connections: u32,
+
+    /// Most HTTP requests served at once; past it a request is answered 503 at once (before
+    /// authentication), as Prometheus' --web.max-connections-style limits do.
+    #[arg(long = "web.max-requests", env = "VM_MIGRATION_EXPORTER_WEB_MAX_REQUESTS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub web_max_requests: u32,
+
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", env = "VM_MIGRATION_EXPORTER_WEB_TELEMETRY_PATH", default_value = "/metrics", value_parser = parse_telemetry_path, value_name = "PATH")]
     pub telemetry_path: String,
@@ -199,6 +209,8 @@ pub struct Cli {
 pub struct Settings {
     pub listen_address: SocketAddr,
     pub web_config_file: Option<PathBuf>,
+    pub web_max_connections: usize,
+    pub web_max_requests: usize,
     pub telemetry_path: String,
     pub libvirt_uri: String,
     pub reconnect_max_backoff: Duration,
@@ -294,6 +306,8 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, String> {
     Ok(Settings {
         listen_address: cli.listen_address,
         web_config_file: cli.web_config_file,
+        web_max_connections: cli.web_max_connections as usize,
+        web_max_requests: cli.web_max_requests as usize,
         telemetry_path: cli.telemetry_path,
         libvirt_uri: flag_or_file(m, "libvirt_uri", cli.libvirt_uri, cfg.libvirt.uri),
         reconnect_max_backoff: pick(

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod migration;
 pub mod net;
+pub mod serve;
 pub mod server;
 pub mod state;
 pub mod store;

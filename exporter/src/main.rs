@@ -23,6 +23,12 @@ fn main() -> ExitCode {
         }
     };
     logging::init(settings.log_level, settings.log_format);
+    // Go raises it for every exporter; systemd's soft 1024 is too few for a busy listener.
+    match vm_migration_exporter::serve::raise_nofile_limit() {
+        Ok((old, new)) if new > old => tracing::info!(old, new, "raised the open-files limit"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,6 +2,7 @@
 
 mod alerting;
 mod binary;
+mod http_limits;
 mod landing;
 mod libvirt_source;
 mod migration_e2e;

@@ -24,9 +24,22 @@ impl RunningExporter {
     /// Start the binary with `args` (plus `--web.listen-address 127.0.0.1:0`) and wait until it
     /// listens.
     pub fn start(args: &[&str]) -> RunningExporter {
+        Self::start_wrapped(&[], args)
+    }
+
+    /// Start it through `wrapper` (e.g. `prlimit --nofile=1024:4096 --`, which execs it: the
+    /// pid stays the exporter's).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> RunningExporter {
         let storage =
             (!args.contains(&"--storage.path")).then(|| tempfile::tempdir().expect("tempdir"));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(BIN);
+                c
+            }
+        };
         cmd.args(["--web.listen-address", "127.0.0.1:0"]);
         if let Some(dir) = &storage {
             cmd.arg("--storage.path").arg(dir.path());
