@@ -11,6 +11,7 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 use crate::exposition;
 use crate::migration::tracker::Phase;
@@ -24,13 +25,31 @@ pub struct AppState {
     pub libvirt_uri: String,
 }
 
+/// `/api/v1/migrations` calls served at once: each may copy and encode up to [`MAX_LIMIT`]
+/// records (megabytes), so a burst of them must not take every core or much memory.
+pub const API_CONCURRENCY: usize = 4;
+
 pub fn router(app: AppState) -> Router {
+    router_with(app, API_CONCURRENCY)
+}
+
+fn router_with(app: AppState, api_concurrency: usize) -> Router {
+    let api = Arc::new(Semaphore::new(api_concurrency));
     Router::new()
         .route("/", get(landing))
         .route(&app.telemetry_path.clone(), get(metrics))
         .route("/-/healthy", get(|| async { "OK\n" }))
         .route("/-/ready", get(ready))
-        .route("/api/v1/migrations", get(migrations))
+        .route(
+            "/api/v1/migrations",
+            get(
+                move |state: State<AppState>,
+                      query: Result<
+                    Query<MigrationsQuery>,
+                    axum::extract::rejection::QueryRejection,
+                >| migrations(state, query, api.clone()),
+            ),
+        )
         .with_state(app)
 }
 
@@ -80,7 +99,17 @@ fn bad_request(msg: String) -> Response {
 async fn migrations(
     State(app): State<AppState>,
     query: Result<Query<MigrationsQuery>, axum::extract::rejection::QueryRejection>,
+    slots: Arc<Semaphore>,
 ) -> Response {
+    let Ok(_permit) = slots.try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "error": format!("more than {API_CONCURRENCY} calls at once; retry shortly")
+            })),
+        )
+            .into_response();
+    };
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => return bad_request(format!("{e}; parameters are limit and domain")),
@@ -94,8 +123,10 @@ async fn migrations(
             ))
         }
     };
-    let snap = app.state.lock();
-    let out: Vec<_> = snap
+    // Only a memory copy under the lock that scrapes take.
+    let out: Vec<_> = app
+        .state
+        .lock()
         .records
         .iter()
         .rev()
@@ -107,8 +138,11 @@ async fn migrations(
         .take(limit)
         .cloned()
         .collect();
-    drop(snap);
-    Json(out).into_response()
+    // Encoding thousands of records takes a while: off the async workers.
+    match tokio::task::spawn_blocking(move || serde_json::to_vec(&out)).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode records\n").into_response(),
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -235,4 +269,46 @@ td:first-child{{text-align:left}}.converging,.completed{{color:#1a7f37}}\
     }
     h.push_str("</body></html>");
     Html(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn serve(api_concurrency: usize) -> std::net::SocketAddr {
+        let app = router_with(
+            AppState {
+                registry: Arc::new(Registry::default()),
+                state: crate::state::shared(),
+                telemetry_path: "/metrics".into(),
+                libvirt_uri: "test:///default".into(),
+            },
+            api_concurrency,
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        addr
+    }
+
+    async fn status(addr: std::net::SocketAddr, path: &str) -> u16 {
+        reqwest::get(format!("http://{addr}{path}"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// The API answers 503 past its concurrency cap (here 0 slots: every call is over it),
+    /// and the cap is its own: other routes are not affected.
+    #[tokio::test]
+    async fn api_calls_past_the_cap_get_503() {
+        let full = serve(0).await;
+        assert_eq!(status(full, "/api/v1/migrations").await, 503);
+        assert_eq!(status(full, "/-/healthy").await, 200);
+        let open = serve(1).await;
+        assert_eq!(status(open, "/api/v1/migrations?limit=10000").await, 200);
+        assert_eq!(status(open, "/api/v1/migrations?limit=10001").await, 400);
+    }
 }
