@@ -61,19 +61,7 @@ impl WebConfig {
         };
         let text =
             std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
-        let cfg: WebConfig = if text.trim().is_empty() {
-            WebConfig::default()
-        } else {
-            serde_saphyr::from_str(&text)
-                .map_err(|e| invalid(crate::config::first_line(&e.to_string())))?
-        };
-        for (user, hash) in &cfg.basic_auth_users {
-            if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")) {
-                return Err(invalid(format!(
-                    "basic_auth_users.{user} is not a bcrypt hash ($2y$…)"
-                )));
-            }
-        }
+        let cfg = Self::parse(&text).map_err(invalid)?;
         if let Some(tls) = &cfg.tls_server_config {
             for (key, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
                 if !f.is_file() {
@@ -82,6 +70,24 @@ impl WebConfig {
                         f.display()
                     )));
                 }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parse and check the text of a web config file (files named in it are not read); the
+    /// error is one line.
+    pub fn parse(text: &str) -> Result<WebConfig, String> {
+        let cfg: WebConfig = if text.trim().is_empty() {
+            WebConfig::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| crate::config::first_line(&e.to_string()))?
+        };
+        for (user, hash) in &cfg.basic_auth_users {
+            if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")) {
+                return Err(format!(
+                    "basic_auth_users.{user} is not a bcrypt hash ($2y$…)"
+                ));
             }
         }
         Ok(cfg)

@@ -2,6 +2,7 @@
 
 mod alerting;
 mod binary;
+mod fuzz;
 mod http_limits;
 mod landing;
 mod libvirt_source;
