@@ -355,9 +355,20 @@ pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') || s == "/" || s.starts_with("/-/") || s.starts_with("/api/") {
+    // Plain path characters only: the router reads `{`, `:` and `*` as patterns (and panics on
+    // some), and `?`, `#`, `%` or spaces can never match a request path.
+    let plain = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '~' | '-'));
+    if !s.starts_with('/')
+        || s == "/"
+        || !plain
+        || s.contains("//")
+        || s.starts_with("/-/")
+        || s.starts_with("/api/")
+    {
         return Err(format!(
-            "'{s}' must be an absolute path other than /, /-/… and /api/…, e.g. /metrics"
+            "'{s}' must be an absolute path of letters, digits and / . _ ~ -, other than /, /-/… and /api/…, e.g. /metrics"
         ));
     }
     Ok(s.to_string())

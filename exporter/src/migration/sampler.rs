@@ -29,6 +29,9 @@ use crate::trace::{ReplaySource, TraceRecord, TraceWriter};
 /// Rounds (at the active interval) to keep trying a wanted completed-stats read.
 const COMPLETED_READ_TRIES: u32 = 10;
 
+/// Longest the sampler waits between looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(250);
+
 /// The collector name of the job sampler in `vm_migration_collector_*`.
 pub const COLLECTOR: &str = "jobs";
 
@@ -536,11 +539,12 @@ impl Sampler {
         while !stop.load(Ordering::Relaxed) {
             let wait = next.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
-                match wake_rx.recv_timeout(wait) {
+                // In slices, so a stop request is seen within one (the idle wait is 15 s).
+                match wake_rx.recv_timeout(wait.min(STOP_CHECK)) {
                     Ok(()) => next = Instant::now(),
                     Err(RecvTimeoutError::Timeout) => {}
                     // The event thread ended (its channel closed): keep sampling on the clock.
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait.min(STOP_CHECK)),
                 }
                 if Instant::now() < next {
                     continue;

@@ -238,6 +238,15 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
         ),
         (&["--web.listen-address", "nope"], "--web.listen-address"),
         (&["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
+        // axum panicked on these route patterns (issue 16): a panic is exit 101, not 2.
+        (&["--web.telemetry-path", "/m{"], "--web.telemetry-path"),
+        (&["--web.telemetry-path", "/:x"], "--web.telemetry-path"),
+        (&["--web.telemetry-path", "/*x"], "--web.telemetry-path"),
+        (
+            &["--web.telemetry-path", "/metrics?x"],
+            "--web.telemetry-path",
+        ),
+        (&["--web.telemetry-path", "//"], "--web.telemetry-path"),
         (&["--log.format", "xml"], "--log.format"),
         (&["--no-such-flag"], "--no-such-flag"),
         (&["--probe.peer", "dst=nowhere"], "--probe.peer"),
@@ -406,5 +415,61 @@ fn scrapes_answer_while_libvirtd_is_frozen() {
     assert_eq!(
         answered, 5,
         "every scrape answered while libvirtd was frozen"
+    );
+}
+
+/// Issue 16: SIGTERM took 15 s on an idle exporter (the sampler slept its idle interval).
+#[test]
+fn sigterm_exits_within_10s() {
+    let mut e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    ready(&e);
+    let t0 = std::time::Instant::now();
+    let st = e.terminate(Duration::from_secs(10));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "exit status {st:?} after {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Issue 16: with libvirtd SIGSTOPped the exporter stayed up for more than 15 s after SIGTERM.
+#[test]
+fn sigterm_exits_within_10s_while_libvirtd_is_frozen() {
+    let dir = tempfile::Builder::new()
+        .prefix("vmesd")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
+    let mut e = RunningExporter::start(&[
+        "--libvirt.uri",
+        daemon.uri(),
+        "--sample.idle-interval",
+        "1s",
+    ]);
+    ready(&e);
+    assert!(poll_until(WAIT, || value(
+        &e.metrics(),
+        "vm_migration_libvirt_up"
+    ) == Some(1.0)));
+    let pid = daemon.pid().expect("libvirtd pid").to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    // Let a round start and block inside libvirt.
+    let before = value(&e.metrics(), "vm_migration_sample_age_seconds").unwrap_or(0.0);
+    assert!(poll_until(WAIT, || value(
+        &e.metrics(),
+        "vm_migration_sample_age_seconds"
+    )
+    .is_some_and(|a| a > before + 1.5)));
+    let t0 = std::time::Instant::now();
+    let st = e.terminate(Duration::from_secs(10));
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(
+        st.is_some(),
+        "still running {:?} after SIGTERM",
+        t0.elapsed()
     );
 }
