@@ -76,3 +76,12 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 2
   }
 fi
+
+# cargo-deny (licences, duplicate versions, sources; scripts/test.sh). Pinned, built once from
+# crates.io (about 6 minutes on two cores).
+CARGO_DENY_VERSION=0.20.2
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "install-deps: installing cargo-deny $CARGO_DENY_VERSION"
+  cargo install --locked "cargo-deny@$CARGO_DENY_VERSION"
+fi

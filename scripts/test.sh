@@ -13,6 +13,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny (licences, duplicate versions, sources)"
+# Advisories need RustSec's database from GitHub; set CARGO_DENY_ADVISORIES=1 where it can be
+# fetched (it is not reachable from the machines this suite was built on).
+if [ "${CARGO_DENY_ADVISORIES:-0}" = 1 ]; then
+  cargo deny --locked check advisories licenses bans sources
+else
+  cargo deny --locked --offline check licenses bans sources
+fi
 echo "== alert rules (promtool check + unit tests, runbooks)"
 bash scripts/check-alerts.sh
 echo "== dashboards (in sync, PromQL parses, metrics exported, @grafana/schema types)"
