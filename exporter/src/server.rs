@@ -65,14 +65,17 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn ready(State(app): State<AppState>) -> Response {
-    if app.state.lock().ready {
-        (StatusCode::OK, "OK\n").into_response()
+    let (ready, due) = {
+        let st = app.state.lock();
+        (st.ready, st.next_round_by)
+    };
+    let unavailable = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    if !ready {
+        unavailable("not ready: first libvirt sample pending\n")
+    } else if due.is_some_and(|t| std::time::Instant::now() > t) {
+        unavailable("not ready: the sampler has not completed a round for several intervals (stuck in libvirt?)\n")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: first libvirt sample pending\n",
-        )
-            .into_response()
+        (StatusCode::OK, "OK\n").into_response()
     }
 }
 

@@ -20,8 +20,11 @@ pub struct CollectorStatus {
 pub struct Snapshot {
     /// The libvirt connection is open.
     pub libvirt_up: bool,
-    /// The sampler has finished its first round (whatever its result).
+    /// The sampler has finished a round after the first connection attempt's outcome was known
+    /// (connected, or failed and reported as `libvirt_up 0`).
     pub ready: bool,
+    /// A round is due before this instant; past it the sampler is stuck and `/-/ready` is 503.
+    pub next_round_by: Option<std::time::Instant>,
     /// Active domains in the last successful listing.
     pub domains_active: Option<u64>,
     /// Unix time of the last successful sample round.

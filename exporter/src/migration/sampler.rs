@@ -29,6 +29,11 @@ use crate::trace::{ReplaySource, TraceRecord, TraceWriter};
 /// Rounds (at the active interval) to keep trying a wanted completed-stats read.
 const COMPLETED_READ_TRIES: u32 = 10;
 
+/// Rounds that may be missed before the sampler counts as stuck (readiness turns 503).
+const STALE_ROUNDS: u32 = 3;
+/// Added to that, for a slow round under load.
+const STALE_SLACK: Duration = Duration::from_secs(5);
+
 /// Longest the sampler waits between looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(250);
 
@@ -75,6 +80,9 @@ struct Core {
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
+    /// The first connection attempt has an outcome (connected, or failed and reported): only
+    /// then does a round say something true about libvirt, so only then is the exporter ready.
+    connection_known: bool,
 }
 
 pub struct Sampler {
@@ -119,6 +127,7 @@ impl Core {
                     connected: true,
                 });
                 self.state.lock().libvirt_up = true;
+                self.connection_known = true;
                 true
             }
             SourceEvent::Disconnected { reason } => {
@@ -137,7 +146,8 @@ impl Core {
                         duration_seconds: 0.0,
                     },
                 );
-                false
+                // The first outcome is a failure: a round now reports it and makes us ready.
+                !std::mem::replace(&mut self.connection_known, true)
             }
             SourceEvent::Domain(event) => {
                 self.record(TraceRecord::Event {
@@ -266,6 +276,7 @@ impl Sampler {
                 peers: None,
                 jobs_changed: None,
                 want_completed: HashMap::new(),
+                connection_known: false,
             })),
             last_completed_sweep: None,
             cfg,
@@ -337,8 +348,15 @@ impl Sampler {
                 );
             }
         }
+        let period = if core.tracker.has_active() || !core.want_completed.is_empty() {
+            self.cfg.interval
+        } else {
+            self.cfg.idle_interval
+        };
         let mut st = core.state.lock();
-        st.ready = true;
+        st.ready = core.connection_known;
+        // Several periods without a round (a thread stuck in libvirt, or dead) make /-/ready 503.
+        st.next_round_by = Some(Instant::now() + period * STALE_ROUNDS + STALE_SLACK);
         st.libvirt_up = self.source.is_connected();
         st.collectors.insert(
             COLLECTOR,

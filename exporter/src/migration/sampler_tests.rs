@@ -296,3 +296,51 @@ fn last_series_are_dropped_after_the_retention_but_counters_stay() {
     assert!(pruned.contains(finished), "{pruned}");
     assert!(kept.contains(finished), "{kept}");
 }
+
+/// Issue 16: /-/ready said 200 after a first round that ran before the connection was open, and
+/// a test then read `vm_migration_libvirt_up 0`. Ready now means a round ran after the first
+/// connection attempt's outcome: connected, or failed and reported as down.
+#[test]
+fn ready_only_after_the_first_connection_outcome() {
+    let round = |t| TraceRecord::Round { t, domains: vec![] };
+    let mut r = Replay::new(vec![round(1.0)], SamplerConfig::default());
+    r.run(|_, _| {});
+    assert!(!r.state.lock().ready, "no connection outcome yet");
+
+    let connected = TraceRecord::Connection {
+        t: 1.0,
+        connected: true,
+    };
+    let mut r = Replay::new(vec![connected, round(2.0)], SamplerConfig::default());
+    r.run(|_, _| {});
+    let (ready, up) = {
+        let st = r.state.lock();
+        (st.ready, st.libvirt_up)
+    };
+    assert!(ready && up);
+
+    let failed = TraceRecord::Connection {
+        t: 1.0,
+        connected: false,
+    };
+    let mut r = Replay::new(vec![failed, round(2.0)], SamplerConfig::default());
+    r.run(|_, _| {});
+    let (ready, up) = {
+        let st = r.state.lock();
+        (st.ready, st.libvirt_up)
+    };
+    assert!(
+        ready && !up,
+        "a failed first attempt is reported, then ready"
+    );
+
+    let r = Replay::new(Vec::new(), SamplerConfig::default());
+    let down = || SourceEvent::Disconnected {
+        reason: "refused".into(),
+    };
+    assert!(
+        r.sampler.handle(1.0, down()),
+        "the first outcome asks for a round at once"
+    );
+    assert!(!r.sampler.handle(2.0, down()));
+}

@@ -473,3 +473,31 @@ fn sigterm_exits_within_10s_while_libvirtd_is_frozen() {
         t0.elapsed()
     );
 }
+
+/// Issue 16: with the sampler stuck in a frozen libvirtd, /-/ready turns 503 (after three missed
+/// rounds and 5 s) instead of saying 200 for ever; it comes back when libvirtd resumes.
+#[test]
+fn ready_turns_503_while_the_sampler_is_stuck() {
+    let dir = tempfile::Builder::new()
+        .prefix("vmerd")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        daemon.uri(),
+        "--sample.idle-interval",
+        "1s",
+    ]);
+    ready(&e);
+    let pid = daemon.pid().expect("libvirtd pid").to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let stuck = poll_until(WAIT, || e.get("/-/ready").0 == 503);
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(stuck, "/-/ready stayed 200 while no round completed");
+    ready(&e);
+}
