@@ -376,31 +376,65 @@ fn port_in_use_is_a_clear_error() {
     );
 }
 
+/// A private libvirtd with an exporter watching it (sampling every second), connected; then
+/// libvirtd is frozen with SIGSTOP. Resumed (SIGCONT) when dropped.
+struct Frozen {
+    e: RunningExporter,
+    pid: String,
+    _daemon: TestLibvirtd,
+    _dir: tempfile::TempDir,
+}
+
+impl Frozen {
+    fn start() -> Frozen {
+        let dir = tempfile::Builder::new()
+            .prefix("vmefr")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
+        let e = RunningExporter::start(&[
+            "--libvirt.uri",
+            daemon.uri(),
+            "--sample.idle-interval",
+            "1s",
+        ]);
+        ready(&e);
+        assert!(poll_until(WAIT, || value(
+            &e.metrics(),
+            "vm_migration_libvirt_up"
+        ) == Some(1.0)));
+        let pid = daemon.pid().expect("libvirtd pid").to_string();
+        // A hung libvirtd: the sampler's calls block inside libvirt until keepalive gives up.
+        assert!(Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill")
+            .success());
+        Frozen {
+            e,
+            pid,
+            _daemon: daemon,
+            _dir: dir,
+        }
+    }
+}
+
+impl Frozen {
+    fn resume(&self) {
+        let _ = Command::new("kill").args(["-CONT", &self.pid]).status();
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
 #[test]
 fn scrapes_answer_while_libvirtd_is_frozen() {
-    let dir = tempfile::Builder::new()
-        .prefix("vmefr")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        daemon.uri(),
-        "--sample.idle-interval",
-        "1s",
-    ]);
-    ready(&e);
-    assert!(poll_until(WAIT, || value(
-        &e.metrics(),
-        "vm_migration_libvirt_up"
-    ) == Some(1.0)));
-    let pid = daemon.pid().expect("libvirtd pid").to_string();
-    // A hung libvirtd: the sampler's calls block inside libvirt until keepalive gives up.
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    let f = Frozen::start();
+    let e = &f.e;
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -411,7 +445,7 @@ fn scrapes_answer_while_libvirtd_is_frozen() {
         answered += usize::from(r.is_ok_and(|r| r.status().is_success()));
         let _ = client.get(e.url("/-/healthy")).send();
     }
-    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    drop(f);
     assert_eq!(
         answered, 5,
         "every scrape answered while libvirtd was frozen"
@@ -435,28 +469,8 @@ fn sigterm_exits_within_10s() {
 /// Issue 16: with libvirtd SIGSTOPped the exporter stayed up for more than 15 s after SIGTERM.
 #[test]
 fn sigterm_exits_within_10s_while_libvirtd_is_frozen() {
-    let dir = tempfile::Builder::new()
-        .prefix("vmesd")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
-    let mut e = RunningExporter::start(&[
-        "--libvirt.uri",
-        daemon.uri(),
-        "--sample.idle-interval",
-        "1s",
-    ]);
-    ready(&e);
-    assert!(poll_until(WAIT, || value(
-        &e.metrics(),
-        "vm_migration_libvirt_up"
-    ) == Some(1.0)));
-    let pid = daemon.pid().expect("libvirtd pid").to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    let mut f = Frozen::start();
+    let e = &mut f.e;
     // Let a round start and block inside libvirt.
     let before = value(&e.metrics(), "vm_migration_sample_age_seconds").unwrap_or(0.0);
     assert!(poll_until(WAIT, || value(
@@ -466,7 +480,7 @@ fn sigterm_exits_within_10s_while_libvirtd_is_frozen() {
     .is_some_and(|a| a > before + 1.5)));
     let t0 = std::time::Instant::now();
     let st = e.terminate(Duration::from_secs(10));
-    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    f.resume();
     assert!(
         st.is_some(),
         "still running {:?} after SIGTERM",
@@ -478,26 +492,10 @@ fn sigterm_exits_within_10s_while_libvirtd_is_frozen() {
 /// rounds and 5 s) instead of saying 200 for ever; it comes back when libvirtd resumes.
 #[test]
 fn ready_turns_503_while_the_sampler_is_stuck() {
-    let dir = tempfile::Builder::new()
-        .prefix("vmerd")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        daemon.uri(),
-        "--sample.idle-interval",
-        "1s",
-    ]);
-    ready(&e);
-    let pid = daemon.pid().expect("libvirtd pid").to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    let f = Frozen::start();
+    let e = &f.e;
     let stuck = poll_until(WAIT, || e.get("/-/ready").0 == 503);
-    let _ = Command::new("kill").args(["-CONT", &pid]).status();
     assert!(stuck, "/-/ready stayed 200 while no round completed");
-    ready(&e);
+    f.resume();
+    ready(e);
 }

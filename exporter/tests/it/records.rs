@@ -27,6 +27,17 @@ fn record(name: &str, uuid: &str, finished_at: f64, outcome: &str) -> String {
     .to_string()
 }
 
+/// The exporter with its records under `dir`.
+fn start_on(dir: &std::path::Path) -> RunningExporter {
+    let storage = dir.to_string_lossy().to_string();
+    RunningExporter::start(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--storage.path",
+        &storage,
+    ])
+}
+
 fn get_json(e: &RunningExporter, path: &str) -> (u16, Value) {
     let (status, body) = e.get(path);
     (
@@ -66,14 +77,7 @@ fn records_survive_a_restart_torn_line_skipped_newest_first_filters() {
         format!("{}\n{{\"domain\":{{\"name\":\"c\"", lines.join("\n")),
     )
     .expect("write");
-    let storage = dir.path().to_string_lossy().to_string();
-
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--storage.path",
-        &storage,
-    ]);
+    let e = start_on(dir.path());
     let (status, all) = get_json(&e, "/api/v1/migrations");
     assert_eq!(status, 200);
     let finished: Vec<f64> = all
@@ -124,12 +128,7 @@ fn records_survive_a_restart_torn_line_skipped_newest_first_filters() {
         text.ends_with('\n') && !text.contains("\"name\":\"c\""),
         "{text}"
     );
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--storage.path",
-        &storage,
-    ]);
+    let e = start_on(dir.path());
     let (_, again) = get_json(&e, "/api/v1/migrations");
     assert_eq!(
         again.as_array().map(Vec::len),
@@ -183,14 +182,7 @@ fn damaged_record_file_is_moved_aside_valid_records_kept() {
     original.extend_from_slice(b"{\"domain\":\"\xff\xfe\"}\n");
     original.extend_from_slice(format!("{b}\n").as_bytes());
     std::fs::write(&file, &original).expect("write");
-    let storage = dir.path().to_string_lossy().to_string();
-
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--storage.path",
-        &storage,
-    ]);
+    let e = start_on(dir.path());
     let (status, all) = get_json(&e, "/api/v1/migrations");
     assert_eq!(status, 200);
     let names: Vec<&str> = all
@@ -249,13 +241,7 @@ fn torn_last_line_inside_a_utf8_character_is_cut() {
     let mut text = format!("{a}\n{{\"domain\":{{\"name\":\"g").into_bytes();
     text.push("ä".as_bytes()[0]);
     std::fs::write(&file, &text).expect("write");
-    let storage = dir.path().to_string_lossy().to_string();
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--storage.path",
-        &storage,
-    ]);
+    let e = start_on(dir.path());
     let (status, all) = get_json(&e, "/api/v1/migrations");
     assert_eq!(status, 200);
     assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
@@ -359,14 +345,8 @@ fn disk_full_then_freed_loses_and_glues_nothing() {
     // The exporter starts and serves on a full disk, with every record.
     drop(log);
     let _filler = fill(dir);
-    let storage = dir.to_string_lossy().to_string();
     {
-        let e = RunningExporter::start(&[
-            "--libvirt.uri",
-            "test:///default",
-            "--storage.path",
-            &storage,
-        ]);
+        let e = start_on(dir);
         let m = e.metrics();
         assert_eq!(
             value(&m, "vm_migration_storage_records"),
