@@ -214,3 +214,54 @@ pub async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    /// --web.max-requests: with the only slot taken by a request in flight, the next one is
+    /// answered 503 at once; when the first finishes, requests are served again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_past_the_cap_get_503() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let (r, en) = (release.clone(), entered.clone());
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let (r, en) = (r.clone(), en.clone());
+                    async move {
+                        en.notify_one();
+                        r.notified().await;
+                        "done"
+                    }
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(
+                RequestSlots::new(1),
+                limit_requests,
+            ));
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let limits = Limits {
+            max_connections: 16,
+        };
+        tokio::spawn(serve(l, app, None, limits, std::future::pending()));
+        let slow = tokio::spawn(reqwest::get(format!("http://{addr}/slow")));
+        entered.notified().await;
+        let status = |path: &'static str| async move {
+            reqwest::get(format!("http://{addr}{path}"))
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        };
+        assert_eq!(status("/fast").await, 503);
+        release.notify_one();
+        let first = slow.await.expect("join").expect("slow request");
+        assert_eq!(first.status().as_u16(), 200);
+        assert_eq!(status("/fast").await, 200);
+    }
+}
