@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod exposition;
 pub mod libvirt;
@@ -12,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod migration;
 pub mod net;
+pub mod record;
 pub mod server;
 pub mod state;
 pub mod store;

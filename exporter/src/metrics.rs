@@ -5,8 +5,6 @@
 //! encode time from the shared [`Snapshot`](crate::state::Snapshot) by [`LiveCollector`], so a
 //! job's series vanish the moment it is no longer running, with no stale series to clean up.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::clock::unix_now;
 use crate::migration::convergence::Verdict;
 use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::state::SharedState;
@@ -225,13 +224,6 @@ impl Metrics {
     pub fn call_error(&self, call: &'static str) {
         self.call_errors.get_or_create(&CallLabels { call }).inc();
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Encodes the live state at scrape time.

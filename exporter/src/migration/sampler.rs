@@ -13,13 +13,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use super::stats::JobStats;
 use super::tracker::{FinishedMigration, JobObservation, Round, Tracker};
+use crate::clock::unix_now;
 use crate::libvirt::jobs::{DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
 use crate::state::{CollectorStatus, SharedState};
@@ -79,13 +80,6 @@ pub struct Sampler {
     core: Arc<Mutex<Core>>,
     last_completed_sweep: Option<f64>,
     cfg: SamplerConfig,
-}
-
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Core {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tracing::warn;
 
-use crate::migration::sampler::unix_now;
+use crate::clock::unix_now;
 use crate::state::{CollectorStatus, SharedState};
 use netdev::{Netdev, TxHistory};
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use crate::record::NetworkSummary;
 
 /// Counters of one device, as `/proc/net/dev` has them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -137,17 +137,6 @@ const HISTORY: usize = 3600;
 pub struct TxHistory {
     by_device: BTreeMap<String, VecDeque<(f64, u64)>>,
     speed: BTreeMap<String, Option<u64>>,
-}
-
-/// What the network did while a migration ran: the busiest transmitting device.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NetworkSummary {
-    pub device: String,
-    pub peak_tx_bytes_per_second: f64,
-    pub mean_tx_bytes_per_second: f64,
-    pub link_speed_bytes_per_second: Option<f64>,
-    /// Mean transmit rate ÷ link speed.
-    pub mean_link_share: Option<f64>,
 }
 
 impl TxHistory {

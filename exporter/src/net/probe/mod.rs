@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::peers::{PeerState, ProbeKey, ProbeOutcome};
-use crate::migration::sampler::unix_now;
+use crate::clock::unix_now;
 use crate::state::{CollectorStatus, SharedState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
