@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cli::Settings;
 use crate::libvirt::{JobSource, SourceEvent};
 use crate::metrics::Metrics;
 use crate::migration::sampler::{Sampler, SamplerConfig};
@@ -16,6 +15,7 @@ use crate::net::peers::Origin;
 use crate::net::probe::Prober;
 use crate::net::probing::{run_discovery, spawn_peer, Discoverer};
 use crate::server::{router, AppState};
+use crate::settings::Settings;
 use crate::state;
 use crate::store::RecordLog;
 use crate::trace::TraceWriter;

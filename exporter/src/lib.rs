@@ -4,9 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
-pub mod cli;
 pub mod clock;
-pub mod config;
 pub mod exposition;
 pub mod libvirt;
 pub mod logging;
@@ -15,6 +13,7 @@ pub mod migration;
 pub mod net;
 pub mod record;
 pub mod server;
+pub mod settings;
 pub mod state;
 pub mod store;
 pub mod trace;

@@ -4,9 +4,7 @@
 //! peer costs others nothing as long as fewer than `--probe.max-concurrency` peers time out at
 //! once. Results go into [`PeerState`]; scrapes only read it.
 
-pub mod config;
 pub mod icmp;
-pub mod settings;
 pub mod tcp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,12 +26,41 @@ pub enum ProbeKind {
     Tcp { port: u16 },
 }
 
+/// Why a probe name and port make no [`ProbeKind`]; callers word it for their flag or key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KindError {
+    Unknown(String),
+    /// `tcp` without a port (or port 0).
+    PortRequired,
+    /// A port given to a probe that does not use one.
+    PortNotUsed,
+}
+
 impl ProbeKind {
+    /// The probe names, as flags, the config file and the `probe` label spell them.
+    pub const NAMES: [&'static str; 2] = ["icmp", "tcp"];
+
     pub fn label(self) -> &'static str {
         match self {
             ProbeKind::Icmp => "icmp",
             ProbeKind::Tcp { .. } => "tcp",
         }
+    }
+
+    /// The kind named `name` (one of [`Self::NAMES`]), with its port when it takes one.
+    pub fn from_name(name: &str, port: Option<u16>) -> Result<ProbeKind, KindError> {
+        match (name, port) {
+            ("icmp", None) => Ok(ProbeKind::Icmp),
+            ("icmp", Some(_)) => Err(KindError::PortNotUsed),
+            ("tcp", None | Some(0)) => Err(KindError::PortRequired),
+            ("tcp", Some(port)) => Ok(ProbeKind::Tcp { port }),
+            (other, _) => Err(KindError::Unknown(other.to_string())),
+        }
+    }
+
+    /// Whether probes of this name take a port.
+    pub fn takes_port(name: &str) -> bool {
+        name == "tcp"
     }
 }
 
