@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod clock;
+pub mod collector;
 pub mod exposition;
 pub mod libvirt;
 pub mod logging;

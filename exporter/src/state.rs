@@ -29,8 +29,6 @@ pub struct Snapshot {
     pub collectors: BTreeMap<&'static str, CollectorStatus>,
     /// Migration jobs running now, as of the last round.
     pub active: Vec<ActiveJob>,
-    /// NIC counters of the last netdev reading.
-    pub netdev: Vec<crate::net::netdev::Device>,
     /// Finished-migration records, oldest first (loaded from storage at start, bounded).
     pub records: VecDeque<FinishedMigration>,
 }

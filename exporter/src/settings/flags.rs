@@ -6,9 +6,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::PossibleValuesParser;
-use clap::{Args, Parser, ValueEnum};
+use std::collections::BTreeSet;
 
+use clap::builder::PossibleValuesParser;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, Parser, ValueEnum};
+
+use crate::collector::Name;
 use crate::net::probe::ProbeKind;
 
 /// Default port: 9177 is taken by the existing libvirt exporters, so this one uses 9745.
@@ -242,6 +245,47 @@ pub struct ProbeArgs {
     /// QEMU's incoming migration listener accepts one connection).
     #[arg(long = "probe.discovery-tcp-port", env = "VM_MIGRATION_EXPORTER_PROBE_DISCOVERY_TCP_PORT", value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
     pub discovery_tcp_port: Option<u16>,
+}
+
+fn collector_flag(name: Name, on: bool) -> String {
+    let prefix = if on { "collector" } else { "no-collector" };
+    format!("{prefix}.{}", name.as_str())
+}
+
+/// `--collector.<name>` and `--no-collector.<name>` for every collector the runner knows
+/// (all on by default; the last of the two given wins, as in node_exporter).
+pub fn with_collector_flags(mut cmd: Command) -> Command {
+    for name in Name::ALL {
+        let (on, off) = (collector_flag(name, true), collector_flag(name, false));
+        cmd = cmd
+            .arg(
+                Arg::new(on.clone())
+                    .long(on.clone())
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(off.clone())
+                    .help(format!(
+                        "Enable the {} collector (default: on): {}.",
+                        name.as_str(),
+                        name.help()
+                    )),
+            )
+            .arg(
+                Arg::new(off.clone())
+                    .long(off)
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(on)
+                    .help(format!("Disable the {} collector.", name.as_str())),
+            );
+    }
+    cmd
+}
+
+/// The collectors left on by `--no-collector.<name>` flags.
+pub fn enabled_collectors(m: &ArgMatches) -> BTreeSet<Name> {
+    Name::ALL
+        .into_iter()
+        .filter(|n| !m.get_flag(&collector_flag(*n, false)))
+        .collect()
 }
 
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {

@@ -7,7 +7,7 @@
 pub mod file;
 pub mod flags;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+use crate::collector::Name;
 use crate::net::probe::{KindError, PeerSpec, ProbeKind, ProbeSpec};
 use file::{Config, ConfigError, ProbeConfig};
 pub use flags::{Cli, LogFormat, LogLevel, ProbeArgs, DEFAULT_LISTEN};
@@ -40,6 +41,8 @@ pub struct Settings {
     pub last_retention: Option<Duration>,
     pub netdev: crate::net::netdev::Netdev,
     pub probe: ProbeSettings,
+    /// Collectors to run (`--collector.<name>` / `--no-collector.<name>`).
+    pub collectors: BTreeSet<Name>,
 }
 
 /// Why the command line could not be turned into settings.
@@ -68,7 +71,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command()
+    let matches = flags::with_collector_flags(Cli::command())
         .try_get_matches_from(args)
         .map_err(flag_error)?;
     let cli = Cli::from_arg_matches(&matches).map_err(flag_error)?;
@@ -160,6 +163,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
             exclude: cli.netdev_exclude,
         },
         probe,
+        collectors: flags::enabled_collectors(m),
     })
 }
 

@@ -180,6 +180,57 @@ fn promtool_accepts_the_output() {
 }
 
 #[test]
+fn no_collector_flags_turn_collectors_off() {
+    // A probe of a local listener: once its rounds show, every enabled collector has run.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--no-collector.netdev",
+        "--collector.discovery",
+        "--no-collector.discovery",
+        "--probe.peer",
+        "self=127.0.0.1",
+        "--probe.peer-probes",
+        "tcp",
+        "--probe.tcp-port",
+        &port,
+        "--probe.interval",
+        "100ms",
+    ]);
+    ready(&e);
+    let mut m = String::new();
+    assert!(
+        poll_until(WAIT, || {
+            m = e.metrics();
+            value(&m, "vm_migration_collector_success{collector=\"probe\"}") == Some(1.0)
+        }),
+        "the probe collector should report a round: {m}"
+    );
+    assert_eq!(
+        value(&m, "vm_migration_collector_success{collector=\"jobs\"}"),
+        Some(1.0)
+    );
+    for off in ["netdev", "discovery"] {
+        assert!(
+            !m.contains(&format!("collector=\"{off}\"")),
+            "{off} is off (the last of --collector/--no-collector wins): {m}"
+        );
+    }
+    assert!(!m.contains("vm_migration_network_"), "{m}");
+    let help = Command::new(BIN).arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in ["jobs", "netdev", "discovery", "probe"] {
+        assert!(
+            help.contains(&format!("--collector.{name}"))
+                && help.contains(&format!("--no-collector.{name}")),
+            "--help lists the flags of {name}"
+        );
+    }
+}
+
+#[test]
 fn missing_libvirtd_serves_down_then_recovers_by_itself() {
     let dir = tempfile::Builder::new()
         .prefix("vme")
