@@ -6,14 +6,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::collector::{Feed, Name, Runner};
+use crate::collector::{Feed, Name, Runner, Statuses};
 use crate::libvirt::{JobSource, SourceEvent};
 use crate::metrics::Metrics;
-use crate::migration::sampler::{JobsCollector, Sampler, SamplerConfig};
 use crate::net::netdev::NetdevCollector;
 use crate::net::peers::PeerState;
 use crate::net::probe::{ProbeCollector, Prober};
 use crate::net::probing::{Discoverer, DiscoveryCollector};
+use crate::sampler::{JobsCollector, Sampler, SamplerConfig};
 use crate::server::{router, AppState};
 use crate::settings::Settings;
 use crate::state::{self, SharedState};
@@ -50,7 +50,8 @@ pub async fn run(
     let web = Web::load(&settings)?;
     let shared = state::shared();
     let records = open_records(&settings, &shared)?;
-    let (registry, metrics) = Metrics::register(shared.clone());
+    let statuses = Statuses::default();
+    let (registry, metrics) = Metrics::register(shared.clone(), statuses.clone());
     let trace = match &settings.trace_path {
         Some(p) => Some(TraceWriter::create(p)?),
         None => None,
@@ -64,7 +65,7 @@ pub async fn run(
     let local = listener.local_addr().map_err(AppError::Serve)?;
     info!(address = %local, tls = web.tls.is_some(), basic_auth = !web.users.is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
 
-    let mut runner = Runner::new(shared.clone(), registry, settings.collectors.clone());
+    let mut runner = Runner::new(statuses, registry, settings.collectors.clone());
     let sampler = Sampler::new(
         source,
         shared.clone(),

@@ -23,8 +23,6 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::state::{CollectorStatus, SharedState};
-
 /// Every collector, named once: the `collector` label and `--collector.<name>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Name {
@@ -57,6 +55,38 @@ impl Name {
             }
             Name::Probe => "ICMP/TCP probes of configured and discovered peers",
         }
+    }
+}
+
+/// The last round of one collector.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CollectorStatus {
+    pub success: bool,
+    pub duration_seconds: f64,
+}
+
+/// The last round of every collector that ran one, by name; the runner writes, scrapes read.
+#[derive(Clone, Debug, Default)]
+pub struct Statuses(Arc<Mutex<BTreeMap<&'static str, CollectorStatus>>>);
+
+impl Statuses {
+    fn set(&self, name: Name, success: bool, took: Duration) {
+        self.0.lock().insert(
+            name.as_str(),
+            CollectorStatus {
+                success,
+                duration_seconds: took.as_secs_f64(),
+            },
+        );
+    }
+
+    pub fn get(&self, name: Name) -> Option<CollectorStatus> {
+        self.0.lock().get(name.as_str()).copied()
+    }
+
+    /// By name (the order `/metrics` lists them in).
+    pub fn all(&self) -> Vec<(&'static str, CollectorStatus)> {
+        self.0.lock().iter().map(|(n, s)| (*n, *s)).collect()
     }
 }
 
@@ -118,7 +148,7 @@ pub trait Tasks: Collector {
 /// Time `round` and record its result for `name`: the one place that sets
 /// `collector_success` and `collector_duration_seconds`.
 pub fn execute(
-    state: &SharedState,
+    statuses: &Statuses,
     name: Name,
     round: impl FnOnce() -> Result<(), CollectError>,
 ) -> bool {
@@ -127,18 +157,8 @@ pub fn execute(
     if let Err(e) = &result {
         debug!(collector = name.as_str(), error = %e, "collector round failed");
     }
-    set_status(state, name, result.is_ok(), started.elapsed());
+    statuses.set(name, result.is_ok(), started.elapsed());
     result.is_ok()
-}
-
-fn set_status(state: &SharedState, name: Name, success: bool, took: Duration) {
-    state.lock().collectors.insert(
-        name.as_str(),
-        CollectorStatus {
-            success,
-            duration_seconds: took.as_secs_f64(),
-        },
-    );
 }
 
 /// Starts a [`Rounds`] collector's round at once. Cheap to clone.
@@ -192,7 +212,7 @@ impl<T: Clone + PartialEq + Default> Feed<T> {
 /// succeeds when every one of them did. Members joining meanwhile count from the next round.
 #[derive(Clone, Debug)]
 pub struct TaskRounds<K: Ord> {
-    state: SharedState,
+    statuses: Statuses,
     name: Name,
     inner: Arc<Mutex<RoundsInner<K>>>,
 }
@@ -212,9 +232,9 @@ struct OpenRound<K: Ord> {
 }
 
 impl<K: Ord + Clone> TaskRounds<K> {
-    pub fn new(state: SharedState, name: Name) -> Self {
+    pub fn new(statuses: Statuses, name: Name) -> Self {
         TaskRounds {
-            state,
+            statuses,
             name,
             inner: Arc::new(Mutex::new(RoundsInner {
                 members: BTreeMap::new(),
@@ -271,7 +291,7 @@ impl<K: Ord + Clone> TaskRounds<K> {
     fn close_if_done(&self, g: &mut RoundsInner<K>) {
         if g.open.as_ref().is_some_and(|o| o.pending.is_empty()) {
             if let Some(open) = g.open.take() {
-                set_status(&self.state, self.name, open.ok, open.began.elapsed());
+                self.statuses.set(self.name, open.ok, open.began.elapsed());
             }
         }
     }
@@ -284,7 +304,7 @@ struct Wake {
 
 /// Owns the collectors' threads and tasks and stops them; see the module doc.
 pub struct Runner {
-    state: SharedState,
+    statuses: Statuses,
     registry: Registry,
     enabled: BTreeSet<Name>,
     cancel: CancellationToken,
@@ -293,9 +313,9 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(state: SharedState, registry: Registry, enabled: BTreeSet<Name>) -> Self {
+    pub fn new(statuses: Statuses, registry: Registry, enabled: BTreeSet<Name>) -> Self {
         Runner {
-            state,
+            statuses,
             registry,
             enabled,
             cancel: CancellationToken::new(),
@@ -320,7 +340,7 @@ impl Runner {
 
     /// Round bookkeeping for the [`Tasks`] collector `name`.
     pub fn task_rounds<K: Ord + Clone>(&self, name: Name) -> TaskRounds<K> {
-        TaskRounds::new(self.state.clone(), name)
+        TaskRounds::new(self.statuses.clone(), name)
     }
 
     fn wake(&mut self, name: Name) -> &mut Wake {
@@ -344,7 +364,7 @@ impl Runner {
             None => return Ok(()),
         };
         if let Some(mut events) = c.events() {
-            let (cancel, state) = (self.cancel.clone(), self.state.clone());
+            let (cancel, statuses) = (self.cancel.clone(), self.statuses.clone());
             let h = std::thread::Builder::new()
                 .name(format!("{}-events", name.as_str()))
                 .spawn(move || {
@@ -353,19 +373,19 @@ impl Runner {
                         match events.next(Duration::from_millis(500)) {
                             Event::Idle | Event::Handled { round_now: false } => {}
                             Event::Handled { round_now: true } => wake_tx.wake(),
-                            Event::Failed => set_status(&state, name, false, Duration::ZERO),
+                            Event::Failed => statuses.set(name, false, Duration::ZERO),
                             Event::Closed => break,
                         }
                     }
                 })?;
             self.threads.push(h);
         }
-        let (cancel, state) = (self.cancel.clone(), self.state.clone());
+        let (cancel, statuses) = (self.cancel.clone(), self.statuses.clone());
         let h = std::thread::Builder::new()
             .name(name.as_str().into())
             .spawn(move || {
                 while !cancel.is_cancelled() {
-                    execute(&state, name, || c.round());
+                    execute(&statuses, name, || c.round());
                     match wake_rx.recv_timeout(c.period()) {
                         Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -428,13 +448,13 @@ impl Running {
 mod tests {
     use super::*;
 
-    fn status(state: &SharedState) -> Option<CollectorStatus> {
-        state.lock().collectors.get("probe").copied()
+    fn status(statuses: &Statuses) -> Option<CollectorStatus> {
+        statuses.get(Name::Probe)
     }
 
     #[test]
     fn a_task_round_closes_when_every_member_reported_and_lasts_from_first_start() {
-        let state = crate::state::shared();
+        let state = Statuses::default();
         let r = TaskRounds::new(state.clone(), Name::Probe);
         r.join("a");
         r.join("b");
@@ -451,7 +471,7 @@ mod tests {
 
     #[test]
     fn one_failed_member_fails_the_round_and_leaving_closes_it() {
-        let state = crate::state::shared();
+        let state = Statuses::default();
         let r = TaskRounds::new(state.clone(), Name::Probe);
         r.join(1);
         r.join(2);
@@ -464,7 +484,7 @@ mod tests {
 
     #[test]
     fn work_begun_before_a_round_opened_does_not_close_it() {
-        let state = crate::state::shared();
+        let state = Statuses::default();
         let r = TaskRounds::new(state.clone(), Name::Probe);
         r.join("slow");
         r.join("fast");
@@ -473,7 +493,7 @@ mod tests {
         r.end(&"fast", true);
         r.end(&"slow", true);
         assert!(status(&state).expect("first round").success);
-        state.lock().collectors.clear();
+        state.0.lock().clear();
         // A new round opens with fast; slow's next work is still in flight from before.
         r.begin(&"fast");
         r.end(&"fast", true);
@@ -507,7 +527,7 @@ mod tests {
 
     #[test]
     fn runner_times_rounds_wakes_them_and_stops() {
-        let state = crate::state::shared();
+        let state = Statuses::default();
         let mut runner = Runner::new(
             state.clone(),
             Registry::default(),
@@ -534,18 +554,13 @@ mod tests {
         let started = Instant::now();
         running.stop();
         assert!(started.elapsed() < Duration::from_secs(5), "stop wakes it");
-        let s = state
-            .lock()
-            .collectors
-            .get("netdev")
-            .copied()
-            .expect("status");
+        let s = state.get(Name::Netdev).expect("status");
         assert!(!s.success);
     }
 
     #[test]
     fn disabled_collectors_do_not_run() {
-        let state = crate::state::shared();
+        let state = Statuses::default();
         let mut runner = Runner::new(state.clone(), Registry::default(), BTreeSet::new());
         let rounds = Arc::new(Mutex::new(0));
         runner
@@ -556,6 +571,6 @@ mod tests {
             .expect("nothing to start");
         runner.into_parts().1.stop();
         assert_eq!(*rounds.lock(), 0);
-        assert!(state.lock().collectors.is_empty());
+        assert!(state.all().is_empty());
     }
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod migration;
 pub mod net;
 pub mod record;
+pub mod sampler;
 pub mod server;
 pub mod settings;
 pub mod state;

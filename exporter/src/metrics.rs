@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::clock::unix_now;
+use crate::collector::Statuses;
 use crate::exposition::GaugeFamily;
 use crate::migration::convergence::Verdict;
 use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
@@ -83,7 +84,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Build the registry: finished-migration metrics, build info and the live collector.
-    pub fn register(state: SharedState) -> (Registry, std::sync::Arc<Metrics>) {
+    pub fn register(state: SharedState, statuses: Statuses) -> (Registry, std::sync::Arc<Metrics>) {
         let mut reg = Registry::default();
         let m = Metrics {
             finished: Family::default(),
@@ -161,7 +162,7 @@ impl Metrics {
             "libvirt calls that failed, by call",
             m.call_errors.clone(),
         );
-        reg.register_collector(Box::new(LiveCollector { state }));
+        reg.register_collector(Box::new(LiveCollector { state, statuses }));
         (reg, std::sync::Arc::new(m))
     }
 
@@ -232,6 +233,7 @@ impl Metrics {
 #[derive(Debug)]
 struct LiveCollector {
     state: SharedState,
+    statuses: Statuses,
 }
 
 fn secs(ms: Option<u64>) -> Option<f64> {
@@ -270,8 +272,8 @@ impl Collector for LiveCollector {
             "vm_migration_collector_duration_seconds",
             "How long the collector's last run took.",
         );
-        for (name, st) in &snap.collectors {
-            let l = vec![("collector", (*name).to_string())];
+        for (name, st) in self.statuses.all() {
+            let l = vec![("collector", name.to_string())];
             success.push(l.clone(), Some(if st.success { 1.0 } else { 0.0 }));
             duration.push(l, Some(st.duration_seconds));
         }

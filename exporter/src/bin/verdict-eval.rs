@@ -17,9 +17,9 @@ use std::process::ExitCode;
 
 use vm_migration_exporter::libvirt::jobs::{lifecycle, DomainEvent};
 use vm_migration_exporter::migration::convergence::Verdict;
-use vm_migration_exporter::migration::replay::Replay;
-use vm_migration_exporter::migration::sampler::SamplerConfig;
 use vm_migration_exporter::migration::tracker::Outcome;
+use vm_migration_exporter::sampler::replay::Replay;
+use vm_migration_exporter::sampler::SamplerConfig;
 use vm_migration_exporter::trace::{read_trace, TraceRecord};
 
 /// One verdict as it stood after a sample round.

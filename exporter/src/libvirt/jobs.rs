@@ -1,6 +1,6 @@
 //! The job-source seam: what the sampler needs from libvirt, as plain data.
 //!
-//! The real implementation lives in `conn.rs`; tests use [`crate::trace::ReplaySource`], driven
+//! The real implementation lives in `conn.rs`; tests use the trace module's `ReplaySource`, driven
 //! by job-stat traces recorded from real migrations. Keeping the seam as plain data (typed
 //! parameters as a map) means a trace records exactly what libvirt said, nothing interpreted.
 

@@ -221,10 +221,7 @@ mod tests {
     fn discoverer(procfs: &Path, rt: &tokio::runtime::Runtime) -> Discoverer {
         let prober = Prober::new(
             PeerState::default(),
-            crate::collector::TaskRounds::new(
-                crate::state::shared(),
-                crate::collector::Name::Probe,
-            ),
+            crate::collector::TaskRounds::new(Default::default(), crate::collector::Name::Probe),
             4,
             rt.handle().clone(),
         );

@@ -9,6 +9,8 @@
 //! state they publish. While a job runs a round happens every `interval`; otherwise every
 //! `idle_interval`, and at once when an event names a domain that is not tracked yet.
 
+pub mod replay;
+
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -17,15 +19,15 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use super::stats::JobStats;
-use super::tracker::{FinishedMigration, JobObservation, Round, Tracker};
 use crate::clock::unix_now;
-use crate::collector::{self, CollectError, Collector, Event, Events, Feed, Name, Rounds};
+use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
 use crate::libvirt::jobs::{DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
+use crate::migration::stats::JobStats;
+use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
 use crate::state::SharedState;
 use crate::store::RecordLog;
-use crate::trace::{ReplaySource, TraceRecord, TraceWriter};
+use crate::trace::{TraceRecord, TraceWriter};
 
 /// Rounds (at the active interval) to keep trying a wanted completed-stats read.
 const COMPLETED_READ_TRIES: u32 = 10;
@@ -438,43 +440,6 @@ impl Sampler {
         let core = self.core.lock();
         core.tracker.has_active() || !core.want_completed.is_empty()
     }
-
-    /// Drive the sampler through a recorded trace: events are delivered at their recorded times
-    /// and a round runs at each recorded round time. `after_round` sees each round's time.
-    pub fn replay(&mut self, source: &ReplaySource, mut after_round: impl FnMut(f64)) {
-        let state = self.core.lock().state.clone();
-        let records = source.records();
-        for rec in records {
-            source.set_time(rec.t());
-            match rec {
-                TraceRecord::Event { t, event } => {
-                    self.handle(*t, SourceEvent::Domain(event.clone()));
-                }
-                TraceRecord::Connection { t, connected: true } => {
-                    self.handle(*t, SourceEvent::Connected);
-                }
-                TraceRecord::Connection {
-                    t,
-                    connected: false,
-                } => {
-                    let ev = SourceEvent::Disconnected {
-                        reason: "replay".into(),
-                    };
-                    // As the runner does with an event that fails the collector.
-                    if self.handle(*t, ev) == Event::Failed {
-                        collector::execute(&state, Name::Jobs, || {
-                            Err(CollectError::new("replay: disconnected"))
-                        });
-                    }
-                }
-                TraceRecord::Round { t, .. } => {
-                    collector::execute(&state, Name::Jobs, || self.round(*t));
-                    after_round(*t);
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 /// The `jobs` collector: the sampler's rounds, and libvirt's events between them.
@@ -544,5 +509,4 @@ fn call_failed(core: &Mutex<Core>, call: &'static str, e: &SourceError) {
 }
 
 #[cfg(test)]
-#[path = "sampler_tests.rs"]
 mod tests;
