@@ -19,6 +19,7 @@ use std::sync::atomic::AtomicU64;
 use crate::clock::unix_now;
 use crate::collector::Statuses;
 use crate::exposition::GaugeFamily;
+use crate::libvirt::jobs::Call;
 use crate::migration::convergence::Verdict;
 use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::state::SharedState;
@@ -224,8 +225,10 @@ impl Metrics {
         old.len()
     }
 
-    pub fn call_error(&self, call: &'static str) {
-        self.call_errors.get_or_create(&CallLabels { call }).inc();
+    pub fn call_error(&self, call: Call) {
+        self.call_errors
+            .get_or_create(&CallLabels { call: call.label() })
+            .inc();
     }
 }
 

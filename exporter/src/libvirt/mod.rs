@@ -7,5 +7,5 @@ pub mod jobs;
 
 pub use conn::LibvirtSource;
 pub use jobs::{
-    DomainEvent, DomainId, JobSource, ParamValue, Params, RawJob, SourceError, SourceEvent,
+    Call, DomainEvent, DomainId, JobSource, ParamValue, Params, RawJob, SourceError, SourceEvent,
 };

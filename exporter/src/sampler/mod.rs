@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::unix_now;
 use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
-use crate::libvirt::jobs::{DomainId, JobSource, SourceError, SourceEvent};
+use crate::libvirt::jobs::{Call, DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
 use crate::migration::stats::JobStats;
 use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
@@ -213,7 +213,7 @@ struct Reading {
     round: Round,
     /// Trace records of the round, written together so a round stays contiguous in the trace.
     trace: Vec<TraceRecord>,
-    failed_calls: Vec<&'static str>,
+    failed_calls: Vec<Call>,
 }
 
 impl Sampler {
@@ -325,7 +325,7 @@ impl Sampler {
         let domains = match self.source.list_domains() {
             Ok(d) => d,
             Err(e) => {
-                call_failed(&self.core, "list_domains", &e);
+                call_failed(&self.core, Call::ListDomains, &e);
                 return Err(CollectError::new(e));
             }
         };
@@ -363,9 +363,9 @@ impl Sampler {
                     None
                 }
                 Err(e) => {
-                    debug!(call = "job_stats", error = %e, "libvirt call failed");
+                    debug!(call = Call::JobStats.label(), error = %e, "libvirt call failed");
                     if !matches!(e, SourceError::NotConnected(_)) {
-                        r.failed_calls.push("job_stats");
+                        r.failed_calls.push(Call::JobStats);
                     }
                     r.round
                         .observations
@@ -385,8 +385,8 @@ impl Sampler {
                             ms
                         }
                         Err(e) => {
-                            debug!(call = "migrate_get_max_downtime", error = %e, "libvirt call failed");
-                            r.failed_calls.push("migrate_get_max_downtime");
+                            debug!(call = Call::MaxDowntime.label(), error = %e, "libvirt call failed");
+                            r.failed_calls.push(Call::MaxDowntime);
                             None
                         }
                     };
@@ -413,8 +413,8 @@ impl Sampler {
                             }
                             Err(SourceError::NoDomain(_)) => None,
                             Err(e) => {
-                                debug!(call = "completed_job_stats", error = %e, "libvirt call failed");
-                                r.failed_calls.push("completed_job_stats");
+                                debug!(call = Call::CompletedJobStats.label(), error = %e, "libvirt call failed");
+                                r.failed_calls.push(Call::CompletedJobStats);
                                 None
                             }
                         }
@@ -501,8 +501,8 @@ impl Events for SourceEvents {
     }
 }
 
-fn call_failed(core: &Mutex<Core>, call: &'static str, e: &SourceError) {
-    debug!(call, error = %e, "libvirt call failed");
+fn call_failed(core: &Mutex<Core>, call: Call, e: &SourceError) {
+    debug!(call = call.label(), error = %e, "libvirt call failed");
     if !matches!(e, SourceError::NotConnected(_)) {
         core.lock().metrics.call_error(call);
     }
