@@ -3,6 +3,7 @@
 //! Prints medians and the ratio (ours / reference); no thresholds, machines here are noisy.
 //!
 //! cargo bench -p vm-migration-exporter --bench scrape
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::sync::atomic::AtomicU64;

@@ -1,6 +1,7 @@
 //! vm-migration-exporter: watches libvirt live migrations and exposes them to Prometheus.
 //!
-//! `unsafe` code is confined to `libvirt::ffi`; everything else denies it.
+//! `unsafe` code is confined to the private `libvirt::ffi`; the rest of this crate denies it,
+//! and every other crate root (the binaries, tests, benches, the lab) forbids it.
 #![deny(unsafe_code)]
 
 pub mod app;

@@ -1,4 +1,5 @@
 //! vm-migration-exporter: parse flags, set up logging, run until SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::sync::mpsc;

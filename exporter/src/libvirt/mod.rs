@@ -2,7 +2,7 @@
 
 pub mod conn;
 #[allow(unsafe_code)]
-pub mod ffi;
+mod ffi;
 pub mod jobs;
 
 pub use conn::LibvirtSource;

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per area. Shared helpers live in `support`.
+#![forbid(unsafe_code)]
 
 mod alerting;
 mod binary;
