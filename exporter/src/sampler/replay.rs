@@ -19,6 +19,8 @@ pub struct Replay {
     pub statuses: Statuses,
     /// The metrics registry `/metrics` would encode.
     pub registry: Registry,
+    /// The finished-migration and call-error metrics in it.
+    pub metrics: Arc<Metrics>,
     pub sampler: Sampler,
     source: Arc<ReplaySource>,
 }
@@ -29,11 +31,12 @@ impl Replay {
         let statuses = Statuses::default();
         let (registry, metrics) = Metrics::register(state.clone(), statuses.clone());
         let source = Arc::new(ReplaySource::new(records));
-        let sampler = Sampler::new(source.clone(), state.clone(), metrics, None, cfg);
+        let sampler = Sampler::new(source.clone(), state.clone(), metrics.clone(), None, cfg);
         Replay {
             state,
             statuses,
             registry,
+            metrics,
             sampler,
             source,
         }

@@ -3,6 +3,7 @@
 
 mod alerting;
 mod binary;
+mod golden;
 mod landing;
 mod libvirt_source;
 mod migration_e2e;
