@@ -111,8 +111,8 @@ def fleet():
         stat("Migrations running", "Outgoing migration jobs running now.",
              f'count(vm_migration_job_active{{{HOST},operation="migration_out"}}) or vector(0)', 0, 0),
         stat("Not converging now", "Running migrations that will not finish by themselves: pre-copy "
-             "stalled or diverging, or post-copy failed (guest paused).",
-             f'count(vm_migration_convergence{{{HOST},state=~"stalled|diverging|postcopy_failed"}} == 1) or vector(0)', 6, 0,
+             "not converging, or post-copy failed (guest paused).",
+             f'count(vm_migration_convergence{{{HOST},state=~"not_converging|postcopy_failed"}} == 1) or vector(0)', 6, 0,
              thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
         stat("Failed or aborted (range)", "Migrations that ended failed or aborted in the selected range.",
              f'sum(increase(vm_migration_finished_total{{{HOST},outcome=~"failed|aborted"}}[$__range])) or vector(0)',
@@ -124,8 +124,8 @@ def fleet():
                    "(outgoing).",
                    [target(f'sum by (outcome, mode) (increase(vm_migration_finished_total{{{HOST},direction="out"}}[{RATE}]))',
                            "{{outcome}} {{mode}}")], 0, 4, unit="short"),
-        timeseries("Running migrations by verdict", "How many running migrations are converging, stalled, "
-                   "diverging or in post-copy.",
+        timeseries("Running migrations by verdict", "How many running migrations are converging, not "
+                   "converging or in post-copy.",
                    [target(f"count by (state) (vm_migration_convergence{{{HOST}}} == 1)", "{{state}}")],
                    12, 4, unit="short"),
         timeseries("Downtime of completed migrations (p50, p95)", "Guest pause measured by libvirt, from the "
@@ -170,8 +170,10 @@ def detail():
                    [target(f"vm_migration_predicted_downtime_seconds{{{DOM}}}", "predicted {{domain}}"),
                     target(f"vm_migration_expected_downtime_seconds{{{DOM}}}", "expected (QEMU) {{domain}}"),
                     target(f"vm_migration_max_downtime_seconds{{{DOM}}}", "max {{domain}}")], 12, 8, unit="s"),
-        panel("state-timeline", "Verdict", "converging / stalled / diverging / postcopy / postcopy_failed / unknown over time.",
-              [target(f"vm_migration_convergence{{{DOM}}} == 1", "{{domain}} {{state}}")], 0, 16, 12, 6,
+        panel("state-timeline", "Verdict", "converging / not_converging / postcopy / postcopy_failed / unknown over time; "
+              "while not converging, the detail row says how: stalled (remainder flat) or diverging (growing).",
+              [target(f"vm_migration_convergence{{{DOM}}} == 1", "{{domain}} {{state}}"),
+               target(f"vm_migration_convergence_detail{{{DOM}}} == 1", "{{domain}} {{detail}}")], 0, 16, 12, 6,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
         panel("state-timeline", "Phase", "Pre-copy or post-copy.",

@@ -123,9 +123,6 @@ fn start_collectors(
     );
     let cancel = runner.cancel_token();
 
-    runner
-        .add_rounds(JobsCollector::new(sampler, events))
-        .map_err(AppError::Thread)?;
     runner.add_rounds(netdev).map_err(AppError::Thread)?;
     if let Some(feed) = running_jobs {
         let discoverer = Discoverer::new(
@@ -139,6 +136,10 @@ fn start_collectors(
             .map_err(AppError::Thread)?;
     }
     runner.add_tasks(ProbeCollector::new(prober, probes.peers.clone(), cancel));
+    // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
+    runner
+        .add_rounds(JobsCollector::new(sampler, events))
+        .map_err(AppError::Thread)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod app_qos;
 pub mod clock;
 pub mod collector;
 pub mod exposition;

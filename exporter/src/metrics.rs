@@ -20,7 +20,7 @@ use crate::clock::unix_now;
 use crate::collector::Statuses;
 use crate::exposition::GaugeFamily;
 use crate::libvirt::jobs::Call;
-use crate::migration::convergence::Verdict;
+use crate::migration::convergence::{Detail, Verdict};
 use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::state::SharedState;
 
@@ -357,7 +357,11 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
     );
     let mut convergence = GaugeFamily::new(
         "vm_migration_convergence",
-        "Convergence verdict: 1 for the current state (converging, stalled, diverging, postcopy, postcopy_failed, unknown), 0 for the others.",
+        "Convergence verdict: 1 for the current state (converging, not_converging, postcopy, postcopy_failed, unknown), 0 for the others.",
+    );
+    let mut detail = GaugeFamily::new(
+        "vm_migration_convergence_detail",
+        "While the verdict is not_converging: 1 for how (stalled: the remainder stays flat; diverging: it grows), 0 for the other.",
     );
     let mut gauges: Vec<GaugeFamily> = JOB_GAUGES
         .iter()
@@ -380,12 +384,20 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
                 Some(if job.phase == p { 1.0 } else { 0.0 }),
             );
         }
-        let verdict = job.convergence.current().verdict;
+        let current = job.convergence.current();
         for v in Verdict::ALL {
             convergence.push(
                 with("state", v.as_str()),
-                Some(if v == verdict { 1.0 } else { 0.0 }),
+                Some(if v == current.verdict { 1.0 } else { 0.0 }),
             );
+        }
+        if let Some(d) = current.detail {
+            for x in Detail::ALL {
+                detail.push(
+                    with("detail", x.as_str()),
+                    Some(if x == d { 1.0 } else { 0.0 }),
+                );
+            }
         }
         for (fam, (_, _, extract)) in gauges.iter_mut().zip(JOB_GAUGES) {
             fam.push(dom.clone(), extract(job));
@@ -394,6 +406,7 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
     active.encode(encoder)?;
     phase.encode(encoder)?;
     convergence.encode(encoder)?;
+    detail.encode(encoder)?;
     for f in &gauges {
         f.encode(encoder)?;
     }

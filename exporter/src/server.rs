@@ -166,7 +166,7 @@ async fn landing(State(app): State<AppState>) -> Html<String> {
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right;white-space:nowrap}}th{{background:#eee}}\
 td:first-child{{text-align:left}}.converging,.completed{{color:#1a7f37}}\
-.stalled,.aborted{{color:#9a6700}}.diverging,.postcopy_failed,.failed{{color:#cf222e;font-weight:bold}}</style></head><body>\
+.not_converging,.aborted{{color:#9a6700}}.postcopy_failed,.failed{{color:#cf222e;font-weight:bold}}</style></head><body>\
 <h1>vm-migration-exporter</h1><p>Version {ver}. libvirt <code>{uri}</code>: <b>{up}</b>.</p>\
 <ul><li><a href=\"{path}\">{path}</a>: metrics</li><li><a href=\"/-/healthy\">/-/healthy</a></li>\
 <li><a href=\"/-/ready\">/-/ready</a></li></ul>",

@@ -94,8 +94,7 @@ fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
             if last != Some(v) {
                 let color = match v {
                     "converging" => GREEN,
-                    "stalled" => RGBColor(200, 140, 0),
-                    "diverging" => RED,
+                    "not_converging" | "postcopy_failed" => RED,
                     _ => BLACK,
                 };
                 chart

@@ -118,11 +118,65 @@ pub fn paper() -> Vec<Scenario> {
     out
 }
 
+/// The convergence model's test bench (docs/convergence.md): guests that write several times
+/// faster than their capped link can send, with different rates, patterns and caps (they never
+/// converge: the alert must fire), guests that converge slowly over many passes (the ETA is
+/// judged on them), and auto-converge, which throttles a stuck guest until it converges.
+pub fn convergence() -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for (mbps, pattern, cap, ws, rtt) in [
+        (150u32, Pattern::Random, 30u32, 256u32, None),
+        (100, Pattern::Seq, 40, 384, None),
+        (200, Pattern::Hot, 50, 256, None),
+        (120, Pattern::Random, 25, 192, Some(RTT_METRO_MS)),
+    ] {
+        let name = format!(
+            "conv-stuck-{mbps}mbps-{}-ws{ws}-cap{cap}{}",
+            pattern.as_str(),
+            rtt.map(|r| format!("-rtt{r}")).unwrap_or_default()
+        );
+        let mut s = Scenario::stressed(&name, mbps, pattern, cap);
+        s.guest.dirty_mb = ws;
+        s.rtt_ms = rtt;
+        s.deadline = Duration::from_secs(90);
+        out.push(s);
+    }
+    for (mbps, pattern, cap, ws) in [
+        (20u32, Pattern::Seq, 30u32, 400u32),
+        (15, Pattern::Random, 30, 300),
+        (25, Pattern::Seq, 40, 380),
+        (12, Pattern::Seq, 20, 350),
+    ] {
+        let mut s = Scenario::stressed(
+            &format!("conv-slow-{mbps}mbps-{}-ws{ws}-cap{cap}", pattern.as_str()),
+            mbps,
+            pattern,
+            cap,
+        );
+        s.guest.dirty_mb = ws;
+        s.deadline = Duration::from_secs(150);
+        out.push(s);
+    }
+    for (mbps, pattern, cap) in [(150u32, Pattern::Random, 30u32), (80, Pattern::Seq, 30)] {
+        let mut s = Scenario::stressed(
+            &format!("conv-autoconverge-{mbps}mbps-{}-cap{cap}", pattern.as_str()),
+            mbps,
+            pattern,
+            cap,
+        );
+        s.auto_converge = true;
+        s.deadline = Duration::from_secs(120);
+        out.push(s);
+    }
+    out
+}
+
 pub fn by_name(name: &str) -> Option<Vec<Scenario>> {
     match name {
         "smoke" => Some(smoke()),
         "ci" => Some(ci()),
         "paper" => Some(paper()),
+        "convergence" => Some(convergence()),
         _ => None,
     }
 }

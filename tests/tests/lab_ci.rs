@@ -28,6 +28,17 @@ fn run(s: &Scenario) -> RunResult {
             PathBuf::from(dir).join(r.trace.file_name().unwrap_or_default()),
         );
     }
+    // Whatever became of the migration, the guest's memory is intact where it runs now (QEMU
+    // 7.2 lost TCG dirty writes: this is what caught it).
+    if matches!(r.outcome.as_str(), "completed" | "aborted") {
+        assert_eq!(
+            r.integrity.as_deref(),
+            Some("ok"),
+            "{}: guest memory after the migration; last status {:?}",
+            s.name,
+            r.guest_status
+        );
+    }
     r
 }
 
@@ -135,9 +146,7 @@ fn idle_precopy_converges_and_the_exporter_matches_libvirt() {
         "{before:?} then {after:?}"
     );
     assert!(
-        !r.verdicts_seen()
-            .iter()
-            .any(|v| v == "stalled" || v == "diverging"),
+        !r.verdicts_seen().iter().any(|v| v == "not_converging"),
         "{:?}",
         r.verdicts_seen()
     );
@@ -156,8 +165,8 @@ fn loaded_precopy_converges_without_a_false_alarm() {
     assert!(
         !after_pass_2
             .iter()
-            .any(|o| matches!(o.verdict.as_deref(), Some("stalled" | "diverging"))),
-        "a converging migration is never called stalled/diverging after pass 2: {:?}",
+            .any(|o| matches!(o.verdict.as_deref(), Some("not_converging"))),
+        "a converging migration is never called not_converging after pass 2: {:?}",
         r.verdicts_seen()
     );
     assert!(
@@ -208,7 +217,7 @@ fn stressed_precopy_does_not_converge_and_is_counted_aborted() {
     }
     let verdicts = r.verdicts_seen();
     assert!(
-        verdicts.iter().any(|v| v == "stalled" || v == "diverging"),
+        verdicts.iter().any(|v| v == "not_converging"),
         "exporter called it non-converging: {verdicts:?}"
     );
     assert!(!verdicts.iter().any(|v| v == "converging"), "{verdicts:?}");
@@ -240,9 +249,7 @@ fn raising_max_downtime_lets_it_complete() {
     );
     assert_matches_libvirt(&r);
     assert!(
-        r.verdicts_seen()
-            .iter()
-            .any(|v| v == "stalled" || v == "diverging"),
+        r.verdicts_seen().iter().any(|v| v == "not_converging"),
         "{:?}",
         r.verdicts_seen()
     );

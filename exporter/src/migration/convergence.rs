@@ -13,9 +13,19 @@
 //! - libvirt reports the dirty rate only from the second pass on (QEMU measures it when it syncs
 //!   the dirty bitmap, at pass boundaries), so pass 1 is always `unknown`.
 //!
-//! The verdict combines the rates with what the remainder actually did over the last passes, so
-//! a workload whose working set bounds the remainder (a hot set rewritten every pass) reads as
-//! `stalled`, not `diverging`.
+//! The verdict combines the rates with what the remainder actually did over the last passes, and
+//! it is meant to be steady: a steady workload gets one verdict, not one per pass.
+//! - One `not_converging` verdict, with the detail (`stalled`: the remainder stays flat, e.g. a hot
+//!   working set rewritten every pass; `diverging`: it grows) beside it: the detail may change
+//!   with noise between passes, the verdict does not.
+//! - Pass starts are estimated from the bytes sent since the pass began (`remaining + processed −
+//!   where the previous pass ended`), not from the largest sampled remainder, which reads up to
+//!   one sampling interval of transfer too low and made the trend flap.
+//! - `converging` needs evidence: a remainder falling pass after pass with λ clearly below 1, or
+//!   a pass that starts under QEMU's switch-over threshold. At pass 2 the ratio alone can only
+//!   say `not_converging` (λ ≥ 0.75): QEMU's dirty rate counts a page written many times in a
+//!   pass once, so a low λ at pass 2 proves nothing about a rewritten working set.
+//! - Hysteresis: once `not_converging`, it takes two falling passes in a row to come back.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +52,12 @@ const TREND_PASSES: usize = 4;
 const RATE_EWMA_ALPHA: f64 = 0.4;
 /// At most this many passes are projected (λ close to 1 converges very slowly).
 const MAX_PROJECTED_PASSES: usize = 10_000;
+/// Falling passes in a row that turn a `not_converging` verdict back to `converging`.
+const RECOVERY_FALLS: usize = 2;
+/// A falling remainder reads `converging` only if it fell about as λ predicts (observed pass
+/// ratio ≤ λ + this). A fall much smaller than λ predicts means QEMU under-reads the dirty rate:
+/// wait for the passes to agree.
+const CONSISTENT_WITHIN: f64 = 0.15;
 /// Verdict changes kept per migration.
 const MAX_HISTORY: usize = 200;
 
@@ -49,8 +65,10 @@ const MAX_HISTORY: usize = 200;
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Converging,
-    Stalled,
-    Diverging,
+    /// It will not switch over by itself; [`Detail`] says how. Records written before the
+    /// verdict was one state said `stalled` or `diverging`.
+    #[serde(alias = "stalled", alias = "diverging")]
+    NotConverging,
     Postcopy,
     /// Post-copy broke off (libvirt's "suspended: post-copy failed"): the guest is paused with
     /// its memory split between the hosts and neither side can run it until the migration is
@@ -60,10 +78,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 6] = [
+    pub const ALL: [Verdict; 5] = [
         Verdict::Converging,
-        Verdict::Stalled,
-        Verdict::Diverging,
+        Verdict::NotConverging,
         Verdict::Postcopy,
         Verdict::PostcopyFailed,
         Verdict::Unknown,
@@ -72,17 +89,37 @@ impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Converging => "converging",
-            Verdict::Stalled => "stalled",
-            Verdict::Diverging => "diverging",
+            Verdict::NotConverging => "not_converging",
             Verdict::Postcopy => "postcopy",
             Verdict::PostcopyFailed => "postcopy_failed",
             Verdict::Unknown => "unknown",
         }
     }
 
-    /// Stalled or diverging: the migration will not finish on its own.
+    /// The migration will not finish on its own.
     pub fn is_non_converging(self) -> bool {
-        matches!(self, Verdict::Stalled | Verdict::Diverging)
+        self == Verdict::NotConverging
+    }
+}
+
+/// How a `not_converging` migration fails to converge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detail {
+    /// The remainder at each pass start stays about the same.
+    Stalled,
+    /// It grows from pass to pass.
+    Diverging,
+}
+
+impl Detail {
+    pub const ALL: [Detail; 2] = [Detail::Stalled, Detail::Diverging];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detail::Stalled => "stalled",
+            Detail::Diverging => "diverging",
+        }
     }
 }
 
@@ -90,6 +127,8 @@ impl Verdict {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Assessment {
     pub verdict: Verdict,
+    /// Set while `verdict` is `NotConverging`.
+    pub detail: Option<Detail>,
     /// Dirty rate ÷ transfer rate (λ).
     pub dirty_to_transfer_ratio: Option<f64>,
     /// Pause expected at switch-over if the trend holds (or, when it will not switch over by
@@ -103,6 +142,7 @@ impl Assessment {
     pub fn unknown() -> Self {
         Assessment {
             verdict: Verdict::Unknown,
+            detail: None,
             dirty_to_transfer_ratio: None,
             predicted_downtime_seconds: None,
             eta_seconds: None,
@@ -125,42 +165,59 @@ pub enum Trend {
     Rising,
 }
 
-/// The remainder at the start of each pass (approximated by the largest remainder sampled in
-/// the pass: it only falls while a pass runs) → its trend over the last passes.
+/// The remainder at the start of each pass (passes 2 onwards) → its trend over the last passes.
 pub fn trend(pass_starts: &[f64]) -> Option<Trend> {
-    let v = &pass_starts[pass_starts.len().saturating_sub(TREND_PASSES)..];
+    let v = window(pass_starts);
     if v.len() < 2 {
         return None;
     }
-    if v.windows(2).all(|w| w[1] < w[0] * (1.0 - TREND_MARGIN)) {
+    // Falling: every step so far, or the last two (a remainder that has started to fall, e.g.
+    // once auto-converge throttles the guest enough).
+    if falls_in_a_row(v) >= RECOVERY_FALLS.min(v.len() - 1) {
         return Some(Trend::Falling);
     }
-    // Rising: the latest pass started clearly above the window's low point and no lower than the
-    // one before (the first pass, a full copy, is always the highest: compare with the low).
-    let (last, before) = (v[v.len() - 1], &v[..v.len() - 1]);
-    let low = before.iter().copied().fold(f64::INFINITY, f64::min);
-    if last > low * (1.0 + TREND_MARGIN) && last >= before[before.len() - 1] {
+    // Rising: the least-squares slope over the window, per pass, is above the margin of the
+    // window's mean. A fit, not the last step: one pass that starts high is noise.
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let xm = (n - 1.0) / 2.0;
+    let (num, den) = v.iter().enumerate().fold((0.0, 0.0), |(num, den), (i, y)| {
+        let dx = i as f64 - xm;
+        (num + dx * (y - mean), den + dx * dx)
+    });
+    if mean > 0.0 && num / den > TREND_MARGIN * mean {
         return Some(Trend::Rising);
     }
     Some(Trend::Flat)
 }
 
-/// The verdict from the ratio λ and the trend of pass starts (passes 2 onwards).
+fn window(pass_starts: &[f64]) -> &[f64] {
+    &pass_starts[pass_starts.len().saturating_sub(TREND_PASSES)..]
+}
+
+/// How many of the latest passes each started clearly below the one before.
+fn falls_in_a_row(pass_starts: &[f64]) -> usize {
+    pass_starts
+        .windows(2)
+        .rev()
+        .take_while(|w| w[1] < w[0] * (1.0 - TREND_MARGIN))
+        .count()
+}
+
+/// What the ratio λ and the trend of pass starts (passes 2 onwards) say, before hysteresis.
 ///
-/// `diverging` needs an observed rise of the remainder; without a trend yet the ratio decides
-/// between `converging` and a cautious `stalled`.
+/// Without a trend yet the ratio can only say `not_converging`: a low λ at pass 2 may be QEMU
+/// counting a working set rewritten many times in a pass once.
 pub fn verdict(ratio: Option<f64>, trend: Option<Trend>) -> Verdict {
     match (trend, ratio) {
-        (Some(Trend::Rising), _) => Verdict::Diverging,
-        // Falling with λ close to 1 takes ~100 passes (the 80 ms RTT lab run: 0.97): a stall.
-        (Some(Trend::Falling), Some(l)) if l < FALLING_CONVERGES_BELOW => Verdict::Converging,
-        (Some(Trend::Falling), None) => Verdict::Converging,
-        // Falling although the guest dirties faster than we send: a bounded working set.
-        (Some(Trend::Falling), Some(_)) => Verdict::Stalled,
-        (Some(Trend::Flat), _) => Verdict::Stalled,
-        (None, Some(l)) if l >= CAUTIOUS_RATIO => Verdict::Stalled,
-        (None, Some(_)) => Verdict::Converging,
-        (None, None) => Verdict::Unknown,
+        (_, Some(l)) if l >= 1.0 => Verdict::NotConverging,
+        (Some(Trend::Rising | Trend::Flat), _) => Verdict::NotConverging,
+        // Falling with λ close to 1 takes ~100 passes (the 80 ms RTT lab run: 0.97): no
+        // convergence in any useful time. Falling with λ ≥ 1: a bounded working set.
+        (Some(Trend::Falling), Some(l)) if l >= FALLING_CONVERGES_BELOW => Verdict::NotConverging,
+        (Some(Trend::Falling), _) => Verdict::Converging,
+        (None, Some(l)) if l >= CAUTIOUS_RATIO => Verdict::NotConverging,
+        (None, _) => Verdict::Unknown,
     }
 }
 
@@ -188,15 +245,48 @@ pub fn project(start: f64, ratio: f64, rate: f64, max_downtime_s: f64) -> Option
     None
 }
 
+/// What the samples of one memory pass say about the remainder when it began.
 #[derive(Clone, Debug, Default)]
 struct Pass {
-    max_remaining: f64,
+    /// Largest remainder sampled in the pass: it only falls while a pass runs, so this is up to
+    /// one sampling interval of transfer below the start.
+    sampled_max: f64,
+    /// Bytes sent when the previous pass ended (its last sample's processed + remaining), known
+    /// when the sample before this pass's first was of the previous pass.
+    boundary: Option<f64>,
+    /// remaining + bytes sent since `boundary`: the start, less what QEMU carried over unsent
+    /// from the previous pass (under its switch-over threshold).
+    from_sent: Option<f64>,
+}
+
+impl Pass {
+    fn start(&self, number: u64) -> f64 {
+        match self.from_sent {
+            // Pass 1 ends in zero pages that cost almost nothing to send, so the estimate for
+            // pass 2 can read low: take the larger of the two lower bounds.
+            Some(e) if number == 2 => e.max(self.sampled_max),
+            Some(e) => e,
+            None => self.sampled_max,
+        }
+    }
+}
+
+/// The remainder and the bytes sent so far, RAM only where libvirt gives both (disk blocks are
+/// not sent in passes); the bytes sent may be missing.
+fn memory_progress(s: &JobStats) -> Option<(f64, Option<f64>)> {
+    let f = |v: u64| v as f64;
+    match (s.memory_remaining, s.memory_processed) {
+        (Some(r), p) => Some((f(r), p.map(f))),
+        (None, _) => Some((f(s.data_remaining?), s.data_processed.map(f))),
+    }
 }
 
 /// The convergence state of one running migration.
 #[derive(Clone, Debug, Default)]
 pub struct Convergence {
     passes: BTreeMap<u64, Pass>,
+    /// (iteration, processed, remaining) of the previous sample.
+    last: Option<(u64, f64, f64)>,
     rate_ewma: Option<f64>,
     current: Option<Assessment>,
     history: Vec<VerdictChange>,
@@ -229,14 +319,30 @@ impl Convergence {
                 None => b,
             });
         }
-        if let (Some(i), Some(r)) = (s.memory_iteration, remaining) {
+        if let (Some(i), Some((rem, processed))) = (s.memory_iteration, memory_progress(s)) {
+            let last = match processed {
+                Some(p) => self.last.replace((i, p, rem)),
+                None => self.last.take(),
+            };
             let p = self.passes.entry(i).or_default();
-            p.max_remaining = p.max_remaining.max(r);
+            p.sampled_max = p.sampled_max.max(rem);
+            if let (Some((li, lp, lr)), None) = (last, p.boundary) {
+                if li + 1 == i {
+                    p.boundary = Some(lp + lr);
+                }
+            }
+            if let (Some(b), Some(sent)) = (p.boundary, processed) {
+                if sent >= b {
+                    let e = rem + sent - b;
+                    p.from_sent = Some(p.from_sent.map_or(e, |x| x.max(e)));
+                }
+            }
         }
         let rate = self.rate_ewma;
         if phase == Phase::Postcopy {
             return Assessment {
                 verdict: Verdict::Postcopy,
+                detail: None,
                 dirty_to_transfer_ratio: None,
                 predicted_downtime_seconds: None,
                 eta_seconds: match (remaining, rate) {
@@ -254,11 +360,7 @@ impl Convergence {
             _ => None,
         };
         // Pass 1 copies all memory: its remainder says nothing about the trend.
-        let starts: Vec<f64> = self
-            .passes
-            .range(2..)
-            .map(|(_, p)| p.max_remaining)
-            .collect();
+        let starts: Vec<f64> = self.passes.range(2..).map(|(n, p)| p.start(*n)).collect();
         let max_dt = max_downtime_ms
             .map(|m| m as f64 / 1000.0)
             .unwrap_or(DEFAULT_MAX_DOWNTIME_S);
@@ -268,15 +370,56 @@ impl Convergence {
         // the remainder always dips below the threshold; that proves nothing.
         let below_threshold = matches!((starts.last(), rate), (Some(s), Some(b)) if *s < b * max_dt)
             && ratio.is_none_or(|l| l < 1.0);
-        let v = if below_threshold {
+        let trend = trend(&starts);
+        // What the remainder itself did from the previous pass start to this one: QEMU's dirty
+        // rate under-reads a working set rewritten within a pass, the remainder does not.
+        let observed = match starts.as_slice() {
+            [.., a, b] if *a > 0.0 => Some(b / a),
+            _ => None,
+        };
+        let effective = match (ratio, observed) {
+            (Some(l), Some(r)) => Some(l.max(r)),
+            (l, r) => l.or(r),
+        };
+        let candidate = if below_threshold {
             Verdict::Converging
         } else {
-            verdict(ratio, trend(&starts))
+            verdict(effective, trend)
         };
+        let previous = self.current.map(|a| a.verdict);
+        let consistent =
+            matches!((observed, ratio), (Some(r), Some(l)) if r <= l + CONSISTENT_WITHIN);
+        let settled = below_threshold
+            || (consistent
+                && (falls_in_a_row(window(&starts)) >= RECOVERY_FALLS
+                    || previous != Some(Verdict::NotConverging)));
+        let v = match (candidate, previous) {
+            // `converging` only on a remainder that fell as the measured ratio predicts (they
+            // disagree while QEMU's once-a-second dirty rate lags passes shorter than that, or
+            // counts a rewritten working set once), and, back from `not_converging`
+            // (hysteresis), only after two falls in a row.
+            (Verdict::Converging, Some(p @ (Verdict::NotConverging | Verdict::Converging)))
+                if !settled =>
+            {
+                p
+            }
+            (Verdict::Converging, _) if !settled => Verdict::Unknown,
+            // A verdict once reached is not given up for lack of evidence.
+            (Verdict::Unknown, Some(p @ (Verdict::NotConverging | Verdict::Converging))) => p,
+            (c, _) => c,
+        };
+        let detail = (v == Verdict::NotConverging).then_some(if trend == Some(Trend::Rising) {
+            Detail::Diverging
+        } else {
+            Detail::Stalled
+        });
         let start = starts.last().copied();
-        let (predicted, eta) = match (start, ratio, rate, remaining) {
+        let (predicted, eta) = match (start, effective, rate, remaining) {
             (Some(start), Some(l), Some(b), Some(rem)) => match project(start, l, b, max_dt) {
-                Some((at_switch, further)) if v == Verdict::Converging => {
+                // While still unknown (pass 2, low λ) the projection stands as a provisional ETA.
+                Some((at_switch, further))
+                    if matches!(v, Verdict::Converging | Verdict::Unknown) =>
+                {
                     (Some(at_switch / b), Some(rem / b + further))
                 }
                 // It will not switch over by itself: a forced switch-over at the next pass
@@ -287,6 +430,7 @@ impl Convergence {
         };
         Assessment {
             verdict: v,
+            detail,
             dirty_to_transfer_ratio: ratio,
             predicted_downtime_seconds: predicted,
             eta_seconds: eta,
@@ -307,6 +451,7 @@ impl Convergence {
     pub fn postcopy(&mut self, t: f64) {
         let mut a = self.current.unwrap_or_else(Assessment::unknown);
         a.verdict = Verdict::Postcopy;
+        a.detail = None;
         a.dirty_to_transfer_ratio = None;
         a.predicted_downtime_seconds = None;
         self.record(t, a);
@@ -316,6 +461,7 @@ impl Convergence {
     pub fn postcopy_failed(&mut self, t: f64) {
         let mut a = self.current.unwrap_or_else(Assessment::unknown);
         a.verdict = Verdict::PostcopyFailed;
+        a.detail = None;
         a.dirty_to_transfer_ratio = None;
         a.predicted_downtime_seconds = None;
         a.eta_seconds = None;

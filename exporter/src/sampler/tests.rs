@@ -120,16 +120,21 @@ fn replayed_migration_shows_live_then_finished() {
         "vm_migration_phase{{domain=\"g1\",uuid=\"{uuid}\",phase=\"precopy\"}} 1"
     )));
     assert!(live.contains("vm_migration_libvirt_up 1"));
-    // Pass 2 at 4 MB/s dirtied against 50 MB/s sent: converging, with a ratio and an ETA.
+    // Pass 2 at 4 MB/s dirtied against 50 MB/s sent: no verdict before a trend exists (a low
+    // ratio at pass 2 proves nothing), but a ratio and a provisional ETA.
     assert!(
         live.contains(&format!(
-            "vm_migration_convergence{{domain=\"g1\",uuid=\"{uuid}\",state=\"converging\"}} 1"
+            "vm_migration_convergence{{domain=\"g1\",uuid=\"{uuid}\",state=\"unknown\"}} 1"
         )),
         "{live}"
     );
     assert!(live.contains(&format!(
-        "vm_migration_convergence{{domain=\"g1\",uuid=\"{uuid}\",state=\"diverging\"}} 0"
+        "vm_migration_convergence{{domain=\"g1\",uuid=\"{uuid}\",state=\"not_converging\"}} 0"
     )));
+    assert!(
+        !live.contains("vm_migration_convergence_detail"),
+        "the detail exists only while not converging: {live}"
+    );
     assert!(
         live.contains(&format!(
             "vm_migration_dirty_to_transfer_ratio{{domain=\"g1\",uuid=\"{uuid}\"}} 0.08192"

@@ -37,19 +37,28 @@ fn p(pairs: &[(&str, u64)]) -> Params {
         .collect()
 }
 
-/// A round at `t` in which g1 (until `g1_done`) and g2 migrate out, every job figure set; each
-/// second is a new pass that starts with half the remainder of the last (converging).
+/// A round at `t` in which g1 (until `g1_done`), g2 and g3 migrate out, every job figure set.
+/// Each second is a new pass; g1 and g2 start each with half the remainder of the last
+/// (converging), g3 with the same remainder while its guest dirties about as fast as it is sent
+/// (not converging: stalled).
 fn round(t: f64, g1_done: bool, elapsed: u64) -> Vec<TraceRecord> {
+    let pass = elapsed / 1000;
     let doms: Vec<DomainId> = if g1_done {
-        vec![dom(2)]
+        vec![dom(2), dom(3)]
     } else {
-        vec![dom(1), dom(2)]
+        vec![dom(1), dom(2), dom(3)]
     };
     let mut out = vec![TraceRecord::Round {
         t,
         domains: doms.clone(),
     }];
     for d in doms {
+        let stalled = d == dom(3);
+        let (data_remaining, memory_remaining, dirty_pages) = if stalled {
+            (1_100_000_000, 300_000_000, 12_000)
+        } else {
+            (1_100_000_000 >> pass, 300_000_000 >> pass, 6_100)
+        };
         out.push(TraceRecord::Job {
             t,
             domain: d.clone(),
@@ -61,14 +70,14 @@ fn round(t: f64, g1_done: bool, elapsed: u64) -> Vec<TraceRecord> {
                     ("setup_time", 40),
                     ("data_total", 2_000_000_000),
                     ("data_processed", 900_000_000 + elapsed * 1000),
-                    ("data_remaining", 1_100_000_000 >> (elapsed / 1000)),
+                    ("data_remaining", data_remaining),
                     ("memory_total", 1_000_000_000),
                     ("memory_processed", 800_000_000),
-                    ("memory_remaining", 300_000_000 >> (elapsed / 1000)),
-                    ("memory_dirty_rate", 1000),
+                    ("memory_remaining", memory_remaining),
+                    ("memory_dirty_rate", dirty_pages),
                     ("memory_page_size", 4096),
                     ("memory_bps", 50_000_000),
-                    ("memory_iteration", 2 + elapsed / 1000),
+                    ("memory_iteration", 2 + pass),
                     ("memory_postcopy_requests", 0),
                     ("auto_converge_throttle", 20),
                     ("disk_total", 1_000_000),
@@ -108,6 +117,7 @@ fn trace() -> Vec<TraceRecord> {
         },
     });
     r.extend(round(102.0, true, 3000));
+    r.extend(round(103.0, true, 4000));
     r
 }
 
