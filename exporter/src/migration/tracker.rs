@@ -18,55 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::convergence::{Convergence, VerdictChange};
-use super::stats::{Direction, JobStats};
+use super::stats::JobStats;
 use crate::libvirt::jobs::{job_type, lifecycle, DomainEvent, DomainId, RawJob};
-
-/// Pre-copy or post-copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Precopy,
-    Postcopy,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Precopy => "precopy",
-            Phase::Postcopy => "postcopy",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Completed,
-    Failed,
-    Aborted,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Aborted => "aborted",
-        }
-    }
-}
-
-/// Where the figures of a finished migration came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FigureSource {
-    /// The `JOB_COMPLETED` event's parameters.
-    Event,
-    /// Completed stats kept by libvirt, read with `KEEP_COMPLETED`.
-    CompletedStats,
-    /// The last live sample (libvirt gave no final figures).
-    LastSample,
-}
+pub use crate::record::{Direction, FigureSource, Outcome, Phase};
 
 /// A migration job that is running now.
 #[derive(Clone, Debug)]
@@ -152,10 +106,10 @@ pub struct FinishedMigration {
     pub figures: FigureSource,
     /// The busiest transmitting NIC while it ran (source side).
     #[serde(default)]
-    pub network: Option<crate::net::netdev::NetworkSummary>,
+    pub network: Option<crate::record::NetworkSummary>,
     /// The migration's peer (found from QEMU's migration socket) as its probes saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<crate::net::peers::PeerSummary>,
+    pub peer: Option<crate::record::PeerSummary>,
 }
 
 /// What one sample round saw for one listed domain.

@@ -1,7 +1,9 @@
 //! Integration tests: one binary, one module per area. Shared helpers live in `support`.
+#![forbid(unsafe_code)]
 
 mod alerting;
 mod binary;
+mod golden;
 mod landing;
 mod libvirt_source;
 mod migration_e2e;
