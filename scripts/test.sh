@@ -19,5 +19,7 @@ echo "== cargo build (the packaging checks use the binary)"
 cargo build --workspace --locked --bins
 echo "== helm chart (lint, render, kubernetes-validate, prometheus-operator models, promtool, bad values)"
 bash scripts/check-helm.sh
+echo "== .deb (build, dpkg -i, systemd-analyze verify, run as the unit would, scrape, purge)"
+bash scripts/check-deb.sh
 echo "== cargo test"
 cargo test --workspace --locked
