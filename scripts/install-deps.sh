@@ -14,7 +14,7 @@ packages=(
   chromium fonts-dejavu-core
   # packaging checks: the chart's YAML and the scripts, the unit (systemd-analyze), the .deb
   # (dpkg-deb, setpriv from util-linux), the container image (podman, buildah, mmdebstrap)
-  yamllint shellcheck systemd dpkg-dev util-linux libcap2-bin adduser man-db curl
+  yamllint shellcheck systemd dpkg-dev util-linux libcap2-bin adduser man-db curl strace
   podman buildah mmdebstrap runc uidmap
 )
 

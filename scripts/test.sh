@@ -21,5 +21,7 @@ echo "== helm chart (lint, render, kubernetes-validate, prometheus-operator mode
 bash scripts/check-helm.sh
 echo "== .deb (build, dpkg -i, systemd-analyze verify, run as the unit would, scrape, purge)"
 bash scripts/check-deb.sh
+echo "== container image (mmdebstrap base, podman build, run; a lab migration watched from the container)"
+bash scripts/check-container.sh
 echo "== cargo test"
 cargo test --workspace --locked
