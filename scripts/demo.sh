@@ -6,6 +6,8 @@
 #   PRESET=paper bash scripts/demo.sh  # the full matrix
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/as-root.sh
+. scripts/as-root.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/install-deps.sh
 echo "== building vm-migration-exporter and migration-lab (release)"

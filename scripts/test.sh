@@ -3,6 +3,8 @@
 # integration (real binary, real libvirtd) and system tests (real QEMU migrations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/as-root.sh
+. scripts/as-root.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 bash scripts/install-deps.sh

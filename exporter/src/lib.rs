@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod app_qos;
 pub mod cli;
 pub mod config;
 pub mod exposition;

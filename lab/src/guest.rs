@@ -412,6 +412,80 @@ impl GuestSpec {
     }
 }
 
+/// What the guest's console says about its memory after a migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Integrity {
+    Ok,
+    Corrupt,
+    Oops,
+    NoStatus,
+}
+
+impl Integrity {
+    pub fn as_str(self) -> String {
+        match self {
+            Integrity::Ok => "ok",
+            Integrity::Corrupt => "CORRUPT",
+            Integrity::Oops => "oops",
+            Integrity::NoStatus => "no status",
+        }
+        .to_string()
+    }
+}
+
+const STATUS_PREFIX: &str = "dirtier: t=";
+
+/// Status lines the dirtier has printed on this console so far.
+pub fn status_lines(serial: &Path) -> usize {
+    std::fs::read_to_string(serial)
+        .map(|t| t.lines().filter(|l| l.starts_with(STATUS_PREFIX)).count())
+        .unwrap_or(0)
+}
+
+/// The dirtier's latest status line.
+pub fn last_status(serial: &Path) -> Option<String> {
+    std::fs::read_to_string(serial).ok().and_then(|t| {
+        t.lines()
+            .rev()
+            .find(|l| l.starts_with(STATUS_PREFIX))
+            .map(str::to_string)
+    })
+}
+
+/// Waits (up to `wait`) for a status line beyond the first `seen` on the console, then judges:
+/// its `ref=` (the 16 MiB reference pattern written at boot) and any kernel oops or panic.
+pub fn integrity_after(serial: &Path, seen: usize, wait: Duration) -> Integrity {
+    let fresh = |t: &str| t.lines().filter(|l| l.starts_with(STATUS_PREFIX)).count() > seen;
+    crate::prom::poll_until(wait, || {
+        std::fs::read_to_string(serial).is_ok_and(|t| fresh(&t))
+    });
+    let text = std::fs::read_to_string(serial).unwrap_or_default();
+    judge_console(&text, seen)
+}
+
+fn judge_console(text: &str, seen: usize) -> Integrity {
+    if text
+        .lines()
+        .any(|l| l.contains("BUG:") || l.contains("Oops") || l.contains("Kernel panic"))
+    {
+        return Integrity::Oops;
+    }
+    let mut statuses = text.lines().filter(|l| l.starts_with(STATUS_PREFIX));
+    match statuses.nth(seen) {
+        None => Integrity::NoStatus,
+        Some(_)
+            if text
+                .lines()
+                .filter(|l| l.starts_with(STATUS_PREFIX))
+                .skip(seen)
+                .all(|l| l.ends_with("ref=ok")) =>
+        {
+            Integrity::Ok
+        }
+        Some(_) => Integrity::Corrupt,
+    }
+}
+
 /// One answer of the guest's HTTP service.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AppReply {
@@ -538,5 +612,26 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(s.app_port, None);
+    }
+
+    #[test]
+    fn console_judged_after_the_migration() {
+        let line =
+            |r: &str| format!("dirtier: t=5s dirtied=1MiB rate=1MiB/s pattern=seq ref={r}\n");
+        let before = line("ok");
+        assert_eq!(judge_console(&before, 1), Integrity::NoStatus);
+        assert_eq!(
+            judge_console(&(before.clone() + &line("ok")), 1),
+            Integrity::Ok
+        );
+        assert_eq!(
+            judge_console(&(before.clone() + &line("CORRUPT")), 1),
+            Integrity::Corrupt
+        );
+        let oops = "[    9.1] BUG: kernel NULL pointer dereference\n";
+        assert_eq!(
+            judge_console(&(before + oops + &line("ok")), 1),
+            Integrity::Oops
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod presets;
 pub mod prom;
 pub mod report;
 pub mod scenario;
+pub mod scenario_file;
 
 use std::path::{Path, PathBuf};
 

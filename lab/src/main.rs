@@ -50,11 +50,16 @@ enum Cmd {
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
     },
-    /// Run a preset (smoke, ci, paper, convergence): one migration at a time, the exporter watching each;
-    /// writes results.md, results.csv, results.json and per-migration traces to --out.
+    /// Run a preset (smoke, ci, paper, convergence) or your own scenarios (--scenario FILE): one
+    /// migration at a time, the exporter watching each; writes results.md, results.csv,
+    /// results.json and per-migration traces to --out.
     Run {
-        #[arg(long, default_value = "smoke")]
+        /// A named set: smoke, ci, paper or convergence (docs/lab.md).
+        #[arg(long, default_value = "smoke", conflicts_with = "scenario")]
         preset: String,
+        /// YAML or JSON file with a list under `scenarios:` (fields and defaults: docs/lab.md).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
         #[arg(long)]
@@ -91,9 +96,18 @@ fn main() -> ExitCode {
         }),
         Cmd::Run {
             preset,
+            scenario,
             out,
             exporter,
-        } => run(&cli.lab_dir, &preset, &out, exporter, &say),
+        } => match scenario {
+            Some(file) => migration_lab::scenario_file::load(&file),
+            None => presets::by_name(&preset).ok_or_else(|| {
+                LabError::Setup(format!(
+                    "unknown --preset {preset}: use smoke, ci, paper or convergence, or --scenario FILE"
+                ))
+            }),
+        }
+        .and_then(|scenarios| run(&cli.lab_dir, &scenarios, &out, exporter, &say)),
         Cmd::Plot { out } => std::fs::read_to_string(out.join("results.json"))
             .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
             .and_then(|t| {
@@ -127,16 +141,11 @@ fn plot(results: &[migration_lab::scenario::RunResult], out: &std::path::Path) {
 
 fn run(
     lab_dir: &std::path::Path,
-    preset: &str,
+    scenarios: &[migration_lab::scenario::Scenario],
     out: &std::path::Path,
     exporter: Option<PathBuf>,
     say: &dyn Fn(&str),
 ) -> Result<(), LabError> {
-    let scenarios = presets::by_name(preset).ok_or_else(|| {
-        LabError::Setup(format!(
-            "unknown --preset {preset}: use smoke, ci, paper or convergence"
-        ))
-    })?;
     std::fs::create_dir_all(out)
         .map_err(|e| LabError::Setup(format!("--out {}: {e}", out.display())))?;
     let mut lab = Lab::up(lab_dir, exporter.as_deref(), say)?;

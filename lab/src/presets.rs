@@ -144,7 +144,8 @@ pub fn convergence() -> Vec<Scenario> {
     for (mbps, pattern, cap, ws) in [
         (20u32, Pattern::Seq, 30u32, 400u32),
         (15, Pattern::Random, 30, 300),
-        (25, Pattern::Seq, 40, 450),
+        (25, Pattern::Seq, 40, 380),
+        (12, Pattern::Seq, 20, 350),
     ] {
         let mut s = Scenario::stressed(
             &format!("conv-slow-{mbps}mbps-{}-ws{ws}-cap{cap}", pattern.as_str()),

@@ -45,6 +45,7 @@ fn cells(r: &RunResult) -> Vec<String> {
             .unwrap_or("none")
             .to_string(),
         r.verdicts_seen().join(" → "),
+        r.integrity.clone().unwrap_or_default(),
         // The RTT the exporter's probes of the discovered peer saw while it migrated.
         rec.and_then(|v| v["peer"]["rtt_median_seconds"].as_f64())
             .map(|s| format!("{:.2}", s * 1000.0))
@@ -52,7 +53,7 @@ fn cells(r: &RunResult) -> Vec<String> {
     ]
 }
 
-const HEAD: [&str; 14] = [
+const HEAD: [&str; 15] = [
     "scenario",
     "mode",
     "dirty MiB/s",
@@ -66,6 +67,7 @@ const HEAD: [&str; 14] = [
     "iterations",
     "exporter outcome",
     "exporter verdicts",
+    "guest memory after",
     "exporter peer RTT ms",
 ];
 

@@ -13,6 +13,10 @@ use crate::exporter::{sample, Exporter};
 use crate::guest::{self, GuestSpec, Pattern};
 use crate::{Lab, LabError};
 
+/// How long to wait for the guest's first status line after a migration: it prints one every
+/// 5 s.
+const INTEGRITY_WAIT: Duration = Duration::from_secs(12);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -115,6 +119,10 @@ pub struct RunResult {
     pub trace: PathBuf,
     /// The guest's last console line after the migration (its integrity check).
     pub guest_status: Option<String>,
+    /// The guest's memory after the migration: `ok`, `CORRUPT` (its reference pattern changed),
+    /// `oops` (a kernel oops or panic on its console), or `no status` (no line within the wait).
+    #[serde(default)]
+    pub integrity: Option<String>,
     /// Average RTT `ping` measured over the migration's path just before it (delayed path only).
     #[serde(default)]
     pub ping_rtt_ms: Option<f64>,
@@ -405,15 +413,17 @@ impl Lab {
         } else {
             &self.src
         };
-        let guest_status =
-            std::fs::read_to_string(where_now.dir().join(format!("log/qemu/{name}.serial")))
-                .ok()
-                .and_then(|t| {
-                    t.lines()
-                        .rev()
-                        .find(|l| l.starts_with("dirtier: t="))
-                        .map(str::to_string)
-                });
+        // Memory integrity: a status line the guest printed after the migration ended, where it
+        // runs now (the dirtier checks its 16 MiB reference pattern each time), and no kernel
+        // oops on that console.
+        let serial = where_now.dir().join(format!("log/qemu/{name}.serial"));
+        let lines_at_end = if where_now.dir() == self.src.dir() {
+            guest::status_lines(&serial)
+        } else {
+            0
+        };
+        let integrity = guest::integrity_after(&serial, lines_at_end, INTEGRITY_WAIT);
+        let guest_status = guest::last_status(&serial);
         // ... and afterwards wherever the guest runs: the destination's namespace after a
         // completed migration (the same port, forwarded by the destination's QEMU).
         let app_after = s.guest.app_port.and_then(|port| {
@@ -441,6 +451,7 @@ impl Lab {
             wall_seconds: started.elapsed().as_secs_f64(),
             trace,
             guest_status,
+            integrity: Some(integrity.as_str()),
             ping_rtt_ms,
             app_before,
             app_after,

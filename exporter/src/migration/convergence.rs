@@ -54,6 +54,10 @@ const RATE_EWMA_ALPHA: f64 = 0.4;
 const MAX_PROJECTED_PASSES: usize = 10_000;
 /// Falling passes in a row that turn a `not_converging` verdict back to `converging`.
 const RECOVERY_FALLS: usize = 2;
+/// A falling remainder reads `converging` only if it fell about as λ predicts (observed pass
+/// ratio ≤ λ + this). A fall much smaller than λ predicts means QEMU under-reads the dirty rate:
+/// wait for the passes to agree.
+const CONSISTENT_WITHIN: f64 = 0.15;
 /// Verdict changes kept per migration.
 const MAX_HISTORY: usize = 200;
 
@@ -367,22 +371,42 @@ impl Convergence {
         let below_threshold = matches!((starts.last(), rate), (Some(s), Some(b)) if *s < b * max_dt)
             && ratio.is_none_or(|l| l < 1.0);
         let trend = trend(&starts);
+        // What the remainder itself did from the previous pass start to this one: QEMU's dirty
+        // rate under-reads a working set rewritten within a pass, the remainder does not.
+        let observed = match starts.as_slice() {
+            [.., a, b] if *a > 0.0 => Some(b / a),
+            _ => None,
+        };
+        let effective = match (ratio, observed) {
+            (Some(l), Some(r)) => Some(l.max(r)),
+            (l, r) => l.or(r),
+        };
         let candidate = if below_threshold {
             Verdict::Converging
         } else {
-            verdict(ratio, trend)
+            verdict(effective, trend)
         };
         let previous = self.current.map(|a| a.verdict);
-        let v = match (previous, candidate) {
-            // Hysteresis: back from `not_converging` only on a remainder that kept falling.
-            (Some(Verdict::NotConverging), Verdict::Converging)
-                if !below_threshold && falls_in_a_row(window(&starts)) < RECOVERY_FALLS =>
+        let consistent =
+            matches!((observed, ratio), (Some(r), Some(l)) if r <= l + CONSISTENT_WITHIN);
+        let settled = below_threshold
+            || (consistent
+                && (falls_in_a_row(window(&starts)) >= RECOVERY_FALLS
+                    || previous != Some(Verdict::NotConverging)));
+        let v = match (candidate, previous) {
+            // `converging` only on a remainder that fell as the measured ratio predicts (they
+            // disagree while QEMU's once-a-second dirty rate lags passes shorter than that, or
+            // counts a rewritten working set once), and, back from `not_converging`
+            // (hysteresis), only after two falls in a row.
+            (Verdict::Converging, Some(p @ (Verdict::NotConverging | Verdict::Converging)))
+                if !settled =>
             {
-                Verdict::NotConverging
+                p
             }
+            (Verdict::Converging, _) if !settled => Verdict::Unknown,
             // A verdict once reached is not given up for lack of evidence.
-            (Some(p @ (Verdict::NotConverging | Verdict::Converging)), Verdict::Unknown) => p,
-            _ => candidate,
+            (Verdict::Unknown, Some(p @ (Verdict::NotConverging | Verdict::Converging))) => p,
+            (c, _) => c,
         };
         let detail = (v == Verdict::NotConverging).then_some(if trend == Some(Trend::Rising) {
             Detail::Diverging
@@ -390,7 +414,7 @@ impl Convergence {
             Detail::Stalled
         });
         let start = starts.last().copied();
-        let (predicted, eta) = match (start, ratio, rate, remaining) {
+        let (predicted, eta) = match (start, effective, rate, remaining) {
             (Some(start), Some(l), Some(b), Some(rem)) => match project(start, l, b, max_dt) {
                 // While still unknown (pass 2, low λ) the projection stands as a provisional ETA.
                 Some((at_switch, further))

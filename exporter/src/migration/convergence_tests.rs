@@ -466,3 +466,30 @@ fn records_that_said_stalled_or_diverging_still_load() {
         assert_eq!(v, Verdict::NotConverging);
     }
 }
+
+#[test]
+fn a_fall_that_the_ratio_does_not_explain_is_not_convergence() {
+    // The lab's 200 MiB/s hot-set writer over 50 MiB/s: half-second passes, so QEMU's dirty rate
+    // (updated at most once a second) still says 13.5 MiB/s (λ 0.27) while the remainder falls
+    // by only 11 % and then settles at the hot set's 20 MiB, above the 15 MiB threshold.
+    let b = 50 * 1048576;
+    let mut c = Convergence::default();
+    c.observe(0.5, &sample(1, 79 << 20, 0, b), Some(300), Phase::Precopy);
+    for (t, i, mib, dirty) in [
+        (2.5, 2u64, 29.2, 13.5),
+        (3.0, 3, 21.6, 13.5),
+        (3.5, 4, 19.2, 13.5),
+        (4.0, 5, 20.0, 43.4),
+        (4.5, 7, 25.4, 43.4),
+        (5.0, 8, 20.1, 49.8),
+    ] {
+        let a = c.observe(
+            t,
+            &sample(i, (mib * MIB) as u64, (dirty * 256.0) as u64, b),
+            Some(300),
+            Phase::Precopy,
+        );
+        assert_ne!(a.verdict, Verdict::Converging, "pass {i}: {a:?}");
+    }
+    assert_eq!(c.current().verdict, Verdict::NotConverging);
+}

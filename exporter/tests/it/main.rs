@@ -9,4 +9,5 @@ mod netns;
 mod records;
 mod replay;
 mod support;
+mod verdict_eval;
 mod web_config;

@@ -1,0 +1,5 @@
+//! Application QoS: what the users of a guest's services saw during its migrations.
+
+pub mod outage;
+pub mod probe;
+pub mod targets;
