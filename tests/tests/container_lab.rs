@@ -43,7 +43,10 @@ fn containerized_exporter_sees_a_live_migration() {
         "no live job figures while the migration ran: {:?}",
         r.observations
     );
-    let record = r.exporter_record.as_ref().expect("a record of the migration");
+    let record = r
+        .exporter_record
+        .as_ref()
+        .expect("a record of the migration");
     assert_eq!(record["outcome"], "completed", "{record}");
     assert!(
         r.exporter_metrics.lines().any(|l| l.starts_with(
