@@ -69,6 +69,22 @@ yamllint -s -c "$check/yamllint.yml" "$chart/Chart.yaml" "$chart/values.yaml" "$
 yamllint -s -d "{extends: $check/yamllint.yml, rules: {line-length: disable}}" "$out"/*.yaml
 echo "check-helm: chart values and rendered manifests pass yamllint"
 
+# packaging/openstack-helm/libvirt-values.yaml: its extra container, in a pod with the
+# volume openstack-helm's libvirt pod gives it, through the same schema check.
+python3 - "$out" <<'PY'
+import sys, yaml
+v = yaml.safe_load(open("packaging/openstack-helm/libvirt-values.yaml"))
+pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "libvirt"},
+       "spec": {"hostNetwork": True, "hostPID": True, "containers": v["libvirt"]["extraContainers"],
+                "volumes": [{"name": "run", "hostPath": {"path": "/run"}}]}}
+yaml.safe_dump(pod, open(f"{sys.argv[1]}/openstack-helm.k8s.yaml", "w"))
+PY
+if ! report=$(kubernetes-validate --strict --quiet "$out/openstack-helm.k8s.yaml" 2>&1) || [ -n "$report" ]; then
+  echo "$report"; echo "check-helm: packaging/openstack-helm/libvirt-values.yaml: kubernetes-validate failed"; exit 1
+fi
+yamllint -s -c "$check/yamllint.yml" packaging/openstack-helm/libvirt-values.yaml
+echo "check-helm: packaging/openstack-helm/libvirt-values.yaml: its container passes kubernetes-validate --strict"
+
 bad=0
 for values in "$check"/bad-values/*.yaml; do
   expect=$(sed -n '1s/^# expect: //p' "$values")
