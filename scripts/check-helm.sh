@@ -104,5 +104,20 @@ if [ -x "$bin" ]; then
     grep -qE -- "^ *${flag}[ =]" <<<"$help" || echo "$flag"; done)
   [ -z "$unknown" ] || { echo "check-helm: the DaemonSet passes flags the exporter does not know: $unknown"; exit 1; }
   echo "check-helm: every flag the DaemonSet passes is in vm-migration-exporter --help"
+  # The full values' --config.file content must be a config the exporter accepts: it runs on
+  # with it (timeout ends it) instead of exiting 2 with the bad key's name. The example peers'
+  # addresses become 127.0.0.1 first: this check probes nothing beyond this machine.
+  python3 -c 'import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "ConfigMap" and "config.yml" in d.get("data", {}):
+        c = yaml.safe_load(d["data"]["config.yml"])
+        for p in (c.get("probe") or {}).get("peers") or []:
+            p["address"] = "127.0.0.1"
+        yaml.safe_dump(c, open(sys.argv[2], "w"))' "$out/full.k8s.yaml" "$out/config.yml"
+  rc=0
+  timeout 2 "$bin" --config.file="$out/config.yml" --web.listen-address=127.0.0.1:0 \
+    --libvirt.uri=test:///default --storage.path= --probe.discovery=false >"$out/config.log" 2>&1 || rc=$?
+  [ "$rc" = 124 ] || { cat "$out/config.log"; echo "check-helm: the exporter rejects the chart's config (exit $rc)"; exit 1; }
+  echo "check-helm: the exporter accepts the config file the full values render"
 fi
 echo "check-helm: chart OK"
