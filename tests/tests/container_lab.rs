@@ -48,6 +48,16 @@ fn containerized_exporter_sees_a_live_migration() {
         .as_ref()
         .expect("a record of the migration");
     assert_eq!(record["outcome"], "completed", "{record}");
+    // Peer discovery (QEMU's /proc/<pid>/fd through the host's PIDs, CAP_SYS_PTRACE and
+    // CAP_DAC_READ_SEARCH) and the ICMP probe (CAP_NET_RAW) work inside the container.
+    let peer = &record["peer"];
+    assert_eq!(peer["address"], migration_lab::net::DEST_ADDR, "{record}");
+    assert_eq!(peer["origin"], "discovered", "{record}");
+    assert_eq!(peer["probe"], "icmp", "{record}");
+    assert!(
+        peer["rtt_median_seconds"].as_f64().is_some_and(|r| r > 0.0),
+        "ICMP probes of the discovered peer answered: {record}"
+    );
     assert!(
         r.exporter_metrics.lines().any(|l| l.starts_with(
             "vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"} 1"
@@ -56,9 +66,11 @@ fn containerized_exporter_sees_a_live_migration() {
         r.exporter_metrics
     );
     println!(
-        "container: {} live samples, {} passes, record {}",
+        "container: {} live samples, {} passes, record {}, peer {} (median RTT {} s)",
         live.len(),
         live.iter().filter_map(|o| o.iteration).fold(0.0, f64::max),
-        record["outcome"]
+        record["outcome"],
+        peer["address"],
+        peer["rtt_median_seconds"]
     );
 }
