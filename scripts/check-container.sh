@@ -63,7 +63,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$ok" ] || { podman logs "$smoke" | tail -20; echo "check-container: no vm_migration_libvirt_up 1 from the container"; exit 1; }
-podman rm -f -t 1 "$smoke" >/dev/null; smoke=""
+podman rm -f -t 1 "$smoke" >/dev/null 2>&1; smoke=""
 echo "check-container: the container (read-only root, no capabilities) serves /metrics with libvirt_up 1"
 
 if [ "${CONTAINER_LAB:-1}" != 0 ]; then
