@@ -110,6 +110,9 @@ pub struct FinishedMigration {
     /// The migration's peer (found from QEMU's migration socket) as its probes saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<crate::record::PeerSummary>,
+    /// What the guest's probed services saw, one entry per target (`app:` targets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Vec<crate::app_qos::outage::AppMigrationRecord>>,
 }
 
 /// What one sample round saw for one listed domain.
@@ -487,6 +490,7 @@ impl Tracker {
             figures,
             network: None,
             peer: None,
+            app: None,
         }
     }
 }

@@ -69,6 +69,13 @@ struct Core {
     peers: Option<crate::net::peers::PeerState>,
     /// The running jobs, for peer discovery (woken when they change).
     running: Option<Feed<Vec<DomainId>>>,
+    /// Domains and running jobs, for the app collector; its held-back records.
+    app: Option<(
+        crate::app_qos::collector::SharedHostView,
+        crate::app_qos::holdback::Holdback,
+    )>,
+    /// Domains listed at the last round.
+    domains: Vec<DomainId>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -132,7 +139,7 @@ impl Core {
                         .insert(event.domain().uuid.clone(), COMPLETED_READ_TRIES);
                 }
                 // Counter and live series change in one step, and a phase change shows at once.
-                self.publish(finished);
+                self.publish(now, finished);
                 self.publish_active();
                 Event::Handled {
                     round_now: wants_sample,
@@ -161,10 +168,26 @@ impl Core {
         if let Some(feed) = &self.running {
             feed.publish(active.iter().map(|j| j.domain.clone()).collect());
         }
+        if let Some((view, _)) = &self.app {
+            *view.lock() = crate::app_qos::collector::HostView {
+                domains: self.domains.clone(),
+                jobs: active
+                    .iter()
+                    .filter(|j| j.stats.is_migration())
+                    .map(|j| {
+                        (
+                            j.domain.clone(),
+                            j.started_at,
+                            j.phase == crate::record::Phase::Postcopy,
+                        )
+                    })
+                    .collect(),
+            };
+        }
         self.state.lock().active = active;
     }
 
-    fn publish(&mut self, mut finished: Vec<FinishedMigration>) {
+    fn publish(&mut self, now: f64, mut finished: Vec<FinishedMigration>) {
         if finished.is_empty() {
             return;
         }
@@ -194,6 +217,19 @@ impl Core {
             );
             self.metrics.record_finished(f);
         }
+        // Migrations of domains whose services are probed wait for what the app saw after them.
+        let finished: Vec<_> = match &self.app {
+            Some((_, hold)) => finished
+                .into_iter()
+                .filter_map(|f| hold.hold(f, now))
+                .collect(),
+            None => finished,
+        };
+        self.write_records(finished);
+    }
+
+    /// Records to memory (API, landing page) and to the record file.
+    fn write_records(&mut self, finished: Vec<FinishedMigration>) {
         let mut st = self.state.lock();
         for f in finished {
             st.push_finished(f);
@@ -204,6 +240,22 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Held-back records the app collector completed (or gave up on); `all` at shutdown.
+    fn write_held(&mut self, now: f64, all: bool) {
+        let ready = match &self.app {
+            Some((_, hold)) => hold.take_ready(now, all),
+            None => return,
+        };
+        self.write_records(ready);
+    }
+}
+
+impl Drop for Sampler {
+    /// Stopping: records held back for the app collector are written as they are.
+    fn drop(&mut self) {
+        self.core.lock().write_held(crate::clock::unix_now(), true);
     }
 }
 
@@ -236,6 +288,8 @@ impl Sampler {
                 peers: None,
                 running: None,
                 want_completed: HashMap::new(),
+                app: None,
+                domains: Vec::new(),
             })),
             last_completed_sweep: None,
             cfg,
@@ -260,6 +314,17 @@ impl Sampler {
             core.network = history;
             core.peers = peers;
         }
+        self
+    }
+
+    /// Publish the host's domains and jobs for the app collector, and keep back the records of
+    /// its domains until it has added what their services saw.
+    pub fn with_app(
+        self,
+        view: crate::app_qos::collector::SharedHostView,
+        hold: crate::app_qos::holdback::Holdback,
+    ) -> Self {
+        self.core.lock().app = Some((view, hold));
         self
     }
 
@@ -290,13 +355,15 @@ impl Sampler {
                 core.want_completed
                     .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
                 core.state.lock().domains_active = Some(r.domains.len() as u64);
+                core.domains = r.domains.clone();
                 let finished = core.tracker.on_round(now, &r.round);
-                core.publish(finished);
+                core.publish(now, finished);
                 Ok(())
             }
             Err(e) => Err(e),
         };
         core.publish_active();
+        core.write_held(now, false);
         if let Some(keep) = self.cfg.last_retention {
             let dropped = core.metrics.prune_last(now - keep.as_secs_f64());
             if dropped > 0 {
@@ -438,7 +505,9 @@ impl Sampler {
     /// Whether a migration job is being tracked (the round period depends on it).
     fn busy(&self) -> bool {
         let core = self.core.lock();
-        core.tracker.has_active() || !core.want_completed.is_empty()
+        core.tracker.has_active()
+            || !core.want_completed.is_empty()
+            || core.app.as_ref().is_some_and(|(_, h)| h.pending())
     }
 }
 
