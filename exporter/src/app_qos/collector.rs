@@ -147,6 +147,10 @@ async fn supervise(c: AppCollector) {
     let mut probing: BTreeMap<(String, String), Probing> = BTreeMap::new();
     // Domains (uuid) migrating at the last look.
     let mut running: BTreeSet<String> = BTreeSet::new();
+    // Targets whose domain is no longer listed here, since when: they are probed through the
+    // settle period (the migration's record wants the "after" window), then dropped.
+    let mut left: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let settle = c.settings.settle.as_secs_f64();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -209,12 +213,17 @@ async fn supervise(c: AppCollector) {
             ));
             probing.insert(key, p);
         }
-        let gone: Vec<_> = probing
-            .keys()
-            .filter(|k| !here.contains(*k))
-            .cloned()
+        left.retain(|k, _| !here.contains(k));
+        for k in probing.keys().filter(|k| !here.contains(*k)) {
+            left.entry(k.clone()).or_insert(now);
+        }
+        let gone: Vec<_> = left
+            .iter()
+            .filter(|(_, since)| now - **since > settle + 1.0)
+            .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
+            left.remove(&k);
             if let Some(p) = probing.remove(&k) {
                 p.cancel.cancel();
             }
