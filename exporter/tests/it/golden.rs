@@ -191,7 +191,7 @@ fn every_family() -> String {
             duration_buckets, outage_buckets, TargetStats,
         };
         let mut g = app.lock();
-        let mut duration = Histogram::new(duration_buckets());
+        let duration = Histogram::new(duration_buckets());
         for l in [0.002, 0.003, 0.0001] {
             duration.observe(l);
         }
