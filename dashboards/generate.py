@@ -214,7 +214,7 @@ def detail():
                target(f"vm_migration_convergence_detail{{{DOM}}} == 1", "{{domain}} {{detail}}")], 0, 16, 12, 6,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
-        panel("state-timeline", "Phase", "Pre-copy or post-copy.",
+        panel("state-timeline", "Phase", "Pre-copy, switch-over (the guest paused for the final copy) or post-copy.",
               [target(f"vm_migration_phase{{{DOM}}} == 1", "{{domain}} {{phase}}")], 12, 16, 12, 6,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),

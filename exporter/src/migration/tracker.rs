@@ -41,6 +41,25 @@ pub struct ActiveJob {
     vanished_at: Option<f64>,
     /// libvirt said the domain stopped because it migrated.
     stopped_migrated: bool,
+    /// Unix time the source paused the guest to switch over (libvirt's "suspended: migrated"),
+    /// while the job had not completed yet.
+    pub switchover_at: Option<f64>,
+}
+
+impl ActiveJob {
+    /// Switching over: the guest is paused for the final copy and the job not yet complete.
+    pub fn switching_over(&self) -> bool {
+        self.switchover_at.is_some() && self.phase == Phase::Precopy
+    }
+
+    /// Whether the sampled progress figures are true now: libvirt has reported any (during
+    /// set-up it says 0 remaining at pass 0, which reads as "done"), and they were sampled after
+    /// the switch-over began (older ones show a pass long over).
+    pub fn figures_current(&self) -> bool {
+        let reported = self.stats.memory_iteration.unwrap_or(0) >= 1
+            || self.stats.data_processed.unwrap_or(0) > 0;
+        reported && self.switchover_at.is_none_or(|t| self.sampled_at >= t)
+    }
 }
 
 /// Running aggregates of a job's samples, for its record.
@@ -274,6 +293,8 @@ impl Tracker {
                 );
                 let postcopy_failed = (*event, *detail)
                     == (lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY_FAILED);
+                let paused_to_switch =
+                    (*event, *detail) == (lifecycle::SUSPENDED, lifecycle::SUSPENDED_MIGRATED);
                 let migrated_away =
                     (*event, *detail) == (lifecycle::STOPPED, lifecycle::STOPPED_MIGRATED);
                 // A domain resumed after an incoming migration has fresh completed stats.
@@ -294,6 +315,9 @@ impl Tracker {
                         }
                         if migrated_away {
                             job.stopped_migrated = true;
+                        }
+                        if paused_to_switch {
+                            job.switchover_at.get_or_insert(now);
                         }
                         (Vec::new(), false)
                     }
@@ -324,6 +348,7 @@ impl Tracker {
                 totals: RateTotals::default(),
                 vanished_at: None,
                 stopped_migrated: false,
+                switchover_at: None,
             });
         job.domain = dom.clone();
         job.stats = stats;
