@@ -115,7 +115,7 @@ fn start_collectors(
     if let Some(log) = records {
         sampler = sampler.with_records(log);
     }
-    let app = (runner.enabled(Name::App) && !settings.app.targets.is_empty()).then(|| {
+    let app = runner.enabled(Name::App).then(|| {
         let view = crate::app_qos::collector::SharedHostView::default();
         let hold = crate::app_qos::holdback::Holdback::new(settings.app.settle.as_secs_f64());
         (view, hold)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::holdback::Holdback;
 use super::outage::{ProbeResult, TargetTrack};
@@ -29,6 +29,8 @@ use crate::libvirt::DomainId;
 pub struct HostView {
     /// Domains listed here.
     pub domains: Vec<DomainId>,
+    /// The app metadata element (namespace `METADATA_NS`) of domains that have one.
+    pub metadata: Vec<(DomainId, String)>,
     /// Running migration jobs: (domain, unix start time, guest paused for switch-over or
     /// post-copy).
     pub jobs: Vec<(DomainId, f64, bool)>,
@@ -72,6 +74,7 @@ pub struct AppStats {
 pub type SharedAppStats = Arc<Mutex<AppStats>>;
 
 struct Probing {
+    target: Target,
     track: Arc<Mutex<TargetTrack>>,
     cancel: CancellationToken,
 }
@@ -118,14 +121,46 @@ impl Collector for AppCollector {
 
 impl Tasks for AppCollector {
     fn start(self: Box<Self>) {
-        if self.settings.targets.is_empty() {
-            return;
+        if !self.settings.targets.is_empty() {
+            info!(
+                targets = self.settings.targets.len(),
+                "probing guest services (app: in the config file)"
+            );
         }
-        info!(
-            targets = self.settings.targets.len(),
-            "probing guest services (app:)"
-        );
         tokio::spawn(supervise(*self));
+    }
+}
+
+/// Targets from the domains' metadata, parsed once per element; a bad element is one warning
+/// naming its domain, and only that domain loses its metadata targets.
+#[derive(Default)]
+struct MetadataTargets {
+    by_uuid: BTreeMap<String, (String, Vec<Target>)>,
+}
+
+impl MetadataTargets {
+    fn update(&mut self, metadata: &[(DomainId, String)]) -> Vec<Target> {
+        self.by_uuid
+            .retain(|uuid, _| metadata.iter().any(|(d, _)| &d.uuid == uuid));
+        let mut out = Vec::new();
+        for (dom, xml) in metadata {
+            let fresh = self.by_uuid.get(&dom.uuid).is_none_or(|(x, _)| x != xml);
+            if fresh {
+                let targets = match super::targets::from_metadata(&dom.uuid, xml) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(domain = %dom.name, uuid = %dom.uuid, error = %e, "app metadata ignored: fix it with virsh metadata --uri {}", super::targets::METADATA_NS);
+                        Vec::new()
+                    }
+                };
+                self.by_uuid
+                    .insert(dom.uuid.clone(), (xml.clone(), targets));
+            }
+            if let Some((_, t)) = self.by_uuid.get(&dom.uuid) {
+                out.extend(t.iter().cloned());
+            }
+        }
+        out
     }
 }
 
@@ -151,6 +186,7 @@ async fn supervise(c: AppCollector) {
     // settle period (the migration's record wants the "after" window), then dropped.
     let mut left: BTreeMap<(String, String), f64> = BTreeMap::new();
     let settle = c.settings.settle.as_secs_f64();
+    let mut from_metadata = MetadataTargets::default();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -160,9 +196,17 @@ async fn supervise(c: AppCollector) {
         }
         let now = unix_now();
         let view = c.host.lock().clone();
-        let watched: BTreeSet<String> = c
-            .settings
-            .targets
+        // The config file's targets, then the metadata's (a name the file gives a domain wins).
+        let mut targets = c.settings.targets.clone();
+        for t in from_metadata.update(&view.metadata) {
+            let taken = targets.iter().any(|f| {
+                f.name == t.name && domain_of(f, &view.domains) == domain_of(&t, &view.domains)
+            });
+            if !taken {
+                targets.push(t);
+            }
+        }
+        let watched: BTreeSet<String> = targets
             .iter()
             .filter_map(|t| domain_of(t, &view.domains))
             .map(|d| d.uuid.clone())
@@ -171,16 +215,20 @@ async fn supervise(c: AppCollector) {
 
         // Start probing targets whose domain is here; stop those whose domain left.
         let mut here = BTreeSet::new();
-        for t in &c.settings.targets {
+        for t in &targets {
             let Some(dom) = domain_of(t, &view.domains) else {
                 continue;
             };
             let key = (dom.uuid.clone(), t.name.clone());
             here.insert(key.clone());
-            if probing.contains_key(&key) {
-                continue;
+            match probing.get(&key) {
+                // The same check: keep probing. Another one (the metadata changed): start over.
+                Some(p) if p.target.check == t.check => continue,
+                Some(p) => p.cancel.cancel(),
+                None => {}
             }
             let p = Probing {
+                target: t.clone(),
                 track: Arc::new(Mutex::new(TargetTrack::default())),
                 cancel: c.cancel.child_token(),
             };
@@ -196,7 +244,7 @@ async fn supervise(c: AppCollector) {
                 },
             );
             c.rounds.join(key.clone());
-            debug!(domain = %dom.name, target = %t.name, "app target probed");
+            info!(domain = %dom.name, target = %t.name, "probing a guest service");
             tokio::spawn(probe_loop(
                 t.clone(),
                 key.clone(),

@@ -278,6 +278,8 @@ impl Tracker {
                 let f = self.finish_with(now, domain, job, &stats, outcome, FigureSource::Event);
                 (vec![f], false)
             }
+            // Not about jobs (the sampler reads the new metadata).
+            DomainEvent::MetadataChange { .. } => (Vec::new(), false),
             DomainEvent::Iteration { iteration, .. } => match self.active.get_mut(uuid) {
                 Some(job) => {
                     job.event_iteration = Some(job.event_iteration.unwrap_or(0).max(*iteration));

@@ -11,7 +11,7 @@
 
 pub mod replay;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::unix_now;
 use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
-use crate::libvirt::jobs::{Call, DomainId, JobSource, SourceError, SourceEvent};
+use crate::libvirt::jobs::{Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
 use crate::migration::stats::JobStats;
 use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
@@ -76,6 +76,10 @@ struct Core {
     )>,
     /// Domains listed at the last round.
     domains: Vec<DomainId>,
+    /// The app metadata element of each listed domain (app collector only), and the domains
+    /// whose element must be read (new, or libvirt said it changed).
+    metadata: BTreeMap<String, Option<String>>,
+    want_metadata: BTreeSet<String>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -128,6 +132,16 @@ impl Core {
                 self.state.lock().libvirt_up = false;
                 Event::Failed
             }
+            SourceEvent::Domain(DomainEvent::MetadataChange { domain, uri }) => {
+                // Only ours matters, and only when guest services are probed.
+                let ours = uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
+                if ours && self.app.is_some() {
+                    self.want_metadata.insert(domain.uuid);
+                }
+                Event::Handled {
+                    round_now: ours && self.app.is_some(),
+                }
+            }
             SourceEvent::Domain(event) => {
                 self.record(TraceRecord::Event {
                     t: now,
@@ -170,6 +184,14 @@ impl Core {
         }
         if let Some((view, _)) = &self.app {
             *view.lock() = crate::app_qos::collector::HostView {
+                metadata: self
+                    .domains
+                    .iter()
+                    .filter_map(|d| {
+                        let xml = self.metadata.get(&d.uuid)?.clone()?;
+                        Some((d.clone(), xml))
+                    })
+                    .collect(),
                 domains: self.domains.clone(),
                 jobs: active
                     .iter()
@@ -266,6 +288,8 @@ struct Reading {
     /// Trace records of the round, written together so a round stays contiguous in the trace.
     trace: Vec<TraceRecord>,
     failed_calls: Vec<Call>,
+    /// App metadata elements read this round, by domain UUID.
+    metadata: Vec<(String, Option<String>)>,
 }
 
 impl Sampler {
@@ -290,6 +314,8 @@ impl Sampler {
                 want_completed: HashMap::new(),
                 app: None,
                 domains: Vec::new(),
+                metadata: BTreeMap::new(),
+                want_metadata: BTreeSet::new(),
             })),
             last_completed_sweep: None,
             cfg,
@@ -356,6 +382,12 @@ impl Sampler {
                     .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
                 core.state.lock().domains_active = Some(r.domains.len() as u64);
                 core.domains = r.domains.clone();
+                for (uuid, xml) in r.metadata {
+                    core.want_metadata.remove(&uuid);
+                    core.metadata.insert(uuid, xml);
+                }
+                core.metadata
+                    .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
                 let finished = core.tracker.on_round(now, &r.round);
                 core.publish(now, finished);
                 Ok(())
@@ -407,7 +439,33 @@ impl Sampler {
                 domains: domains.clone(),
             }],
             failed_calls: Vec::new(),
+            metadata: Vec::new(),
         };
+        let wanted_metadata: Vec<&DomainId> = {
+            let core = self.core.lock();
+            match core.app {
+                Some(_) => domains
+                    .iter()
+                    .filter(|d| {
+                        !core.metadata.contains_key(&d.uuid) || core.want_metadata.contains(&d.uuid)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        for dom in wanted_metadata {
+            match self
+                .source
+                .metadata(dom, crate::app_qos::targets::METADATA_NS)
+            {
+                Ok(xml) => r.metadata.push((dom.uuid.clone(), xml)),
+                Err(SourceError::NoDomain(_)) => {}
+                Err(e) => {
+                    debug!(call = Call::Metadata.label(), error = %e, "libvirt call failed");
+                    r.failed_calls.push(Call::Metadata);
+                }
+            }
+        }
         for dom in &domains {
             let running = match self.source.job_stats(dom) {
                 Ok(job) => {
