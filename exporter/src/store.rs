@@ -27,7 +27,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 use tracing::{error, warn};
 
-use crate::metrics::GaugeFamily;
+use crate::exposition::GaugeFamily;
 use crate::migration::tracker::FinishedMigration;
 
 pub const FILE_NAME: &str = "migrations.jsonl";
@@ -564,6 +564,7 @@ mod tests {
             figures: FigureSource::Event,
             network: None,
             peer: None,
+            app: None,
         }
     }
 

@@ -81,7 +81,8 @@ impl WebConfig {
         let cfg: WebConfig = if text.trim().is_empty() {
             WebConfig::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| crate::config::first_line(&e.to_string()))?
+            serde_saphyr::from_str(text)
+                .map_err(|e| crate::settings::file::first_line(&e.to_string()))?
         };
         for (user, hash) in &cfg.basic_auth_users {
             if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")) {

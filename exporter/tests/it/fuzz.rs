@@ -79,7 +79,7 @@ proptest! {
 
     #[test]
     fn config_file_parser_never_panics(b in input("config")) {
-        let _ = vm_migration_exporter::config::Config::parse(&text(&b));
+        let _ = vm_migration_exporter::settings::file::Config::parse(&text(&b));
     }
 
     #[test]
@@ -218,7 +218,7 @@ proptest! {
     #[test]
     fn job_stats_and_events_never_panic(steps in proptest::collection::vec(step(), 1..40)) {
         let state = vm_migration_exporter::state::shared();
-        let (registry, metrics) = vm_migration_exporter::metrics::Metrics::register(state.clone());
+        let (registry, metrics) = vm_migration_exporter::metrics::Metrics::register(state.clone(), Default::default());
         let mut tracker = Tracker::new(5.0);
         let mut now = 1_700_000_000.0;
         let mut finished = Vec::new();

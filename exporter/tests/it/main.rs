@@ -1,8 +1,12 @@
 //! Integration tests: one binary, one module per area. Shared helpers live in `support`.
+#![forbid(unsafe_code)]
 
 mod alerting;
+mod app_metadata;
+mod app_qos;
 mod binary;
 mod fuzz;
+mod golden;
 mod http_limits;
 mod landing;
 mod libvirt_source;

@@ -1,9 +1,9 @@
 //! The sampler behind the job-source seam: a trace replayed through it must produce the live
 //! series while the job runs, none after, and the finished-migration metrics.
 
+use super::replay::{text, Replay};
 use super::*;
 use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, ParamValue, Params, RawJob};
-use crate::migration::replay::{text, Replay};
 
 fn dom() -> DomainId {
     DomainId {
@@ -338,9 +338,10 @@ fn ready_only_after_the_first_connection_outcome() {
     let down = || SourceEvent::Disconnected {
         reason: "refused".into(),
     };
-    assert!(
+    assert_eq!(
         r.sampler.handle(1.0, down()),
+        Event::Handled { round_now: true },
         "the first outcome asks for a round at once"
     );
-    assert!(!r.sampler.handle(2.0, down()));
+    assert_eq!(r.sampler.handle(2.0, down()), Event::Failed);
 }
