@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 /// Every collector, named once: the `collector` label and `--collector.<name>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -162,7 +162,16 @@ pub fn execute(
     round: impl FnOnce() -> Result<(), CollectError>,
 ) -> bool {
     let started = Instant::now();
-    let result = round();
+    // A panicking round must not end the collector's thread (its series would freeze while
+    // the process looks healthy): it counts as a failed round and the next one runs as usual.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(round)).unwrap_or_else(|_| {
+            error!(
+                collector = name.as_str(),
+                "collector round panicked; counted as failed, the next round runs as usual"
+            );
+            Err(CollectError::new("the round panicked"))
+        });
     if let Err(e) = &result {
         debug!(collector = name.as_str(), error = %e, "collector round failed");
     }
@@ -532,6 +541,63 @@ mod tests {
         fn period(&self) -> Duration {
             Duration::from_secs(3600)
         }
+    }
+
+    struct Panicking {
+        rounds: Arc<Mutex<u32>>,
+    }
+    impl Collector for Panicking {
+        fn name(&self) -> Name {
+            Name::Netdev
+        }
+    }
+    impl Rounds for Panicking {
+        fn round(&mut self) -> Result<(), CollectError> {
+            *self.rounds.lock() += 1;
+            if *self.rounds.lock() == 1 {
+                panic!("a bug in the first round");
+            }
+            Ok(())
+        }
+        fn period(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+    }
+
+    /// Issue 16: a panic in a collector's round ended its thread for good while the process
+    /// went on serving frozen series. Now the round counts as failed and the next one runs.
+    #[test]
+    fn a_panicking_round_fails_and_the_collector_goes_on() {
+        let state = Statuses::default();
+        let mut runner = Runner::new(
+            state.clone(),
+            Registry::default(),
+            Name::ALL.into_iter().collect(),
+        );
+        let rounds = Arc::new(Mutex::new(0));
+        let waker = runner.waker(Name::Netdev);
+        runner
+            .add_rounds(Panicking {
+                rounds: rounds.clone(),
+            })
+            .expect("thread");
+        let (_, running) = runner.into_parts();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.get(Name::Netdev).is_none() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(state.get(Name::Netdev).map(|s| s.success), Some(false));
+        waker.wake();
+        while *rounds.lock() < 2 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            *rounds.lock(),
+            2,
+            "the thread survived and ran the next round"
+        );
+        running.stop();
+        assert_eq!(state.get(Name::Netdev).map(|s| s.success), Some(true));
     }
 
     #[test]
