@@ -172,7 +172,7 @@ impl LibvirtSource {
             let _ = h.join();
         }
         self.shared.connected.store(false, Ordering::SeqCst);
-        self.shared.live.write().take();
+        take_live(&self.shared);
     }
 
     fn live(&self) -> Result<Arc<Live>, SourceError> {
@@ -372,7 +372,7 @@ fn manage(shared: &Shared, ctl: &Receiver<Ctl>) {
                     match ctl.recv_timeout(LIVENESS_CHECK) {
                         Ok(Ctl::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                             shared.connected.store(false, Ordering::SeqCst);
-                            shared.live.write().take();
+                            take_live(shared);
                             return;
                         }
                         Ok(Ctl::Closed {
@@ -396,7 +396,7 @@ fn manage(shared: &Shared, ctl: &Receiver<Ctl>) {
                 *shared.last_error.lock() = reason.clone();
                 // Dropping the last Arc<Live> deregisters callbacks and closes the connection;
                 // calls still in flight hold their own Arc and finish (with errors) first.
-                shared.live.write().take();
+                take_live(shared);
                 tracing::warn!(uri = %shared.uri, "lost the libvirt connection: {reason}; reconnecting with backoff");
                 outage = Some(reason.clone());
                 send(SourceEvent::Disconnected { reason });
@@ -431,4 +431,13 @@ fn manage(shared: &Shared, ctl: &Receiver<Ctl>) {
         }
         backoff = (backoff * 2).min(shared.backoff_cap);
     }
+}
+
+/// Take the connection out of `shared` and drop it after the write lock is released:
+/// `shared.live.write().take();` dropped the last `Arc<Live>` (deregistering callbacks and
+/// closing the connection, which waits on a hung libvirtd) while every caller of `live()`
+/// waited on the lock.
+fn take_live(shared: &Shared) {
+    let last = shared.live.write().take();
+    drop(last);
 }
