@@ -69,5 +69,5 @@ echo "check-container: the container (read-only root, no capabilities) serves /m
 if [ "${CONTAINER_LAB:-1}" != 0 ]; then
   echo "check-container: live migration in the lab watched by the containerized exporter"
   VM_MIGRATION_EXPORTER_IMAGE=$image \
-    cargo test -q --locked -p system-tests --test container_lab -- --ignored --nocapture
+    cargo test -q --locked -p system-tests --test container_lab -- --nocapture
 fi

@@ -3,8 +3,8 @@
 //! libvirtd's socket directory mounted read-only (packaging/container/podman-exporter.sh stands
 //! in for the binary). It must see the job while it runs and count and record it when it ends.
 //!
-//! Ignored by `cargo test`: it needs the image, which `bash scripts/check-container.sh` builds
-//! before running this test (`-- --ignored`).
+//! It needs the image, which `bash scripts/check-container.sh` builds (scripts/test.sh runs it
+//! before `cargo test`); without it the test fails naming that command.
 
 use std::path::PathBuf;
 
@@ -14,9 +14,18 @@ use migration_lab::Lab;
 use system_tests::{lab_dir, one_lab_at_a_time, scratch};
 
 #[test]
-#[ignore = "needs the container image: bash scripts/check-container.sh builds it and runs this"]
 fn containerized_exporter_sees_a_live_migration() {
     let _one = one_lab_at_a_time();
+    let image = std::env::var("VM_MIGRATION_EXPORTER_IMAGE")
+        .unwrap_or_else(|_| "localhost/vm-migration-exporter:check".into());
+    let present = std::process::Command::new("podman")
+        .args(["image", "exists", &image])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        present,
+        "container image {image} is missing: bash scripts/check-container.sh builds it"
+    );
     let shim = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../packaging/container/podman-exporter.sh")
         .canonicalize()

@@ -83,8 +83,11 @@ fn config_targets_of_present_domains_are_probed_and_absent_ones_not() {
         "a target whose domain is not here is not probed: {m}"
     );
     assert!(
-        m.contains("vm_migration_collector_success{collector=\"app\"} 1"),
-        "{m}"
+        poll_until(Duration::from_secs(20), || e
+            .metrics()
+            .contains("vm_migration_collector_success{collector=\"app\"} 1")),
+        "{}",
+        e.metrics()
     );
     // The service fails: up 0, failures counted by result, an outage going on.
     healthy.store(false, Ordering::SeqCst);
