@@ -3,6 +3,7 @@
 //! Prints medians and the ratio (ours / reference); no thresholds, machines here are noisy.
 //!
 //! cargo bench -p vm-migration-exporter --bench scrape
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
@@ -75,7 +76,7 @@ fn time(mut f: impl FnMut() -> usize) -> (Duration, usize) {
 fn main() {
     // Ours: the live collector over 50 running migrations, and last_* series of 1000 domains.
     let shared = state::shared();
-    let (reg, metrics) = Metrics::register(shared.clone());
+    let (reg, metrics) = Metrics::register(shared.clone(), Default::default());
     let mut tracker = Tracker::new(5.0);
     let round = Round {
         observations: (0..ACTIVE).map(|i| (dom(i), running(i))).collect(),

@@ -1,22 +1,22 @@
-//! Wiring: state, metrics, the sampler thread and the HTTP server.
+//! Wiring: state, registry, the collectors (through the runner) and the HTTP server.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cli::Settings;
+use crate::collector::{Feed, Name, Runner, Statuses};
 use crate::libvirt::{JobSource, SourceEvent};
 use crate::metrics::Metrics;
-use crate::migration::sampler::{Sampler, SamplerConfig};
-use crate::net::peers::Origin;
-use crate::net::probe::Prober;
-use crate::net::probing::{run_discovery, spawn_peer, Discoverer};
+use crate::net::netdev::NetdevCollector;
+use crate::net::peers::PeerState;
+use crate::net::probe::{ProbeCollector, Prober};
+use crate::net::probing::{Discoverer, DiscoveryCollector};
+use crate::sampler::{JobsCollector, Sampler, SamplerConfig};
 use crate::server::{router, AppState};
-use crate::state;
+use crate::settings::Settings;
+use crate::state::{self, SharedState};
 use crate::store::RecordLog;
 use crate::trace::TraceWriter;
 use crate::web_config::{require_basic_auth, Users, WebConfig};
@@ -34,6 +34,8 @@ pub enum AppError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     WebConfig(#[from] crate::web_config::WebConfigError),
+    #[error("cannot start a collector thread: {0}")]
+    Thread(std::io::Error),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -45,28 +47,11 @@ pub async fn run(
     events: Receiver<SourceEvent>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    let web = match &settings.web_config_file {
-        Some(p) => {
-            let cfg = WebConfig::load(p)?;
-            Some((cfg.rustls(p)?, cfg.basic_auth_users))
-        }
-        None => None,
-    };
+    let web = Web::load(&settings)?;
     let shared = state::shared();
-    let records = match &settings.storage_path {
-        Some(dir) => {
-            let (log, loaded) = RecordLog::open(dir, settings.storage_retention_size)?;
-            info!(path = %log.path().display(), records = loaded.len(), "migration records loaded");
-            shared.lock().records = loaded;
-            Some(log)
-        }
-        None => None,
-    };
-    let (mut registry, metrics) = Metrics::register(shared.clone());
-    let peers = crate::net::peers::PeerState::default();
-    registry.register_collector(Box::new(crate::net::peer_metrics::PeerCollector::new(
-        peers.clone(),
-    )));
+    let records = open_records(&settings, &shared)?;
+    let statuses = Statuses::default();
+    let (registry, metrics) = Metrics::register(shared.clone(), statuses.clone());
     let trace = match &settings.trace_path {
         Some(p) => Some(TraceWriter::create(p)?),
         None => None,
@@ -78,126 +63,184 @@ pub async fn run(
             source,
         })?;
     let local = listener.local_addr().map_err(AppError::Serve)?;
-    let (tls, users) = web.unwrap_or_default();
-    info!(address = %local, tls = tls.is_some(), basic_auth = !users.is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
+    info!(address = %local, tls = web.tls.is_some(), basic_auth = !web.users.is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let mut runner = Runner::new(statuses, registry, settings.collectors.clone());
     let sampler = Sampler::new(
         source,
         shared.clone(),
         metrics,
         trace,
-        SamplerConfig {
-            interval: settings.sample_interval,
-            idle_interval: settings.sample_idle_interval,
-            grace: settings.completion_grace,
-            last_retention: settings.last_retention,
-        },
+        sampler_config(&settings),
     );
-    let history = Arc::new(parking_lot::Mutex::new(
-        crate::net::netdev::TxHistory::default(),
-    ));
-    let mut sampler = sampler.with_network(history.clone(), Some(peers.clone()));
-    // Probes are tokio tasks on this runtime; discovery has a thread of its own.
-    let probes = &settings.probe;
-    let prober = Prober::new(peers, shared.clone(), probes.max_concurrency);
-    let rt = tokio::runtime::Handle::current();
-    let cancel = CancellationToken::new();
-    for peer in &probes.peers {
-        spawn_peer(&prober, &rt, peer, Origin::Config, &cancel);
+    start_collectors(&mut runner, &settings, sampler, events, records)?;
+    let (registry, running) = runner.into_parts();
+    if !settings.collectors.contains(&Name::Jobs) {
+        // Nothing will sample libvirt: readiness must not wait for it.
+        shared.lock().ready = true;
     }
-    if !probes.peers.is_empty() {
-        info!(peers = probes.peers.len(), "probing configured peers");
-    }
-    let discovery_thread = if probes.discovery {
-        let d = Discoverer::new(
-            settings.netdev.procfs.clone(),
-            probes.discovery_probes.clone(),
-            prober.clone(),
-            rt.clone(),
-            cancel.child_token(),
-        );
-        let (tx, rx) = std::sync::mpsc::channel();
-        sampler = sampler.with_jobs_changed(tx);
-        let (state_d, stop_d) = (shared.clone(), stop.clone());
-        Some(
-            std::thread::Builder::new()
-                .name("discovery".into())
-                .spawn(move || {
-                    run_discovery(d, state_d, rx, std::time::Duration::from_secs(1), stop_d)
-                })
-                .map_err(AppError::Serve)?,
-        )
-    } else {
-        None
-    };
-    let sampler = match records {
-        Some(log) => sampler.with_records(log),
-        None => sampler,
-    };
-    let (netdev, state_net, stop_net) = (settings.netdev.clone(), shared.clone(), stop.clone());
-    let netdev_thread = std::thread::Builder::new()
-        .name("netdev".into())
-        .spawn(move || {
-            crate::net::run_netdev(
-                netdev,
-                std::time::Duration::from_secs(1),
-                state_net,
-                history,
-                stop_net,
-            )
-        })
-        .map_err(AppError::Serve)?;
-    let stop_sampler = stop.clone();
-    let sampler_thread = std::thread::Builder::new()
-        .name("sampler".into())
-        .spawn(move || sampler.run(events, stop_sampler))
-        .map_err(AppError::Serve)?;
 
-    let app = router(AppState {
+    let app = AppState {
         registry: Arc::new(registry),
         state: shared,
         telemetry_path: settings.telemetry_path.clone(),
         libvirt_uri: settings.libvirt_uri.clone(),
-    });
-    let app = if users.is_empty() {
-        app
-    } else {
-        app.layer(axum::middleware::from_fn_with_state(
-            Users(Arc::new(users)),
-            require_basic_auth,
-        ))
     };
-    let served = match tls {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(AppError::Serve),
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-            });
-            let std_listener = listener.into_std().map_err(AppError::Serve)?;
-            axum_server::from_tcp_rustls(
-                std_listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(tls),
-            )
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await
-            .map_err(AppError::Serve)
-        }
-    };
-    stop.store(true, Ordering::Relaxed);
-    cancel.cancel();
-    // The sampler wakes at least once per sample interval and sees the flag.
-    let _ = sampler_thread.join();
-    let _ = netdev_thread.join();
-    if let Some(t) = discovery_thread {
-        let _ = t.join();
-    }
+    let served = web.serve(listener, app, shutdown).await;
+    running.stop();
     served
+}
+
+/// Every collector, in one list: what each needs from the others is wired here.
+fn start_collectors(
+    runner: &mut Runner,
+    settings: &Settings,
+    sampler: Sampler,
+    events: Receiver<SourceEvent>,
+    records: Option<RecordLog>,
+) -> Result<(), AppError> {
+    let probes = &settings.probe;
+    let peers = PeerState::default();
+    let netdev = NetdevCollector::new(settings.netdev.clone());
+    let discovery =
+        probes.discovery && runner.enabled(Name::Discovery) && runner.enabled(Name::Probe);
+    let running_jobs = discovery.then(|| Feed::new(runner.waker(Name::Discovery)));
+    let mut sampler = sampler.with_network(
+        runner.enabled(Name::Netdev).then(|| netdev.history()),
+        runner.enabled(Name::Probe).then(|| peers.clone()),
+    );
+    if let Some(feed) = &running_jobs {
+        sampler = sampler.with_running_jobs(feed.clone());
+    }
+    if let Some(log) = records {
+        sampler = sampler.with_records(log);
+    }
+    let app = runner.enabled(Name::App).then(|| {
+        let view = crate::app_qos::collector::SharedHostView::default();
+        let hold = crate::app_qos::holdback::Holdback::new(settings.app.settle.as_secs_f64());
+        (view, hold)
+    });
+    if let Some((view, hold)) = &app {
+        sampler = sampler.with_app(view.clone(), hold.clone());
+    }
+    let prober = Prober::new(
+        peers,
+        runner.task_rounds(Name::Probe),
+        probes.max_concurrency,
+        tokio::runtime::Handle::current(),
+    );
+    let cancel = runner.cancel_token();
+
+    runner.add_rounds(netdev).map_err(AppError::Thread)?;
+    if let Some(feed) = running_jobs {
+        let discoverer = Discoverer::new(
+            settings.netdev.procfs.clone(),
+            probes.discovery_probes.clone(),
+            prober.clone(),
+            cancel.child_token(),
+        );
+        runner
+            .add_rounds(DiscoveryCollector::new(discoverer, feed))
+            .map_err(AppError::Thread)?;
+    }
+    runner.add_tasks(ProbeCollector::new(
+        prober,
+        probes.peers.clone(),
+        cancel.child_token(),
+    ));
+    // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
+    if let Some((view, hold)) = app {
+        runner.add_tasks(crate::app_qos::collector::AppCollector::new(
+            settings.app.clone(),
+            view,
+            hold,
+            runner.task_rounds(Name::App),
+            cancel.child_token(),
+        ));
+    }
+    runner
+        .add_rounds(JobsCollector::new(sampler, events))
+        .map_err(AppError::Thread)?;
+    Ok(())
+}
+
+fn sampler_config(s: &Settings) -> SamplerConfig {
+    SamplerConfig {
+        interval: s.sample_interval,
+        idle_interval: s.sample_idle_interval,
+        grace: s.completion_grace,
+        last_retention: s.last_retention,
+    }
+}
+
+/// The record file, with its records loaded into the state.
+fn open_records(settings: &Settings, shared: &SharedState) -> Result<Option<RecordLog>, AppError> {
+    let Some(dir) = &settings.storage_path else {
+        return Ok(None);
+    };
+    let (log, loaded) = RecordLog::open(dir, settings.storage_retention_size)?;
+    info!(path = %log.path().display(), records = loaded.len(), "migration records loaded");
+    shared.lock().records = loaded;
+    Ok(Some(log))
+}
+
+/// TLS and basic auth from `--web.config.file`; plain HTTP without it.
+struct Web {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    users: std::collections::BTreeMap<String, String>,
+}
+
+impl Web {
+    fn load(settings: &Settings) -> Result<Web, AppError> {
+        let Some(p) = &settings.web_config_file else {
+            return Ok(Web {
+                tls: None,
+                users: Default::default(),
+            });
+        };
+        let cfg = WebConfig::load(p)?;
+        Ok(Web {
+            tls: cfg.rustls(p)?,
+            users: cfg.basic_auth_users,
+        })
+    }
+
+    /// Serve until `shutdown` resolves.
+    async fn serve(
+        self,
+        listener: TcpListener,
+        app: AppState,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let app = router(app);
+        let app = if self.users.is_empty() {
+            app
+        } else {
+            app.layer(axum::middleware::from_fn_with_state(
+                Users(Arc::new(self.users)),
+                require_basic_auth,
+            ))
+        };
+        let Some(tls) = self.tls else {
+            return axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(AppError::Serve);
+        };
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        });
+        let std_listener = listener.into_std().map_err(AppError::Serve)?;
+        axum_server::from_tcp_rustls(
+            std_listener,
+            axum_server::tls_rustls::RustlsConfig::from_config(tls),
+        )
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .map_err(AppError::Serve)
+    }
 }

@@ -3,7 +3,12 @@
 //! `prometheus-client` writes OpenMetrics only. The two differ, for what we emit, in how a
 //! counter family is named in `# HELP`/`# TYPE` (`x` vs `x_total`) and in the `# EOF` marker;
 //! promtool 2.42's linter misreads OpenMetrics counters, so text clients get 0.0.4.
+//!
+//! [`GaugeFamily`] writes a gauge family built at scrape time, for every encoder.
 
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -72,6 +77,43 @@ pub fn openmetrics_to_text(om: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Label pairs of one series built at encode time.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// One gauge family built at encode time; empty families are not written.
+pub struct GaugeFamily {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(Labels, f64)>,
+}
+
+impl GaugeFamily {
+    pub fn new(name: &'static str, help: &'static str) -> Self {
+        GaugeFamily {
+            name,
+            help,
+            series: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, labels: Labels, value: Option<f64>) {
+        if let Some(v) = value {
+            self.series.push((labels, v));
+        }
+    }
+
+    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.series.is_empty() {
+            return Ok(());
+        }
+        let mut me = encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (labels, v) in &self.series {
+            ConstGauge::new(*v).encode(me.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

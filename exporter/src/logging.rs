@@ -4,7 +4,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogFormat, LogLevel};
+use crate::settings::{LogFormat, LogLevel};
 
 pub fn init(level: LogLevel, format: LogFormat) {
     // Our crate at the chosen level; dependencies one notch quieter unless debugging.

@@ -1,17 +1,18 @@
 //! vm-migration-exporter: parse flags, set up logging, run until SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use vm_migration_exporter::cli::{self, CliError};
 use vm_migration_exporter::libvirt::LibvirtSource;
+use vm_migration_exporter::settings::{self, CliError};
 use vm_migration_exporter::{app, logging};
 
 /// Exit code for bad flags or configuration, as clap and the Prometheus exporters use.
 const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let settings = match cli::parse(std::env::args_os()) {
+    let settings = match settings::parse(std::env::args_os()) {
         Ok(s) => s,
         Err(CliError::Display(e)) => {
             let _ = e.print();
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: cli::Settings) -> anyhow::Result<()> {
+fn run(settings: settings::Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,22 +1,25 @@
-//! The one place that names and registers every metric.
+//! The exporter's own families, the jobs collector's and the finished-migration ones. Other
+//! collectors declare theirs next to their parsers (`net::netdev`, `net::peer_metrics`) and
+//! register them through the runner ([`crate::collector`]).
 //!
-//! Two kinds: cumulative metrics of finished migrations (counters, histograms, `last_*` gauges)
+//! Two kinds here: cumulative metrics of finished migrations (counters, histograms, `last_*` gauges)
 //! live in the registry and are updated as migrations finish; live job gauges are produced at
 //! encode time from the shared [`Snapshot`](crate::state::Snapshot) by [`LiveCollector`], so a
 //! job's series vanish the moment it is no longer running, with no stale series to clean up.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::clock::unix_now;
+use crate::collector::Statuses;
+use crate::exposition::GaugeFamily;
+use crate::libvirt::jobs::Call;
 use crate::migration::convergence::{Detail, Verdict};
 use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::state::SharedState;
@@ -82,7 +85,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Build the registry: finished-migration metrics, build info and the live collector.
-    pub fn register(state: SharedState) -> (Registry, std::sync::Arc<Metrics>) {
+    pub fn register(state: SharedState, statuses: Statuses) -> (Registry, std::sync::Arc<Metrics>) {
         let mut reg = Registry::default();
         let m = Metrics {
             finished: Family::default(),
@@ -160,7 +163,7 @@ impl Metrics {
             "libvirt calls that failed, by call",
             m.call_errors.clone(),
         );
-        reg.register_collector(Box::new(LiveCollector { state }));
+        reg.register_collector(Box::new(LiveCollector { state, statuses }));
         (reg, std::sync::Arc::new(m))
     }
 
@@ -222,58 +225,18 @@ impl Metrics {
         old.len()
     }
 
-    pub fn call_error(&self, call: &'static str) {
-        self.call_errors.get_or_create(&CallLabels { call }).inc();
+    pub fn call_error(&self, call: Call) {
+        self.call_errors
+            .get_or_create(&CallLabels { call: call.label() })
+            .inc();
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Encodes the live state at scrape time.
 #[derive(Debug)]
 struct LiveCollector {
     state: SharedState,
-}
-
-pub(crate) type Labels = Vec<(&'static str, String)>;
-
-/// One gauge family built at encode time; empty families are not written.
-pub(crate) struct GaugeFamily {
-    name: &'static str,
-    help: &'static str,
-    series: Vec<(Labels, f64)>,
-}
-
-impl GaugeFamily {
-    pub(crate) fn new(name: &'static str, help: &'static str) -> Self {
-        GaugeFamily {
-            name,
-            help,
-            series: Vec::new(),
-        }
-    }
-
-    pub(crate) fn push(&mut self, labels: Labels, value: Option<f64>) {
-        if let Some(v) = value {
-            self.series.push((labels, v));
-        }
-    }
-
-    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if self.series.is_empty() {
-            return Ok(());
-        }
-        let mut me = encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
-        for (labels, v) in &self.series {
-            ConstGauge::new(*v).encode(me.encode_family(labels)?)?;
-        }
-        Ok(())
-    }
+    statuses: Statuses,
 }
 
 fn secs(ms: Option<u64>) -> Option<f64> {
@@ -312,8 +275,8 @@ impl Collector for LiveCollector {
             "vm_migration_collector_duration_seconds",
             "How long the collector's last run took.",
         );
-        for (name, st) in &snap.collectors {
-            let l = vec![("collector", (*name).to_string())];
+        for (name, st) in self.statuses.all() {
+            let l = vec![("collector", name.to_string())];
             success.push(l.clone(), Some(if st.success { 1.0 } else { 0.0 }));
             duration.push(l, Some(st.duration_seconds));
         }
@@ -341,86 +304,8 @@ impl Collector for LiveCollector {
         if snap.libvirt_up {
             encode_jobs(&snap.active, &mut encoder)?;
         }
-        encode_netdev(&snap.netdev, &mut encoder)
+        Ok(())
     }
-}
-
-type DevCounter = fn(&crate::net::netdev::Counters) -> u64;
-
-/// NIC counters (names without `_total`: the encoder adds it for counters).
-const NETDEV_COUNTERS: &[(&str, &str, DevCounter)] = &[
-    (
-        "vm_migration_network_receive_bytes",
-        "Bytes received by the device (/proc/net/dev).",
-        |c| c.rx_bytes,
-    ),
-    (
-        "vm_migration_network_transmit_bytes",
-        "Bytes transmitted by the device (/proc/net/dev).",
-        |c| c.tx_bytes,
-    ),
-    (
-        "vm_migration_network_receive_packets",
-        "Packets received by the device.",
-        |c| c.rx_packets,
-    ),
-    (
-        "vm_migration_network_transmit_packets",
-        "Packets transmitted by the device.",
-        |c| c.tx_packets,
-    ),
-    (
-        "vm_migration_network_receive_drops",
-        "Received packets the device dropped.",
-        |c| c.rx_drops,
-    ),
-    (
-        "vm_migration_network_transmit_drops",
-        "Packets to send that the device dropped.",
-        |c| c.tx_drops,
-    ),
-    (
-        "vm_migration_network_receive_errors",
-        "Receive errors of the device.",
-        |c| c.rx_errors,
-    ),
-    (
-        "vm_migration_network_transmit_errors",
-        "Transmit errors of the device.",
-        |c| c.tx_errors,
-    ),
-];
-
-fn encode_netdev(
-    devices: &[crate::net::netdev::Device],
-    encoder: &mut DescriptorEncoder,
-) -> Result<(), std::fmt::Error> {
-    if devices.is_empty() {
-        return Ok(());
-    }
-    for (name, help, get) in NETDEV_COUNTERS {
-        let mut me = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for d in devices {
-            let labels = [("device", d.name.as_str())];
-            prometheus_client::metrics::counter::ConstCounter::new(get(&d.counters))
-                .encode(me.encode_family(&labels)?)?;
-        }
-    }
-    let mut speed = GaugeFamily::new(
-        "vm_migration_network_speed_bytes",
-        "Link speed of the device in bytes per second; absent when the driver does not know it.",
-    );
-    let mut up = GaugeFamily::new(
-        "vm_migration_network_up",
-        "1 when the device's operational state is up.",
-    );
-    for d in devices {
-        let l = vec![("device", d.name.clone())];
-        speed.push(l.clone(), d.speed_bytes.map(|s| s as f64));
-        up.push(l, Some(if d.up { 1.0 } else { 0.0 }));
-    }
-    speed.encode(encoder)?;
-    up.encode(encoder)
 }
 
 type Extract = fn(&ActiveJob) -> Option<f64>;
@@ -451,6 +336,27 @@ const JOB_GAUGES: &[(&str, &str, Extract)] = &[
     ("vm_migration_eta_seconds", "Seconds until switch-over if the trend holds; absent when it will not converge.", |j| j.convergence.current().eta_seconds),
 ];
 
+/// The job gauges that describe the copy's progress: absent while libvirt has reported none
+/// (set-up) and while the guest is paused for the switch-over with figures from before it.
+const PROGRESS: &[&str] = &[
+    "vm_migration_data_total_bytes",
+    "vm_migration_data_processed_bytes",
+    "vm_migration_data_remaining_bytes",
+    "vm_migration_memory_total_bytes",
+    "vm_migration_memory_processed_bytes",
+    "vm_migration_memory_remaining_bytes",
+    "vm_migration_dirty_memory_rate_bytes",
+    "vm_migration_memory_transfer_rate_bytes",
+    "vm_migration_iteration",
+    "vm_migration_expected_downtime_seconds",
+    "vm_migration_disk_total_bytes",
+    "vm_migration_disk_processed_bytes",
+    "vm_migration_disk_remaining_bytes",
+    "vm_migration_dirty_to_transfer_ratio",
+    "vm_migration_predicted_downtime_seconds",
+    "vm_migration_eta_seconds",
+];
+
 /// The iteration from job stats, or from a newer `MIGRATION_ITERATION` event.
 fn iteration(j: &ActiveJob) -> Option<u64> {
     let from_event = j.event_iteration.and_then(|i| u64::try_from(i).ok());
@@ -468,7 +374,7 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
     );
     let mut phase = GaugeFamily::new(
         "vm_migration_phase",
-        "Migration phase: 1 for the current one (precopy or postcopy), 0 for the other.",
+        "Migration phase: 1 for the current one (precopy, switchover: the source paused the guest for the final copy, or postcopy), 0 for the others.",
     );
     let mut convergence = GaugeFamily::new(
         "vm_migration_convergence",
@@ -493,11 +399,13 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
             l
         };
         active.push(with("operation", job.stats.operation_label()), Some(1.0));
-        for p in [Phase::Precopy, Phase::Postcopy] {
-            phase.push(
-                with("phase", p.as_str()),
-                Some(if job.phase == p { 1.0 } else { 0.0 }),
-            );
+        let now = if job.switching_over() {
+            "switchover"
+        } else {
+            job.phase.as_str()
+        };
+        for p in ["precopy", "switchover", "postcopy"] {
+            phase.push(with("phase", p), Some(if p == now { 1.0 } else { 0.0 }));
         }
         let current = job.convergence.current();
         for v in Verdict::ALL {
@@ -514,8 +422,15 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
                 );
             }
         }
-        for (fam, (_, _, extract)) in gauges.iter_mut().zip(JOB_GAUGES) {
-            fam.push(dom.clone(), extract(job));
+        let current = job.figures_current();
+        for (fam, (name, _, extract)) in gauges.iter_mut().zip(JOB_GAUGES) {
+            // Withheld rather than shown wrong: none reported yet, or from before the pause.
+            let v = if current || !PROGRESS.contains(name) {
+                extract(job)
+            } else {
+                None
+            };
+            fam.push(dom.clone(), v);
         }
     }
     active.encode(encoder)?;

@@ -3,18 +3,12 @@
 //! The sampler takes the lock only to copy in results it already has, never across a libvirt
 //! call, so a scrape waits at most for a memory copy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::migration::tracker::{ActiveJob, FinishedMigration};
-
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct CollectorStatus {
-    pub success: bool,
-    pub duration_seconds: f64,
-}
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -26,11 +20,8 @@ pub struct Snapshot {
     pub domains_active: Option<u64>,
     /// Unix time of the last successful sample round.
     pub last_success_at: Option<f64>,
-    pub collectors: BTreeMap<&'static str, CollectorStatus>,
     /// Migration jobs running now, as of the last round.
     pub active: Vec<ActiveJob>,
-    /// NIC counters of the last netdev reading.
-    pub netdev: Vec<crate::net::netdev::Device>,
     /// Finished-migration records, oldest first (loaded from storage at start, bounded).
     pub records: VecDeque<FinishedMigration>,
 }

@@ -65,7 +65,7 @@ impl WebConfig {
             WebConfig::default()
         } else {
             serde_saphyr::from_str(&text)
-                .map_err(|e| invalid(crate::config::first_line(&e.to_string())))?
+                .map_err(|e| invalid(crate::settings::file::first_line(&e.to_string())))?
         };
         for (user, hash) in &cfg.basic_auth_users {
             if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")) {

@@ -25,10 +25,10 @@ use std::process::{Command, ExitCode};
 
 use vm_migration_exporter::libvirt::jobs::{lifecycle, DomainEvent};
 use vm_migration_exporter::migration::convergence::Verdict;
-use vm_migration_exporter::migration::replay::{text, Replay};
-use vm_migration_exporter::migration::sampler::SamplerConfig;
 use vm_migration_exporter::migration::stats::Direction;
 use vm_migration_exporter::migration::tracker::Outcome;
+use vm_migration_exporter::sampler::replay::{text, Replay};
+use vm_migration_exporter::sampler::SamplerConfig;
 use vm_migration_exporter::trace::{read_trace, TraceRecord};
 
 const ALERT: &str = "VMMigrationNotConverging";

@@ -44,7 +44,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 use super::ffi::{self, Conn, Dom, EventKind, LvError};
-use super::jobs::{job_type, DomainId, JobSource, RawJob, SourceError, SourceEvent};
+use super::jobs::{job_type, Call, DomainId, JobSource, RawJob, SourceError, SourceEvent};
 
 /// First retry delay after a failure; doubled per failed attempt up to the cap.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -184,7 +184,7 @@ impl LibvirtSource {
     }
 
     /// Maps a libvirt error; a failure on a dead connection wakes the manager.
-    fn error(&self, live: &Live, call: &'static str, e: LvError, domain: &DomainId) -> SourceError {
+    fn error(&self, live: &Live, call: Call, e: LvError, domain: &DomainId) -> SourceError {
         if e.is_no_domain() {
             return SourceError::NoDomain(domain_label(domain));
         }
@@ -204,20 +204,26 @@ impl LibvirtSource {
         }
     }
 
-    fn lookup(&self, live: &Live, domain: &DomainId) -> Result<Dom, SourceError> {
+    /// The domain, for `call` (whose error a failed lookup is).
+    fn lookup(&self, live: &Live, domain: &DomainId, call: Call) -> Result<Dom, SourceError> {
         live.conn
             .lookup_by_uuid(&domain.uuid)
-            .map_err(|e| self.error(live, "virDomainLookupByUUIDString", e, domain))
+            .map_err(|e| self.error(live, call, e, domain))
     }
 
     fn stats(&self, domain: &DomainId, completed: bool) -> Result<Option<RawJob>, SourceError> {
+        let call = if completed {
+            Call::CompletedJobStats
+        } else {
+            Call::JobStats
+        };
         let live = self.live()?;
-        let dom = self.lookup(&live, domain)?;
+        let dom = self.lookup(&live, domain, call)?;
         match dom.job_stats(completed) {
             Ok(job) => Ok((job.job_type != job_type::NONE).then_some(job)),
             // A driver without job stats (test:///) has no job we could ever see.
             Err(e) if e.is_unsupported() => Ok(None),
-            Err(e) => Err(self.error(&live, "virDomainGetJobStats", e, domain)),
+            Err(e) => Err(self.error(&live, call, e, domain)),
         }
     }
 }
@@ -249,7 +255,7 @@ impl JobSource for LibvirtSource {
                 SourceError::NotConnected(e.message)
             } else {
                 SourceError::Call {
-                    call: "virConnectListAllDomains",
+                    call: Call::ListDomains,
                     message: e.to_string(),
                 }
             }
@@ -268,12 +274,22 @@ impl JobSource for LibvirtSource {
 
     fn max_downtime_ms(&self, domain: &DomainId) -> Result<Option<u64>, SourceError> {
         let live = self.live()?;
-        let dom = self.lookup(&live, domain)?;
+        let dom = self.lookup(&live, domain, Call::MaxDowntime)?;
         match dom.max_downtime_ms() {
             Ok(v) => Ok(Some(v)),
             // Not supported by the driver (e.g. test:///) or refused to this connection.
             Err(e) if e.is_refusal() => Ok(None),
-            Err(e) => Err(self.error(&live, "virDomainMigrateGetMaxDowntime", e, domain)),
+            Err(e) => Err(self.error(&live, Call::MaxDowntime, e, domain)),
+        }
+    }
+
+    fn metadata(&self, domain: &DomainId, uri: &str) -> Result<Option<String>, SourceError> {
+        let live = self.live()?;
+        let dom = self.lookup(&live, domain, Call::Metadata)?;
+        match dom.metadata_element(uri) {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_refusal() => Ok(None),
+            Err(e) => Err(self.error(&live, Call::Metadata, e, domain)),
         }
     }
 }
@@ -314,6 +330,7 @@ fn connect(shared: &Shared, generation: u64) -> Result<Live, LvError> {
         EventKind::Lifecycle,
         EventKind::MigrationIteration,
         EventKind::JobCompleted,
+        EventKind::MetadataChange,
     ] {
         // Fatal: `Connected` promises registered callbacks. `live` drops on error, which
         // deregisters what was registered so far and closes the connection.

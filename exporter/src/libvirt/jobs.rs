@@ -1,6 +1,6 @@
 //! The job-source seam: what the sampler needs from libvirt, as plain data.
 //!
-//! The real implementation lives in `conn.rs`; tests use [`crate::trace::ReplaySource`], driven
+//! The real implementation lives in `conn.rs`; tests use the trace module's `ReplaySource`, driven
 //! by job-stat traces recorded from real migrations. Keeping the seam as plain data (typed
 //! parameters as a map) means a trace records exactly what libvirt said, nothing interpreted.
 
@@ -102,6 +102,11 @@ pub enum DomainEvent {
         event: i32,
         detail: i32,
     },
+    /// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE` for an element in namespace `uri`.
+    MetadataChange {
+        domain: DomainId,
+        uri: Option<String>,
+    },
 }
 
 impl DomainEvent {
@@ -109,7 +114,8 @@ impl DomainEvent {
         match self {
             DomainEvent::Iteration { domain, .. }
             | DomainEvent::JobCompleted { domain, .. }
-            | DomainEvent::Lifecycle { domain, .. } => domain,
+            | DomainEvent::Lifecycle { domain, .. }
+            | DomainEvent::MetadataChange { domain, .. } => domain,
         }
     }
 }
@@ -126,6 +132,45 @@ pub enum SourceEvent {
     Domain(DomainEvent),
 }
 
+/// One call of the job source. Its [`Call::label`] is the word errors use and the `call` label
+/// of `vm_migration_libvirt_call_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    ListDomains,
+    JobStats,
+    CompletedJobStats,
+    MaxDowntime,
+    Metadata,
+}
+
+impl Call {
+    pub fn label(self) -> &'static str {
+        match self {
+            Call::ListDomains => "list_domains",
+            Call::JobStats => "job_stats",
+            Call::CompletedJobStats => "completed_job_stats",
+            Call::MaxDowntime => "migrate_get_max_downtime",
+            Call::Metadata => "get_metadata",
+        }
+    }
+
+    /// The libvirt function behind it (a domain lookup comes first for all but `ListDomains`).
+    pub fn function(self) -> &'static str {
+        match self {
+            Call::ListDomains => "virConnectListAllDomains",
+            Call::JobStats | Call::CompletedJobStats => "virDomainGetJobStats",
+            Call::MaxDowntime => "virDomainMigrateGetMaxDowntime",
+            Call::Metadata => "virDomainGetMetadata",
+        }
+    }
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.label(), self.function())
+    }
+}
+
 /// Why a call to the job source failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum SourceError {
@@ -136,9 +181,19 @@ pub enum SourceError {
     NoDomain(String),
     /// The driver does not implement the call (e.g. job stats on `test:///`): nothing to see.
     #[error("libvirt call {call} is not supported by this driver: {message}")]
-    Unsupported { call: &'static str, message: String },
+    Unsupported { call: Call, message: String },
     #[error("libvirt call {call} failed: {message}")]
-    Call { call: &'static str, message: String },
+    Call { call: Call, message: String },
+}
+
+impl SourceError {
+    /// The call that failed, when libvirt answered with an error.
+    pub fn call(&self) -> Option<Call> {
+        match self {
+            SourceError::Unsupported { call, .. } | SourceError::Call { call, .. } => Some(*call),
+            SourceError::NotConnected(_) | SourceError::NoDomain(_) => None,
+        }
+    }
 }
 
 /// What the sampler needs from libvirt. All calls may block; the sampler runs them off the
@@ -156,4 +211,38 @@ pub trait JobSource: Send + Sync {
     /// `virDomainMigrateGetMaxDowntime` in milliseconds; `None` when libvirt refuses
     /// (for example on a read-only connection to an older libvirt).
     fn max_downtime_ms(&self, domain: &DomainId) -> Result<Option<u64>, SourceError>;
+    /// The domain's metadata element in namespace `uri` (`virDomainGetMetadata`), `None` when
+    /// it has none. Sources without metadata (recorded traces) have none.
+    fn metadata(&self, _domain: &DomainId, _uri: &str) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_its_call_as_the_metric_label_does() {
+        for call in [
+            Call::ListDomains,
+            Call::JobStats,
+            Call::CompletedJobStats,
+            Call::MaxDowntime,
+            Call::Metadata,
+        ] {
+            let e = SourceError::Call {
+                call,
+                message: "boom".into(),
+            };
+            assert_eq!(e.call(), Some(call));
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("libvirt call {} ", call.label()))
+                    && text.contains(call.function()),
+                "{text}"
+            );
+        }
+        assert_eq!(SourceError::NoDomain("g".into()).call(), None);
+    }
 }

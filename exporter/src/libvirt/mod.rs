@@ -2,10 +2,10 @@
 
 pub mod conn;
 #[allow(unsafe_code)]
-pub mod ffi;
+mod ffi;
 pub mod jobs;
 
 pub use conn::LibvirtSource;
 pub use jobs::{
-    DomainEvent, DomainId, JobSource, ParamValue, Params, RawJob, SourceError, SourceEvent,
+    Call, DomainEvent, DomainId, JobSource, ParamValue, Params, RawJob, SourceError, SourceEvent,
 };

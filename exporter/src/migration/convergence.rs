@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::stats::JobStats;
-use super::tracker::Phase;
+use crate::record::Phase;
 
 /// QEMU's default `downtime-limit` when libvirt does not tell us the maximum downtime.
 pub const DEFAULT_MAX_DOWNTIME_S: f64 = 0.3;

@@ -1,7 +1,6 @@
-//! Migration job tracking: typed job stats, the pure tracker, and the sampler that drives it.
+//! Migration job tracking as pure logic: typed job stats, the tracker and the convergence model.
+//! No I/O and nothing above it in the crate: [`crate::sampler`] drives it.
 
 pub mod convergence;
-pub mod replay;
-pub mod sampler;
 pub mod stats;
 pub mod tracker;

@@ -4,6 +4,7 @@
 //! absent must stay absent in `/metrics` rather than read as zero.
 
 use crate::libvirt::jobs::{job_operation, job_type, Params, RawJob};
+pub use crate::record::Direction;
 
 /// Page size assumed when libvirt does not say (`memory_page_size` appeared in 3.9.0).
 const DEFAULT_PAGE_SIZE: u64 = 4096;
@@ -122,23 +123,6 @@ pub fn operation_label(op: Option<u64>) -> &'static str {
         Some(9) => "backup",
         Some(10) => "snapshot_delete",
         _ => "unknown",
-    }
-}
-
-/// Which side of the migration this host is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Out,
-    In,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Out => "out",
-            Direction::In => "in",
-        }
     }
 }
 

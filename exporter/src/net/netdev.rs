@@ -4,8 +4,22 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector as Families;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tracing::warn;
+
+use crate::clock::unix_now;
+use crate::collector::{CollectError, Collector, Name, Rounds};
+use crate::exposition::GaugeFamily;
+
+pub use crate::record::NetworkSummary;
 
 /// Counters of one device, as `/proc/net/dev` has them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,6 +143,160 @@ fn read_trimmed(p: &Path) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// How often NIC counters are read.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// The `netdev` collector: reads the devices every second into the latest reading (encoded at
+/// scrape time) and the transmit history (for migration records).
+pub struct NetdevCollector {
+    netdev: Netdev,
+    latest: Arc<Mutex<Vec<Device>>>,
+    history: Arc<Mutex<TxHistory>>,
+    /// A failure is logged once until reading works again.
+    warned: bool,
+}
+
+impl NetdevCollector {
+    pub fn new(netdev: Netdev) -> Self {
+        NetdevCollector {
+            netdev,
+            latest: Arc::default(),
+            history: Arc::default(),
+            warned: false,
+        }
+    }
+
+    /// The transmit history this collector fills.
+    pub fn history(&self) -> Arc<Mutex<TxHistory>> {
+        self.history.clone()
+    }
+}
+
+impl Collector for NetdevCollector {
+    fn name(&self) -> Name {
+        Name::Netdev
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(NetdevFamilies {
+            latest: self.latest.clone(),
+        }));
+    }
+}
+
+impl Rounds for NetdevCollector {
+    fn round(&mut self) -> Result<(), CollectError> {
+        match self.netdev.read() {
+            Ok(devices) => {
+                self.history.lock().push(unix_now(), &devices);
+                *self.latest.lock() = devices;
+                self.warned = false;
+                Ok(())
+            }
+            Err(e) => {
+                if !self.warned {
+                    warn!(error = %e, "cannot read NIC counters (check --path.procfs)");
+                    self.warned = true;
+                }
+                Err(CollectError::new(e))
+            }
+        }
+    }
+
+    fn period(&self) -> Duration {
+        PERIOD
+    }
+}
+
+/// Encodes the `vm_migration_network_*` families from the latest reading.
+#[derive(Debug)]
+struct NetdevFamilies {
+    latest: Arc<Mutex<Vec<Device>>>,
+}
+
+impl Families for NetdevFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_netdev(&self.latest.lock(), &mut encoder)
+    }
+}
+
+type DevCounter = fn(&Counters) -> u64;
+
+/// NIC counters (names without `_total`: the encoder adds it for counters).
+const NETDEV_COUNTERS: &[(&str, &str, DevCounter)] = &[
+    (
+        "vm_migration_network_receive_bytes",
+        "Bytes received by the device (/proc/net/dev).",
+        |c| c.rx_bytes,
+    ),
+    (
+        "vm_migration_network_transmit_bytes",
+        "Bytes transmitted by the device (/proc/net/dev).",
+        |c| c.tx_bytes,
+    ),
+    (
+        "vm_migration_network_receive_packets",
+        "Packets received by the device.",
+        |c| c.rx_packets,
+    ),
+    (
+        "vm_migration_network_transmit_packets",
+        "Packets transmitted by the device.",
+        |c| c.tx_packets,
+    ),
+    (
+        "vm_migration_network_receive_drops",
+        "Received packets the device dropped.",
+        |c| c.rx_drops,
+    ),
+    (
+        "vm_migration_network_transmit_drops",
+        "Packets to send that the device dropped.",
+        |c| c.tx_drops,
+    ),
+    (
+        "vm_migration_network_receive_errors",
+        "Receive errors of the device.",
+        |c| c.rx_errors,
+    ),
+    (
+        "vm_migration_network_transmit_errors",
+        "Transmit errors of the device.",
+        |c| c.tx_errors,
+    ),
+];
+
+fn encode_netdev(
+    devices: &[Device],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    for (name, help, get) in NETDEV_COUNTERS {
+        let mut me = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for d in devices {
+            let labels = [("device", d.name.as_str())];
+            ConstCounter::new(get(&d.counters)).encode(me.encode_family(&labels)?)?;
+        }
+    }
+    let mut speed = GaugeFamily::new(
+        "vm_migration_network_speed_bytes",
+        "Link speed of the device in bytes per second; absent when the driver does not know it.",
+    );
+    let mut up = GaugeFamily::new(
+        "vm_migration_network_up",
+        "1 when the device's operational state is up.",
+    );
+    for d in devices {
+        let l = vec![("device", d.name.clone())];
+        speed.push(l.clone(), d.speed_bytes.map(|s| s as f64));
+        up.push(l, Some(if d.up { 1.0 } else { 0.0 }));
+    }
+    speed.encode(encoder)?;
+    up.encode(encoder)
+}
+
 /// Seconds of transmit history kept per device (for migration records).
 const HISTORY: usize = 3600;
 
@@ -137,17 +305,6 @@ const HISTORY: usize = 3600;
 pub struct TxHistory {
     by_device: BTreeMap<String, VecDeque<(f64, u64)>>,
     speed: BTreeMap<String, Option<u64>>,
-}
-
-/// What the network did while a migration ran: the busiest transmitting device.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NetworkSummary {
-    pub device: String,
-    pub peak_tx_bytes_per_second: f64,
-    pub mean_tx_bytes_per_second: f64,
-    pub link_speed_bytes_per_second: Option<f64>,
-    /// Mean transmit rate ÷ link speed.
-    pub mean_link_share: Option<f64>,
 }
 
 impl TxHistory {

@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 
 use super::peers::{PeerState, ProbeKey, RESULTS};
-use crate::metrics::{GaugeFamily, Labels};
+use crate::exposition::{GaugeFamily, Labels};
 
 #[derive(Debug)]
 pub struct PeerCollector {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::histogram::Histogram;
-use serde::{Deserialize, Serialize};
+
+pub use crate::record::{Origin, PeerSummary};
 
 /// RTT buckets: 50 µs doubling 15 times (50 µs .. 0.82 s).
 pub fn rtt_buckets() -> impl Iterator<Item = f64> {
@@ -24,24 +25,6 @@ pub const PROBE_SAMPLES: usize = 3600;
 pub const RETIRED_SERIES: usize = 64;
 /// Discovered peers remembered (inactive) after their migration ended.
 pub const KEEP_DISCOVERED: usize = 256;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// From `--probe.peer` or the config file's `probe.peers`.
-    Config,
-    /// Found from a running migration's socket.
-    Discovered,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Config => "config",
-            Origin::Discovered => "discovered",
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProbeKey {
@@ -122,25 +105,6 @@ pub struct DiscoveredPeer {
     pub uuid: String,
     /// Still migrating (probed now).
     pub active: bool,
-}
-
-/// The peer of a migration as its probes saw it, for the finished-migration record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PeerSummary {
-    /// A configured peer's name, or the discovered address.
-    pub peer: String,
-    pub address: IpAddr,
-    pub origin: Origin,
-    /// The probe the figures come from (`icmp` when it ran, else `tcp`).
-    pub probe: String,
-    /// The device whose route leads to the peer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// Probes sent while the migration ran.
-    pub probes: u64,
-    pub rtt_median_seconds: Option<f64>,
-    /// Probes without an answer ÷ all probes.
-    pub loss_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default)]

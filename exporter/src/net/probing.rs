@@ -5,10 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -17,66 +14,54 @@ use super::discovery;
 use super::peers::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
 use super::probe::{PeerSpec, ProbeSpec, Prober};
 use super::routes;
-use crate::state::{CollectorStatus, SharedState};
+use crate::collector::{CollectError, Collector, Feed, Name, Rounds};
+use crate::libvirt::jobs::DomainId;
 
-/// The collector name of migration-peer discovery.
-pub const DISCOVERY_COLLECTOR: &str = "discovery";
+/// How often discovery looks without being woken (a job's socket appears a moment after the
+/// job starts).
+const PERIOD: Duration = Duration::from_secs(1);
 
-/// Look for the peers of running migrations whenever the sampler says the running jobs changed
-/// (`changed`), and at least every `interval`, until `stop` is set.
-pub fn run_discovery(
-    mut d: Discoverer,
-    state: SharedState,
-    changed: Receiver<()>,
-    interval: Duration,
-    stop: Arc<AtomicBool>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let jobs: Vec<(String, String)> = state
-            .lock()
-            .active
-            .iter()
-            .map(|j| (j.domain.name.clone(), j.domain.uuid.clone()))
-            .collect();
-        let t = Instant::now();
-        let ok = d.tick(&jobs);
-        state.lock().collectors.insert(
-            DISCOVERY_COLLECTOR,
-            CollectorStatus {
-                success: ok,
-                duration_seconds: t.elapsed().as_secs_f64(),
-            },
-        );
-        match changed.recv_timeout(interval) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-            // The sampler is gone: the exporter is stopping.
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        // Several changes at once need one pass.
-        while changed.try_recv().is_ok() {}
+/// The `discovery` collector: a pass whenever the sampler says the running jobs changed, and at
+/// least every second.
+pub struct DiscoveryCollector {
+    discoverer: Discoverer,
+    jobs: Feed<Vec<DomainId>>,
+}
+
+impl DiscoveryCollector {
+    /// `jobs` is published by the jobs sampler, which wakes this collector through it.
+    pub fn new(discoverer: Discoverer, jobs: Feed<Vec<DomainId>>) -> Self {
+        DiscoveryCollector { discoverer, jobs }
     }
 }
 
-/// Spawn the probes of one peer; returns their keys.
-pub fn spawn_peer(
-    prober: &Prober,
-    rt: &tokio::runtime::Handle,
-    peer: &PeerSpec,
-    origin: Origin,
-    cancel: &CancellationToken,
-) -> Vec<ProbeKey> {
-    peer.probes
-        .iter()
-        .map(|spec| {
-            let key = ProbeKey {
-                peer: peer.name.clone(),
-                probe: spec.kind.label(),
-                origin,
-            };
-            prober.spawn(rt, key.clone(), peer.address, *spec, cancel.clone());
-            key
-        })
-        .collect()
+impl Collector for DiscoveryCollector {
+    fn name(&self) -> Name {
+        Name::Discovery
+    }
+}
+
+impl Rounds for DiscoveryCollector {
+    fn round(&mut self) -> Result<(), CollectError> {
+        let jobs: Vec<(String, String)> = self
+            .jobs
+            .get()
+            .into_iter()
+            .map(|d| (d.name, d.uuid))
+            .collect();
+        if self.discoverer.tick(&jobs) {
+            Ok(())
+        } else {
+            Err(CollectError::new(format!(
+                "{} is not readable (check --path.procfs)",
+                self.discoverer.procfs.display()
+            )))
+        }
+    }
+
+    fn period(&self) -> Duration {
+        PERIOD
+    }
 }
 
 /// Probes of one discovered address, shared by the migrations that go there.
@@ -91,7 +76,6 @@ pub struct Discoverer {
     procfs: PathBuf,
     probes: Vec<ProbeSpec>,
     prober: Prober,
-    rt: tokio::runtime::Handle,
     peers: PeerState,
     cancel: CancellationToken,
     /// QEMU pid by domain uuid.
@@ -104,7 +88,6 @@ impl Discoverer {
         procfs: PathBuf,
         probes: Vec<ProbeSpec>,
         prober: Prober,
-        rt: tokio::runtime::Handle,
         cancel: CancellationToken,
     ) -> Self {
         Discoverer {
@@ -112,7 +95,6 @@ impl Discoverer {
             probes,
             peers: prober.peers().clone(),
             prober,
-            rt,
             cancel,
             pids: HashMap::new(),
             running: HashMap::new(),
@@ -163,7 +145,7 @@ impl Discoverer {
                     address,
                     probes: self.probes.clone(),
                 };
-                let keys = spawn_peer(&self.prober, &self.rt, &peer, Origin::Discovered, &cancel);
+                let keys = self.prober.spawn_peer(&peer, Origin::Discovered, &cancel);
                 Running {
                     cancel,
                     keys,
@@ -196,7 +178,7 @@ impl Discoverer {
                 if let Some(r) = self.running.remove(&address) {
                     r.cancel.cancel();
                     for k in &r.keys {
-                        self.peers.retire(k);
+                        self.prober.retire(k);
                     }
                 }
             }
@@ -237,7 +219,12 @@ mod tests {
     }
 
     fn discoverer(procfs: &Path, rt: &tokio::runtime::Runtime) -> Discoverer {
-        let prober = Prober::new(PeerState::default(), crate::state::shared(), 4);
+        let prober = Prober::new(
+            PeerState::default(),
+            crate::collector::TaskRounds::new(Default::default(), crate::collector::Name::Probe),
+            4,
+            rt.handle().clone(),
+        );
         let probes = vec![ProbeSpec {
             kind: ProbeKind::Tcp { port: 9 },
             interval: Duration::from_secs(3600),
@@ -247,7 +234,6 @@ mod tests {
             procfs.to_path_buf(),
             probes,
             prober,
-            rt.handle().clone(),
             CancellationToken::new(),
         )
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::exporter::{value, RunningExporter, BIN};
 use crate::support::libvirtd::TestLibvirtd;
-use crate::support::poll_until;
+use crate::support::{normalise, poll_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -23,8 +23,16 @@ fn ready(e: &RunningExporter) {
 fn test_driver_is_up_lists_domains_and_shows_no_jobs() {
     let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
     ready(&e);
-    let m = e.metrics();
-    assert_eq!(value(&m, "vm_migration_libvirt_up"), Some(1.0), "{m}");
+    // Ready means one round ran; it may have run before the connection opened.
+    let mut m = String::new();
+    assert!(
+        poll_until(WAIT, || {
+            m = e.metrics();
+            value(&m, "vm_migration_libvirt_up") == Some(1.0)
+                && value(&m, "vm_migration_collector_success{collector=\"jobs\"}") == Some(1.0)
+        }),
+        "{m}"
+    );
     assert_eq!(
         value(&m, "vm_migration_domains_active"),
         Some(1.0),
@@ -83,48 +91,42 @@ fn custom_telemetry_path() {
     assert!(e.get("/").1.contains("href=\"/x/metrics\""));
 }
 
-/// Values that change from run to run are replaced, and series inside a family sorted (label
-/// sets of a family come out in hash order).
-fn normalise(text: &str) -> String {
-    let volatile = [
-        "vm_migration_sample_age_seconds",
-        "vm_migration_collector_duration_seconds",
-    ];
-    let mut out = Vec::new();
-    let mut block: Vec<String> = Vec::new();
-    let flush = |block: &mut Vec<String>, out: &mut Vec<String>| {
-        block.sort();
-        out.append(block);
-    };
-    for line in text.lines() {
-        if line.starts_with('#') {
-            flush(&mut block, &mut out);
-            out.push(line.to_string());
-            continue;
-        }
-        let line = match line.rsplit_once(' ') {
-            Some((series, _)) if volatile.iter().any(|v| series.starts_with(v)) => {
-                format!("{series} <volatile>")
-            }
-            _ => line.to_string(),
-        };
-        block.push(line);
-    }
-    flush(&mut block, &mut out);
-    out.join("\n")
+/// The fixture `--path.procfs` and `--path.sysfs` trees (three NICs).
+pub fn fixture_paths() -> [String; 4] {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    [
+        "--path.procfs".into(),
+        base.join("proc").display().to_string(),
+        "--path.sysfs".into(),
+        base.join("sys").display().to_string(),
+    ]
 }
 
 #[test]
 fn golden_metrics_against_the_test_driver() {
-    // No NICs: their set and counters belong to the machine, not to the exporter.
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--collector.netdev.device-include",
-        "^$",
-    ]);
+    // NICs from the fixture trees: the machine's own belong to the machine, not the exporter.
+    let paths = fixture_paths();
+    let mut args = vec!["--libvirt.uri", "test:///default"];
+    args.extend(paths.iter().map(String::as_str));
+    let e = RunningExporter::start(&args);
     ready(&e);
-    insta::assert_snapshot!("metrics_test_driver", normalise(&e.metrics()));
+    // Connected, and every collector that runs by itself has reported a good round (the first
+    // may run before the connection is open; the next one follows it).
+    let mut m = String::new();
+    assert!(
+        poll_until(WAIT, || {
+            m = e.metrics();
+            value(&m, "vm_migration_libvirt_up") == Some(1.0)
+                && ["jobs", "netdev", "discovery"].iter().all(|c| {
+                    value(
+                        &m,
+                        &format!("vm_migration_collector_success{{collector=\"{c}\"}}"),
+                    ) == Some(1.0)
+                })
+        }),
+        "{m}"
+    );
+    insta::assert_snapshot!("metrics_test_driver", normalise(&m));
 }
 
 #[test]
@@ -177,6 +179,57 @@ fn promtool_accepts_the_output() {
     );
     assert!(out.status.success(), "promtool: {said}");
     assert!(said.trim().is_empty(), "promtool lint findings: {said}");
+}
+
+#[test]
+fn no_collector_flags_turn_collectors_off() {
+    // A probe of a local listener: once its rounds show, every enabled collector has run.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let e = RunningExporter::start(&[
+        "--libvirt.uri",
+        "test:///default",
+        "--no-collector.netdev",
+        "--collector.discovery",
+        "--no-collector.discovery",
+        "--probe.peer",
+        "self=127.0.0.1",
+        "--probe.peer-probes",
+        "tcp",
+        "--probe.tcp-port",
+        &port,
+        "--probe.interval",
+        "100ms",
+    ]);
+    ready(&e);
+    let mut m = String::new();
+    assert!(
+        poll_until(WAIT, || {
+            m = e.metrics();
+            value(&m, "vm_migration_collector_success{collector=\"probe\"}") == Some(1.0)
+        }),
+        "the probe collector should report a round: {m}"
+    );
+    assert_eq!(
+        value(&m, "vm_migration_collector_success{collector=\"jobs\"}"),
+        Some(1.0)
+    );
+    for off in ["netdev", "discovery"] {
+        assert!(
+            !m.contains(&format!("collector=\"{off}\"")),
+            "{off} is off (the last of --collector/--no-collector wins): {m}"
+        );
+    }
+    assert!(!m.contains("vm_migration_network_"), "{m}");
+    let help = Command::new(BIN).arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in ["jobs", "netdev", "discovery", "probe"] {
+        assert!(
+            help.contains(&format!("--collector.{name}"))
+                && help.contains(&format!("--no-collector.{name}")),
+            "--help lists the flags of {name}"
+        );
+    }
 }
 
 #[test]
@@ -386,7 +439,8 @@ fn scrapes_answer_while_libvirtd_is_frozen() {
         "vm_migration_libvirt_up"
     ) == Some(1.0)));
     let pid = daemon.pid().expect("libvirtd pid").to_string();
-    // A hung libvirtd: the sampler's calls block inside libvirt until keepalive gives up.
+    // A hung libvirtd: the sampler's calls block inside libvirt until keepalive gives up
+    // (5 s x 3), and until then the connection still counts as up.
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
         .status()
@@ -396,15 +450,45 @@ fn scrapes_answer_while_libvirtd_is_frozen() {
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
-    let mut answered = 0;
-    for _ in 0..5 {
-        let r = client.get(e.url("/metrics")).send();
-        answered += usize::from(r.is_ok_and(|r| r.status().is_success()));
-        let _ = client.get(e.url("/-/healthy")).send();
+    let scrape = || {
+        client
+            .get(e.url("/metrics"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.text().ok())
+    };
+    // Stuck, not failing: no round has finished for three idle intervals while the connection
+    // is still up (a failed call would have marked it down).
+    let stuck = |m: &str| {
+        value(m, "vm_migration_libvirt_up") == Some(1.0)
+            && value(m, "vm_migration_sample_age_seconds").is_some_and(|a| a > 3.0)
+    };
+    let mut last = String::new();
+    let got_stuck = poll_until(Duration::from_secs(10), || {
+        last = scrape().unwrap_or_default();
+        stuck(&last)
+    });
+    let mut answered = Vec::new();
+    if got_stuck {
+        for _ in 0..5 {
+            answered.extend(scrape());
+            let _ = client.get(e.url("/-/healthy")).send();
+        }
     }
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(
+        got_stuck,
+        "a sample round should be stuck in libvirt; last scrape:\n{last}"
+    );
     assert_eq!(
-        answered, 5,
+        answered.len(),
+        5,
         "every scrape answered while libvirtd was frozen"
+    );
+    let still = answered.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        stuck(still),
+        "the round was still stuck during the scrapes:\n{still}"
     );
 }

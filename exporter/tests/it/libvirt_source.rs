@@ -165,7 +165,7 @@ fn assert_all_senders_dropped(rx: &mpsc::Receiver<SourceEvent>) {
 fn guest_xml(name: &str) -> String {
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
          <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
          <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
     )

@@ -1,7 +1,11 @@
 //! Integration tests: one binary, one module per area. Shared helpers live in `support`.
+#![forbid(unsafe_code)]
 
 mod alerting;
+mod app_metadata;
+mod app_qos;
 mod binary;
+mod golden;
 mod landing;
 mod libvirt_source;
 mod migration_e2e;

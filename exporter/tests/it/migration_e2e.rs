@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(120);
 fn guest_xml(name: &str) -> String {
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
          <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
          <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
          <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use vm_migration_exporter::libvirt::jobs::DomainEvent;
 use vm_migration_exporter::migration::convergence::Verdict;
-use vm_migration_exporter::migration::replay::Replay;
-use vm_migration_exporter::migration::sampler::SamplerConfig;
 use vm_migration_exporter::migration::stats::{Direction, JobStats};
 use vm_migration_exporter::migration::tracker::{FigureSource, FinishedMigration, Outcome, Phase};
+use vm_migration_exporter::sampler::replay::Replay;
+use vm_migration_exporter::sampler::SamplerConfig;
 use vm_migration_exporter::trace::{read_trace, TraceRecord};
 
 fn fixture(name: &str) -> PathBuf {

@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use clap::CommandFactory;
-use vm_migration_exporter::cli::Cli;
+use vm_migration_exporter::settings::flags::{with_collector_flags, Cli};
 
 const FILES: &str =
     "/etc/default/vm-migration-exporter: ARGS, the flags the systemd unit passes.\n\
@@ -20,7 +20,8 @@ const EXIT_STATUS: &str = "0 after SIGINT or SIGTERM; 2 for a bad flag, configur
 storage directory (one line on stderr names it); 1 for any other failure.";
 
 fn main() -> std::io::Result<()> {
-    let cmd = Cli::command();
+    // The --collector.<name> flags are generated from the collector registry, as at run time.
+    let cmd = with_collector_flags(Cli::command());
     let man = clap_mangen::Man::new(cmd);
     let mut out = Vec::new();
     man.render_title(&mut out)?;

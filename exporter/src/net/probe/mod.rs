@@ -1,26 +1,28 @@
 //! Peer probes, blackbox_exporter style: one prober per kind (`icmp`, `tcp`) with one signature,
-//! each peer × probe in its own tokio task on its own interval. A shared semaphore bounds how
+//! each peer × probe in its own tokio task on its own interval; together they are the `probe`
+//! collector ([`ProbeCollector`]), whose round is one probe of every peer × probe. A shared semaphore bounds how
 //! many probes are in flight; a probe holds its permit at most `timeout`, so an unreachable
 //! peer costs others nothing as long as fewer than `--probe.max-concurrency` peers time out at
 //! once. Results go into [`PeerState`]; scrapes only read it.
 
-pub mod config;
 pub mod icmp;
-pub mod settings;
 pub mod tcp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
-use super::peers::{PeerState, ProbeKey, ProbeOutcome};
-use crate::migration::sampler::unix_now;
-use crate::state::{CollectorStatus, SharedState};
+use prometheus_client::registry::Registry;
+
+use super::peer_metrics::PeerCollector;
+use super::peers::{Origin, PeerState, ProbeKey, ProbeOutcome};
+use crate::clock::unix_now;
+use crate::collector::{Collector, Name, TaskRounds, Tasks};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeKind {
@@ -28,12 +30,41 @@ pub enum ProbeKind {
     Tcp { port: u16 },
 }
 
+/// Why a probe name and port make no [`ProbeKind`]; callers word it for their flag or key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KindError {
+    Unknown(String),
+    /// `tcp` without a port (or port 0).
+    PortRequired,
+    /// A port given to a probe that does not use one.
+    PortNotUsed,
+}
+
 impl ProbeKind {
+    /// The probe names, as flags, the config file and the `probe` label spell them.
+    pub const NAMES: [&'static str; 2] = ["icmp", "tcp"];
+
     pub fn label(self) -> &'static str {
         match self {
             ProbeKind::Icmp => "icmp",
             ProbeKind::Tcp { .. } => "tcp",
         }
+    }
+
+    /// The kind named `name` (one of [`Self::NAMES`]), with its port when it takes one.
+    pub fn from_name(name: &str, port: Option<u16>) -> Result<ProbeKind, KindError> {
+        match (name, port) {
+            ("icmp", None) => Ok(ProbeKind::Icmp),
+            ("icmp", Some(_)) => Err(KindError::PortNotUsed),
+            ("tcp", None | Some(0)) => Err(KindError::PortRequired),
+            ("tcp", Some(port)) => Ok(ProbeKind::Tcp { port }),
+            (other, _) => Err(KindError::Unknown(other.to_string())),
+        }
+    }
+
+    /// Whether probes of this name take a port.
+    pub fn takes_port(name: &str) -> bool {
+        name == "tcp"
     }
 }
 
@@ -70,20 +101,27 @@ impl ProbeError {
     }
 }
 
-/// Spawns probe tasks that share one concurrency limit.
+/// Spawns probe tasks on one runtime that share one concurrency limit.
 #[derive(Clone, Debug)]
 pub struct Prober {
     net: PeerState,
-    status: SharedState,
+    rounds: TaskRounds<ProbeKey>,
     limit: Arc<Semaphore>,
+    rt: tokio::runtime::Handle,
 }
 
 impl Prober {
-    pub fn new(net: PeerState, status: SharedState, max_concurrency: usize) -> Self {
+    pub fn new(
+        net: PeerState,
+        rounds: TaskRounds<ProbeKey>,
+        max_concurrency: usize,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
         Prober {
             net,
-            status,
+            rounds,
             limit: Arc::new(Semaphore::new(max_concurrency.max(1))),
+            rt,
         }
     }
 
@@ -91,11 +129,9 @@ impl Prober {
         &self.net
     }
 
-    /// Probe `address` per `spec` until `cancel` fires. Must be called inside a tokio runtime
-    /// (or with its handle).
+    /// Probe `address` per `spec` until `cancel` fires.
     pub fn spawn(
         &self,
-        rt: &tokio::runtime::Handle,
         key: ProbeKey,
         address: IpAddr,
         spec: ProbeSpec,
@@ -103,12 +139,40 @@ impl Prober {
     ) -> JoinHandle<()> {
         let me = self.clone();
         me.net.ensure_series(&key, address);
-        rt.spawn(async move {
+        me.rounds.join(key.clone());
+        self.rt.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = me.run(key, address, spec) => {}
             }
         })
+    }
+
+    /// Spawn the probes of one peer; returns their keys.
+    pub fn spawn_peer(
+        &self,
+        peer: &PeerSpec,
+        origin: Origin,
+        cancel: &CancellationToken,
+    ) -> Vec<ProbeKey> {
+        peer.probes
+            .iter()
+            .map(|spec| {
+                let key = ProbeKey {
+                    peer: peer.name.clone(),
+                    probe: spec.kind.label(),
+                    origin,
+                };
+                self.spawn(key.clone(), peer.address, *spec, cancel.clone());
+                key
+            })
+            .collect()
+    }
+
+    /// Stop counting a discovered peer's probes (their tasks were cancelled) and its series.
+    pub fn retire(&self, key: &ProbeKey) {
+        self.rounds.leave(key);
+        self.net.retire(key);
     }
 
     async fn run(self, key: ProbeKey, address: IpAddr, spec: ProbeSpec) {
@@ -121,7 +185,7 @@ impl Prober {
             let Ok(_permit) = self.limit.acquire().await else {
                 return;
             };
-            let started = Instant::now();
+            self.rounds.begin(&key);
             let result = match spec.kind {
                 ProbeKind::Icmp => {
                     if icmp.is_none() {
@@ -135,7 +199,7 @@ impl Prober {
                                     error!(peer = %key.peer, error = %e, "cannot probe with ICMP");
                                     reported = true;
                                 }
-                                self.finish(&key, address, started, ProbeOutcome::Error, true);
+                                self.finish(&key, address, ProbeOutcome::Error, true);
                                 continue;
                             }
                         }
@@ -165,18 +229,11 @@ impl Prober {
                 }
                 Err(_) => ProbeOutcome::Timeout,
             };
-            self.finish(&key, address, started, outcome, false);
+            self.finish(&key, address, outcome, false);
         }
     }
 
-    fn finish(
-        &self,
-        key: &ProbeKey,
-        address: IpAddr,
-        started: Instant,
-        outcome: ProbeOutcome,
-        setup_error: bool,
-    ) {
+    fn finish(&self, key: &ProbeKey, address: IpAddr, outcome: ProbeOutcome, setup_error: bool) {
         self.net.record_probe(key, address, unix_now(), outcome);
         if let ProbeOutcome::Success(rtt) = outcome {
             // One line per probe at debug level: the benchmark (scripts/bench-net.sh) reads it.
@@ -186,12 +243,45 @@ impl Prober {
         if setup_error && setup_failures == 1 {
             warn!(peer = %key.peer, probe = key.probe, "probe cannot run; vm_migration_collector_success{{collector=\"probe\"}} is 0");
         }
-        self.status.lock().collectors.insert(
-            "probe",
-            CollectorStatus {
-                success: setup_failures == 0,
-                duration_seconds: started.elapsed().as_secs_f64(),
-            },
-        );
+        self.rounds.end(key, !setup_error);
+    }
+}
+
+/// The `probe` collector: the configured peers' probes, started once; discovery adds and
+/// retires discovered peers' through the same [`Prober`].
+pub struct ProbeCollector {
+    prober: Prober,
+    peers: Vec<PeerSpec>,
+    cancel: CancellationToken,
+}
+
+impl ProbeCollector {
+    pub fn new(prober: Prober, peers: Vec<PeerSpec>, cancel: CancellationToken) -> Self {
+        ProbeCollector {
+            prober,
+            peers,
+            cancel,
+        }
+    }
+}
+
+impl Collector for ProbeCollector {
+    fn name(&self) -> Name {
+        Name::Probe
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(PeerCollector::new(self.prober.peers().clone())));
+    }
+}
+
+impl Tasks for ProbeCollector {
+    fn start(self: Box<Self>) {
+        for peer in &self.peers {
+            self.prober.spawn_peer(peer, Origin::Config, &self.cancel);
+        }
+        if !self.peers.is_empty() {
+            info!(peers = self.peers.len(), "probing configured peers");
+        }
     }
 }

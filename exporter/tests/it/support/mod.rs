@@ -36,3 +36,34 @@ pub fn expect_event(
         }
     }
 }
+
+/// Values that change from run to run are replaced, and series inside a family sorted (label
+/// sets of a family come out in hash order).
+pub fn normalise(text: &str) -> String {
+    let volatile = [
+        "vm_migration_sample_age_seconds",
+        "vm_migration_collector_duration_seconds",
+    ];
+    let mut out = Vec::new();
+    let mut block: Vec<String> = Vec::new();
+    let flush = |block: &mut Vec<String>, out: &mut Vec<String>| {
+        block.sort();
+        out.append(block);
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut block, &mut out);
+            out.push(line.to_string());
+            continue;
+        }
+        let line = match line.rsplit_once(' ') {
+            Some((series, _)) if volatile.iter().any(|v| series.starts_with(v)) => {
+                format!("{series} <volatile>")
+            }
+            _ => line.to_string(),
+        };
+        block.push(line);
+    }
+    flush(&mut block, &mut out);
+    out.join("\n")
+}

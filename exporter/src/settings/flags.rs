@@ -1,16 +1,18 @@
 //! Command-line flags, in Prometheus exporter style (`--web.listen-address`, `--libvirt.uri`),
-//! each with an environment-variable fallback, merged with the optional YAML config file.
-//!
-//! Precedence: flag, then environment, then config file, then the built-in default.
+//! each with an environment-variable fallback. Only clap lives here; [`super`] merges the
+//! flags with the config file into typed settings.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::collections::BTreeSet;
 
-use crate::config::{Config, ConfigError};
+use clap::builder::PossibleValuesParser;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, Parser, ValueEnum};
+
+use crate::collector::Name;
+use crate::net::probe::ProbeKind;
 
 /// Default port: 9177 is taken by the existing libvirt exporters, so this one uses 9745.
 pub const DEFAULT_LISTEN: &str = ":9745";
@@ -191,141 +193,99 @@ pub struct Cli {
     pub trace_path: Option<PathBuf>,
 
     #[command(flatten)]
-    pub probe: crate::net::probe::settings::ProbeArgs,
+    pub probe: ProbeArgs,
 }
 
-/// The settings the daemon runs with, after merging flags, environment and config file.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub listen_address: SocketAddr,
-    pub web_config_file: Option<PathBuf>,
-    pub telemetry_path: String,
-    pub libvirt_uri: String,
-    pub reconnect_max_backoff: Duration,
-    pub sample_interval: Duration,
-    pub sample_idle_interval: Duration,
-    pub completion_grace: Duration,
-    pub log_level: LogLevel,
-    pub log_format: LogFormat,
-    pub trace_path: Option<PathBuf>,
-    /// `None`: records in memory only.
-    pub storage_path: Option<PathBuf>,
-    pub storage_retention_size: u64,
-    /// `None`: keep `last_*` series until restart.
-    pub last_retention: Option<Duration>,
-    pub netdev: crate::net::netdev::Netdev,
-    pub probe: crate::net::probe::settings::ProbeSettings,
+/// The peer-probe flags, flattened into [`Cli`].
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// A peer to probe: `[NAME=]ADDRESS` (IP). Repeat for more. Peers with several probes
+    /// or their own intervals go in the config file under `probe.peers`.
+    #[arg(
+        long = "probe.peer",
+        env = "VM_MIGRATION_EXPORTER_PROBE_PEER",
+        value_delimiter = ',',
+        value_name = "[NAME=]IP"
+    )]
+    pub peers: Vec<String>,
+
+    /// Probes to run against each `--probe.peer`.
+    #[arg(
+        long = "probe.peer-probes",
+        env = "VM_MIGRATION_EXPORTER_PROBE_PEER_PROBES",
+        value_delimiter = ',',
+        default_value = "icmp",
+        value_parser = PossibleValuesParser::new(ProbeKind::NAMES),
+        value_name = "PROBES"
+    )]
+    pub peer_probes: Vec<String>,
+
+    /// Port for the `tcp` probe of `--probe.peer` peers (e.g. 16509, libvirtd).
+    #[arg(long = "probe.tcp-port", env = "VM_MIGRATION_EXPORTER_PROBE_TCP_PORT", value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
+    pub tcp_port: Option<u16>,
+
+    /// Default interval between probes of one peer.
+    #[arg(long = "probe.interval", env = "VM_MIGRATION_EXPORTER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// Default time to wait for a probe's answer before counting a timeout.
+    #[arg(long = "probe.timeout", env = "VM_MIGRATION_EXPORTER_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Most probes in flight at once, all peers together.
+    #[arg(long = "probe.max-concurrency", env = "VM_MIGRATION_EXPORTER_PROBE_MAX_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
+    pub max_concurrency: u16,
+
+    /// Probe (ICMP) the peer of each running migration, found from the QEMU process's
+    /// migration socket under --path.procfs.
+    #[arg(long = "probe.discovery", env = "VM_MIGRATION_EXPORTER_PROBE_DISCOVERY", default_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub discovery: bool,
+
+    /// Also TCP-connect to this port of discovered peers (never the migration port itself:
+    /// QEMU's incoming migration listener accepts one connection).
+    #[arg(long = "probe.discovery-tcp-port", env = "VM_MIGRATION_EXPORTER_PROBE_DISCOVERY_TCP_PORT", value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
+    pub discovery_tcp_port: Option<u16>,
 }
 
-/// Why the command line could not be turned into settings.
-#[derive(Debug)]
-pub enum CliError {
-    /// `--help` or `--version`: print and exit 0.
-    Display(clap::Error),
-    /// A bad flag: one line, exit 2.
-    Flag(String),
-    Config(ConfigError),
+fn collector_flag(name: Name, on: bool) -> String {
+    let prefix = if on { "collector" } else { "no-collector" };
+    format!("{prefix}.{}", name.as_str())
 }
 
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CliError::Display(e) => write!(f, "{e}"),
-            CliError::Flag(m) => write!(f, "{m}"),
-            CliError::Config(e) => write!(f, "{e}"),
-        }
+/// `--collector.<name>` and `--no-collector.<name>` for every collector the runner knows
+/// (all on by default; the last of the two given wins, as in node_exporter).
+pub fn with_collector_flags(mut cmd: Command) -> Command {
+    for name in Name::ALL {
+        let (on, off) = (collector_flag(name, true), collector_flag(name, false));
+        cmd = cmd
+            .arg(
+                Arg::new(on.clone())
+                    .long(on.clone())
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(off.clone())
+                    .help(format!(
+                        "Enable the {} collector (default: on): {}.",
+                        name.as_str(),
+                        name.help()
+                    )),
+            )
+            .arg(
+                Arg::new(off.clone())
+                    .long(off)
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(on)
+                    .help(format!("Disable the {} collector.", name.as_str())),
+            );
     }
+    cmd
 }
 
-/// Parse arguments (including argv[0]) and the config file they name.
-pub fn parse<I, T>(args: I) -> Result<Settings, CliError>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    let matches = Cli::command()
-        .try_get_matches_from(args)
-        .map_err(flag_error)?;
-    let cli = Cli::from_arg_matches(&matches).map_err(flag_error)?;
-    let config = match &cli.config_file {
-        Some(path) => Config::load(path).map_err(CliError::Config)?,
-        None => Config::default(),
-    };
-    merge(cli, &matches, config).map_err(CliError::Flag)
-}
-
-fn flag_error(e: clap::Error) -> CliError {
-    use clap::error::ErrorKind;
-    match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => CliError::Display(e),
-        _ => {
-            // clap's message spans several lines (usage, hint): keep its first, which names
-            // the flag and the problem.
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad command line")
-                .trim()
-                .to_string();
-            CliError::Flag(format!("{first} (see --help)"))
-        }
-    }
-}
-
-fn from_default(m: &ArgMatches, id: &str) -> bool {
-    matches!(m.value_source(id), Some(ValueSource::DefaultValue) | None)
-}
-
-/// An explicit flag (or its environment variable) wins over the config file, the file over the
-/// flag's default. `id` is the flag's clap id (its field name).
-pub(crate) fn flag_or_file<T>(m: &ArgMatches, id: &str, flag: T, file: Option<T>) -> T {
-    match file {
-        Some(v) if from_default(m, id) => v,
-        _ => flag,
-    }
-}
-
-fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, String> {
-    let pick = |id: &str, flag: Duration, file: Option<Duration>| flag_or_file(m, id, flag, file);
-    let probe = crate::net::probe::settings::resolve(&cli.probe, m, &cfg.probe)?;
-    Ok(Settings {
-        listen_address: cli.listen_address,
-        web_config_file: cli.web_config_file,
-        telemetry_path: cli.telemetry_path,
-        libvirt_uri: flag_or_file(m, "libvirt_uri", cli.libvirt_uri, cfg.libvirt.uri),
-        reconnect_max_backoff: pick(
-            "reconnect_max_backoff",
-            cli.reconnect_max_backoff,
-            cfg.libvirt.reconnect_max_backoff,
-        ),
-        sample_interval: pick("sample_interval", cli.sample_interval, cfg.sample.interval),
-        sample_idle_interval: pick(
-            "sample_idle_interval",
-            cli.sample_idle_interval,
-            cfg.sample.idle_interval,
-        ),
-        completion_grace: pick(
-            "completion_grace",
-            cli.completion_grace,
-            cfg.sample.completion_grace,
-        ),
-        log_level: cli.log_level,
-        log_format: cli.log_format,
-        trace_path: cli.trace_path,
-        storage_path: (!cli.storage_path.is_empty()).then(|| PathBuf::from(cli.storage_path)),
-        storage_retention_size: cli.storage_retention_size,
-        last_retention: (!cli.last_retention.is_zero()).then_some(cli.last_retention),
-        netdev: crate::net::netdev::Netdev {
-            procfs: cli.procfs,
-            sysfs: cli.sysfs,
-            include: cli.netdev_include,
-            exclude: cli.netdev_exclude,
-        },
-        probe,
-    })
+/// The collectors left on by `--no-collector.<name>` flags.
+pub fn enabled_collectors(m: &ArgMatches) -> BTreeSet<Name> {
+    Name::ALL
+        .into_iter()
+        .filter(|n| !m.get_flag(&collector_flag(*n, false)))
+        .collect()
 }
 
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {

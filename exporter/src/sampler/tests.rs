@@ -1,9 +1,9 @@
 //! The sampler behind the job-source seam: a trace replayed through it must produce the live
 //! series while the job runs, none after, and the finished-migration metrics.
 
+use super::replay::{text, Replay};
 use super::*;
 use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, ParamValue, Params, RawJob};
-use crate::migration::replay::{text, Replay};
 
 fn dom() -> DomainId {
     DomainId {

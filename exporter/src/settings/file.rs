@@ -9,27 +9,55 @@
 //!   interval: 1s
 //!   idle_interval: 15s
 //!   completion_grace: 5s
-//! probe:            # peer probes: see crate::net::probe::config
+//! probe:
+//!   interval: 1s          # defaults for every probe
+//!   timeout: 1s
+//!   max_concurrency: 16
+//!   discovery: true       # probe the peer of each running migration (ICMP)
+//!   discovery_tcp_port: 16509   # and TCP-connect to this port of it (optional)
 //!   peers:
 //!     - name: dst
 //!       address: 10.77.0.2
-//!       probes: [{type: icmp}, {type: tcp, port: 16509}]
+//!       probes:
+//!         - type: icmp
+//!         - type: tcp
+//!           port: 16509
+//!           interval: 5s
+//!           timeout: 500ms
 //! ```
+//!
+//! Parsing checks everything serde cannot (the error names the key) and turns addresses and
+//! probe kinds into their types once; [`super`] only fills in defaults.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+use crate::net::probe::{KindError, ProbeKind};
+
+/// The file's settings, checked and typed.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
-    #[serde(default)]
     pub libvirt: LibvirtConfig,
-    #[serde(default)]
     pub sample: SampleConfig,
+    pub probe: ProbeConfig,
+    /// Guest services to probe (`app:`).
+    pub app: crate::app_qos::targets::AppSettings,
+}
+
+/// The file as written (strict: unknown keys are errors).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
     #[serde(default)]
-    pub probe: crate::net::probe::config::ProbeConfig,
+    libvirt: LibvirtConfig,
+    #[serde(default)]
+    sample: SampleConfig,
+    #[serde(default)]
+    probe: RawProbe,
+    app: Option<crate::app_qos::targets::AppFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -51,8 +79,134 @@ pub struct SampleConfig {
     pub completion_grace: Option<Duration>,
 }
 
+/// The `probe:` section, typed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeConfig {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub max_concurrency: Option<usize>,
+    pub discovery: Option<bool>,
+    pub discovery_tcp_port: Option<u16>,
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One `probe.peers[]` entry; durations left out take the `probe:` (or flag) defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    pub name: String,
+    pub address: IpAddr,
+    pub probes: Vec<ProbeEntry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbeEntry {
+    pub kind: ProbeKind,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    max_concurrency: Option<usize>,
+    discovery: Option<bool>,
+    discovery_tcp_port: Option<u16>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    address: String,
+    probes: Vec<RawProbeEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbeEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    port: Option<u16>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+impl RawProbe {
+    /// Check what serde cannot and type it; the error names the key.
+    fn typed(self) -> Result<ProbeConfig, String> {
+        positive("probe.interval", self.interval)?;
+        positive("probe.timeout", self.timeout)?;
+        if self.max_concurrency == Some(0) {
+            return Err("probe.max_concurrency must be at least 1".into());
+        }
+        if self.discovery_tcp_port == Some(0) {
+            return Err("probe.discovery_tcp_port must be a port (1-65535)".into());
+        }
+        let mut peers = Vec::new();
+        for (i, peer) in self.peers.into_iter().enumerate() {
+            let at = format!("probe.peers[{i}]");
+            if peer.name.trim().is_empty() {
+                return Err(format!("{at}.name is empty"));
+            }
+            let address = peer.address.parse::<IpAddr>().map_err(|_| {
+                format!(
+                    "{at}.address '{}' is not an IP address (e.g. 10.0.0.2 or fd00::2)",
+                    peer.address
+                )
+            })?;
+            if peer.probes.is_empty() {
+                return Err(format!(
+                    "{at}.probes is empty (add `- type: icmp` or `- type: tcp`)"
+                ));
+            }
+            let mut probes = Vec::new();
+            for (j, pr) in peer.probes.into_iter().enumerate() {
+                let at = format!("{at}.probes[{j}]");
+                let kind = ProbeKind::from_name(&pr.kind, pr.port).map_err(|e| match e {
+                    KindError::Unknown(k) => format!(
+                        "{at}.type '{k}' is not a probe type ({})",
+                        ProbeKind::NAMES.join(", ")
+                    ),
+                    KindError::PortRequired => {
+                        format!("{at}.port is required for a tcp probe (1-65535)")
+                    }
+                    KindError::PortNotUsed => format!("{at}.port is only for tcp probes"),
+                })?;
+                positive(&format!("{at}.interval"), pr.interval)?;
+                positive(&format!("{at}.timeout"), pr.timeout)?;
+                probes.push(ProbeEntry {
+                    kind,
+                    interval: pr.interval,
+                    timeout: pr.timeout,
+                });
+            }
+            peers.push(PeerConfig {
+                name: peer.name,
+                address,
+                probes,
+            });
+        }
+        Ok(ProbeConfig {
+            interval: self.interval,
+            timeout: self.timeout,
+            max_concurrency: self.max_concurrency,
+            discovery: self.discovery,
+            discovery_tcp_port: self.discovery_tcp_port,
+            peers,
+        })
+    }
+}
+
 /// A duration key, when given, must be longer than zero; the error names the key.
-pub(crate) fn positive(key: &str, d: Option<Duration>) -> Result<(), String> {
+fn positive(key: &str, d: Option<Duration>) -> Result<(), String> {
     if d.is_some_and(|d| d.is_zero()) {
         Err(format!("{key} must be longer than zero"))
     } else {
@@ -88,8 +242,17 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let cfg: Config =
+        let raw: RawConfig =
             serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string(), text))?;
+        let cfg = Config {
+            libvirt: raw.libvirt,
+            sample: raw.sample,
+            probe: raw.probe.typed()?,
+            app: match raw.app {
+                Some(a) => a.settings()?,
+                None => Default::default(),
+            },
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -115,7 +278,7 @@ impl Config {
         {
             return Err("libvirt.uri is empty".into());
         }
-        crate::net::probe::config::validate(&self.probe)
+        Ok(())
     }
 }
 
@@ -190,13 +353,15 @@ mod tests {
         )
         .expect("valid probe config");
         assert_eq!(c.probe.peers.len(), 1);
-        assert_eq!(c.probe.peers[0].probes[1].port, Some(16509));
+        assert_eq!(
+            c.probe.peers[0].probes[1].kind,
+            ProbeKind::Tcp { port: 16509 }
+        );
         for (text, want) in [
             ("probe:\n  peers:\n    - name: a\n      address: nowhere\n      probes: [{type: icmp}]\n", "probe.peers[0].address 'nowhere' is not an IP address"),
             ("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: [{type: tcp}]\n", "probe.peers[0].probes[0].port is required"),
             ("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: [{type: icmp, port: 7}]\n", "probe.peers[0].probes[0].port is only for tcp"),
             ("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: []\n", "probe.peers[0].probes is empty"),
-            ("probe:\n  peers:\n    - {name: a, address: 10.0.0.1, probes: [{type: icmp}]}\n    - {name: a, address: 10.0.0.2, probes: [{type: icmp}]}\n", "probe.peers[1].name 'a' is used twice"),
             ("probe:\n  max_concurrency: 0\n", "probe.max_concurrency must be at least 1"),
             ("probe:\n  timeout: 0s\n", "probe.timeout must be longer than zero"),
         ] {
@@ -206,7 +371,7 @@ mod tests {
         }
         let e = Config::parse("probe:\n  peers:\n    - name: a\n      address: 10.0.0.1\n      probes: [{type: udp}]\n")
             .expect_err("unknown probe type");
-        assert!(e.contains("udp"), "{e}");
+        assert!(e.contains("udp") && e.contains("probes[0].type"), "{e}");
     }
 
     #[test]

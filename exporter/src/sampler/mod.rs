@@ -1,36 +1,36 @@
 //! The background sampler: asks the job source about every active domain, feeds the tracker,
 //! and publishes results to the shared state and the finished-migration metrics.
 //!
-//! Rounds run on their own thread because libvirt calls block (during a post-copy switch-over
-//! `virDomainGetJobStats` waits until the migration completes); events are handled on another
-//! thread, so a lifecycle or completion event is published at once even while a round is stuck
-//! in libvirt. Both share [`Core`] behind a lock that is never held across a libvirt call. HTTP
-//! handlers only read the state they publish. While a job runs a round happens every
-//! `interval`; otherwise every `idle_interval`, and at once when an event names a domain that is
-//! not tracked yet.
+//! [`JobsCollector`] is the `jobs` collector: the runner calls its rounds on a thread of their
+//! own because libvirt calls block (during a post-copy switch-over `virDomainGetJobStats` waits
+//! until the migration completes), and hands events to it on another thread, so a lifecycle or
+//! completion event is published at once even while a round is stuck in libvirt. Both share
+//! [`Core`] behind a lock that is never held across a libvirt call. HTTP handlers only read the
+//! state they publish. While a job runs a round happens every `interval`; otherwise every
+//! `idle_interval`, and at once when an event names a domain that is not tracked yet.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+pub mod replay;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use super::stats::JobStats;
-use super::tracker::{FinishedMigration, JobObservation, Round, Tracker};
-use crate::libvirt::jobs::{DomainId, JobSource, SourceError, SourceEvent};
+use crate::clock::unix_now;
+use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
+use crate::libvirt::jobs::{Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
-use crate::state::{CollectorStatus, SharedState};
+use crate::migration::stats::JobStats;
+use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
+use crate::state::SharedState;
 use crate::store::RecordLog;
-use crate::trace::{ReplaySource, TraceRecord, TraceWriter};
+use crate::trace::{TraceRecord, TraceWriter};
 
 /// Rounds (at the active interval) to keep trying a wanted completed-stats read.
 const COMPLETED_READ_TRIES: u32 = 10;
-
-/// The collector name of the job sampler in `vm_migration_collector_*`.
-pub const COLLECTOR: &str = "jobs";
 
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
@@ -67,8 +67,19 @@ struct Core {
     network: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
     /// Probe results of the peers discovered for migrations, for their records.
     peers: Option<crate::net::peers::PeerState>,
-    /// Told when the set of running jobs changes.
-    jobs_changed: Option<std::sync::mpsc::Sender<()>>,
+    /// The running jobs, for peer discovery (woken when they change).
+    running: Option<Feed<Vec<DomainId>>>,
+    /// Domains and running jobs, for the app collector; its held-back records.
+    app: Option<(
+        crate::app_qos::collector::SharedHostView,
+        crate::app_qos::holdback::Holdback,
+    )>,
+    /// Domains listed at the last round.
+    domains: Vec<DomainId>,
+    /// The app metadata element of each listed domain (app collector only), and the domains
+    /// whose element must be read (new, or libvirt said it changed).
+    metadata: BTreeMap<String, Option<String>>,
+    want_metadata: BTreeSet<String>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -79,13 +90,6 @@ pub struct Sampler {
     core: Arc<Mutex<Core>>,
     last_completed_sweep: Option<f64>,
     cfg: SamplerConfig,
-}
-
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Core {
@@ -107,16 +111,16 @@ impl Core {
         }
     }
 
-    /// Handle a connection or domain event; true when a round should run now.
-    fn handle(&mut self, now: f64, ev: SourceEvent) -> bool {
-        let sample_now = match ev {
+    /// Handle a connection or domain event.
+    fn handle(&mut self, now: f64, ev: SourceEvent) -> Event {
+        let step = match ev {
             SourceEvent::Connected => {
                 self.record(TraceRecord::Connection {
                     t: now,
                     connected: true,
                 });
                 self.state.lock().libvirt_up = true;
-                true
+                Event::Handled { round_now: true }
             }
             SourceEvent::Disconnected { reason } => {
                 debug!(%reason, "sampler: libvirt connection lost");
@@ -125,16 +129,18 @@ impl Core {
                     connected: false,
                 });
                 self.tracker.on_disconnect();
-                let mut st = self.state.lock();
-                st.libvirt_up = false;
-                st.collectors.insert(
-                    COLLECTOR,
-                    CollectorStatus {
-                        success: false,
-                        duration_seconds: 0.0,
-                    },
-                );
-                false
+                self.state.lock().libvirt_up = false;
+                Event::Failed
+            }
+            SourceEvent::Domain(DomainEvent::MetadataChange { domain, uri }) => {
+                // Only ours matters, and only when guest services are probed.
+                let ours = uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
+                if ours && self.app.is_some() {
+                    self.want_metadata.insert(domain.uuid);
+                }
+                Event::Handled {
+                    round_now: ours && self.app.is_some(),
+                }
             }
             SourceEvent::Domain(event) => {
                 self.record(TraceRecord::Event {
@@ -147,14 +153,16 @@ impl Core {
                         .insert(event.domain().uuid.clone(), COMPLETED_READ_TRIES);
                 }
                 // Counter and live series change in one step, and a phase change shows at once.
-                self.publish(finished);
+                self.publish(now, finished);
                 self.publish_active();
-                wants_sample
+                Event::Handled {
+                    round_now: wants_sample,
+                }
             }
         };
         // Events are rare and decisive (a completion): never leave one in the buffer.
         self.flush_trace();
-        sample_now
+        step
     }
 
     /// Count down a wanted completed-stats read; it is done once the stats were there.
@@ -167,27 +175,41 @@ impl Core {
         }
     }
 
-    /// Copy the running jobs into the shared state; tell the watcher (peer discovery) when a
-    /// job started or ended, so it need not poll.
+    /// Copy the running jobs into the shared state and the feed of peer discovery (which is
+    /// woken when a job started or ended, so it need not poll).
     fn publish_active(&mut self) {
         let active: Vec<_> = self.tracker.active_jobs().cloned().collect();
-        let mut st = self.state.lock();
-        let changed = st.active.len() != active.len()
-            || st
-                .active
-                .iter()
-                .zip(&active)
-                .any(|(a, b)| a.domain.uuid != b.domain.uuid);
-        st.active = active;
-        drop(st);
-        if changed {
-            if let Some(tx) = &self.jobs_changed {
-                let _ = tx.send(());
-            }
+        if let Some(feed) = &self.running {
+            feed.publish(active.iter().map(|j| j.domain.clone()).collect());
         }
+        if let Some((view, _)) = &self.app {
+            *view.lock() = crate::app_qos::collector::HostView {
+                metadata: self
+                    .domains
+                    .iter()
+                    .filter_map(|d| {
+                        let xml = self.metadata.get(&d.uuid)?.clone()?;
+                        Some((d.clone(), xml))
+                    })
+                    .collect(),
+                domains: self.domains.clone(),
+                jobs: active
+                    .iter()
+                    .filter(|j| j.stats.is_migration())
+                    .map(|j| {
+                        (
+                            j.domain.clone(),
+                            j.started_at,
+                            j.phase == crate::record::Phase::Postcopy,
+                        )
+                    })
+                    .collect(),
+            };
+        }
+        self.state.lock().active = active;
     }
 
-    fn publish(&mut self, mut finished: Vec<FinishedMigration>) {
+    fn publish(&mut self, now: f64, mut finished: Vec<FinishedMigration>) {
         if finished.is_empty() {
             return;
         }
@@ -217,6 +239,19 @@ impl Core {
             );
             self.metrics.record_finished(f);
         }
+        // Migrations of domains whose services are probed wait for what the app saw after them.
+        let finished: Vec<_> = match &self.app {
+            Some((_, hold)) => finished
+                .into_iter()
+                .filter_map(|f| hold.hold(f, now))
+                .collect(),
+            None => finished,
+        };
+        self.write_records(finished);
+    }
+
+    /// Records to memory (API, landing page) and to the record file.
+    fn write_records(&mut self, finished: Vec<FinishedMigration>) {
         let mut st = self.state.lock();
         for f in finished {
             st.push_finished(f);
@@ -228,6 +263,22 @@ impl Core {
             }
         }
     }
+
+    /// Held-back records the app collector completed (or gave up on); `all` at shutdown.
+    fn write_held(&mut self, now: f64, all: bool) {
+        let ready = match &self.app {
+            Some((_, hold)) => hold.take_ready(now, all),
+            None => return,
+        };
+        self.write_records(ready);
+    }
+}
+
+impl Drop for Sampler {
+    /// Stopping: records held back for the app collector are written as they are.
+    fn drop(&mut self) {
+        self.core.lock().write_held(crate::clock::unix_now(), true);
+    }
 }
 
 /// What one round read from libvirt, before it is applied.
@@ -236,7 +287,9 @@ struct Reading {
     round: Round,
     /// Trace records of the round, written together so a round stays contiguous in the trace.
     trace: Vec<TraceRecord>,
-    failed_calls: Vec<&'static str>,
+    failed_calls: Vec<Call>,
+    /// App metadata elements read this round, by domain UUID.
+    metadata: Vec<(String, Option<String>)>,
 }
 
 impl Sampler {
@@ -257,8 +310,12 @@ impl Sampler {
                 records: None,
                 network: None,
                 peers: None,
-                jobs_changed: None,
+                running: None,
                 want_completed: HashMap::new(),
+                app: None,
+                domains: Vec::new(),
+                metadata: BTreeMap::new(),
+                want_metadata: BTreeSet::new(),
             })),
             last_completed_sweep: None,
             cfg,
@@ -275,35 +332,45 @@ impl Sampler {
     /// figures to each finished migration's record.
     pub fn with_network(
         self,
-        history: Arc<Mutex<crate::net::netdev::TxHistory>>,
+        history: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
         peers: Option<crate::net::peers::PeerState>,
     ) -> Self {
         {
             let mut core = self.core.lock();
-            core.network = Some(history);
+            core.network = history;
             core.peers = peers;
         }
         self
     }
 
-    /// Send `()` on `tx` whenever a migration job starts or ends (peer discovery waits on it).
-    pub fn with_jobs_changed(self, tx: std::sync::mpsc::Sender<()>) -> Self {
-        self.core.lock().jobs_changed = Some(tx);
+    /// Publish the host's domains and jobs for the app collector, and keep back the records of
+    /// its domains until it has added what their services saw.
+    pub fn with_app(
+        self,
+        view: crate::app_qos::collector::SharedHostView,
+        hold: crate::app_qos::holdback::Holdback,
+    ) -> Self {
+        self.core.lock().app = Some((view, hold));
         self
     }
 
-    /// Handle a connection or domain event. Returns true when a round should run now.
-    pub fn handle(&self, now: f64, ev: SourceEvent) -> bool {
+    /// Publish the running jobs into `feed` (peer discovery reads it).
+    pub fn with_running_jobs(self, feed: Feed<Vec<DomainId>>) -> Self {
+        self.core.lock().running = Some(feed);
+        self
+    }
+
+    /// Handle a connection or domain event.
+    pub fn handle(&self, now: f64, ev: SourceEvent) -> Event {
         self.core.lock().handle(now, ev)
     }
 
     /// Sample every active domain once: read libvirt without holding the lock, then apply.
-    pub fn round(&mut self, now: f64) {
-        let started = Instant::now();
+    pub fn round(&mut self, now: f64) -> Result<(), CollectError> {
         let reading = self.read(now);
         let mut core = self.core.lock();
-        let ok = match reading {
-            Some(r) => {
+        let result = match reading {
+            Ok(r) => {
                 for rec in r.trace {
                     core.record(rec);
                 }
@@ -314,13 +381,21 @@ impl Sampler {
                 core.want_completed
                     .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
                 core.state.lock().domains_active = Some(r.domains.len() as u64);
+                core.domains = r.domains.clone();
+                for (uuid, xml) in r.metadata {
+                    core.want_metadata.remove(&uuid);
+                    core.metadata.insert(uuid, xml);
+                }
+                core.metadata
+                    .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
                 let finished = core.tracker.on_round(now, &r.round);
-                core.publish(finished);
-                true
+                core.publish(now, finished);
+                Ok(())
             }
-            None => false,
+            Err(e) => Err(e),
         };
         core.publish_active();
+        core.write_held(now, false);
         if let Some(keep) = self.cfg.last_retention {
             let dropped = core.metrics.prune_last(now - keep.as_secs_f64());
             if dropped > 0 {
@@ -333,30 +408,24 @@ impl Sampler {
         let mut st = core.state.lock();
         st.ready = true;
         st.libvirt_up = self.source.is_connected();
-        st.collectors.insert(
-            COLLECTOR,
-            CollectorStatus {
-                success: ok,
-                duration_seconds: started.elapsed().as_secs_f64(),
-            },
-        );
-        if ok {
+        if result.is_ok() {
             st.last_success_at = Some(now);
         }
         drop(st);
         core.flush_trace();
+        result
     }
 
-    /// The libvirt side of a round; `None` when libvirt could not list domains.
-    fn read(&mut self, now: f64) -> Option<Reading> {
+    /// The libvirt side of a round; an error when libvirt could not list domains.
+    fn read(&mut self, now: f64) -> Result<Reading, CollectError> {
         if !self.source.is_connected() {
-            return None;
+            return Err(CollectError::new("libvirt is not connected"));
         }
         let domains = match self.source.list_domains() {
             Ok(d) => d,
             Err(e) => {
-                call_failed(&self.core, "list_domains", &e);
-                return None;
+                call_failed(&self.core, Call::ListDomains, &e);
+                return Err(CollectError::new(e));
             }
         };
         let sweep = self
@@ -370,7 +439,33 @@ impl Sampler {
                 domains: domains.clone(),
             }],
             failed_calls: Vec::new(),
+            metadata: Vec::new(),
         };
+        let wanted_metadata: Vec<&DomainId> = {
+            let core = self.core.lock();
+            match core.app {
+                Some(_) => domains
+                    .iter()
+                    .filter(|d| {
+                        !core.metadata.contains_key(&d.uuid) || core.want_metadata.contains(&d.uuid)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        for dom in wanted_metadata {
+            match self
+                .source
+                .metadata(dom, crate::app_qos::targets::METADATA_NS)
+            {
+                Ok(xml) => r.metadata.push((dom.uuid.clone(), xml)),
+                Err(SourceError::NoDomain(_)) => {}
+                Err(e) => {
+                    debug!(call = Call::Metadata.label(), error = %e, "libvirt call failed");
+                    r.failed_calls.push(Call::Metadata);
+                }
+            }
+        }
         for dom in &domains {
             let running = match self.source.job_stats(dom) {
                 Ok(job) => {
@@ -393,9 +488,9 @@ impl Sampler {
                     None
                 }
                 Err(e) => {
-                    debug!(call = "job_stats", error = %e, "libvirt call failed");
+                    debug!(call = Call::JobStats.label(), error = %e, "libvirt call failed");
                     if !matches!(e, SourceError::NotConnected(_)) {
-                        r.failed_calls.push("job_stats");
+                        r.failed_calls.push(Call::JobStats);
                     }
                     r.round
                         .observations
@@ -415,8 +510,8 @@ impl Sampler {
                             ms
                         }
                         Err(e) => {
-                            debug!(call = "migrate_get_max_downtime", error = %e, "libvirt call failed");
-                            r.failed_calls.push("migrate_get_max_downtime");
+                            debug!(call = Call::MaxDowntime.label(), error = %e, "libvirt call failed");
+                            r.failed_calls.push(Call::MaxDowntime);
                             None
                         }
                     };
@@ -443,8 +538,8 @@ impl Sampler {
                             }
                             Err(SourceError::NoDomain(_)) => None,
                             Err(e) => {
-                                debug!(call = "completed_job_stats", error = %e, "libvirt call failed");
-                                r.failed_calls.push("completed_job_stats");
+                                debug!(call = Call::CompletedJobStats.label(), error = %e, "libvirt call failed");
+                                r.failed_calls.push(Call::CompletedJobStats);
                                 None
                             }
                         }
@@ -462,107 +557,83 @@ impl Sampler {
         if sweep {
             self.last_completed_sweep = Some(now);
         }
-        Some(r)
+        Ok(r)
     }
 
     /// Whether a migration job is being tracked (the round period depends on it).
     fn busy(&self) -> bool {
         let core = self.core.lock();
-        core.tracker.has_active() || !core.want_completed.is_empty()
+        core.tracker.has_active()
+            || !core.want_completed.is_empty()
+            || core.app.as_ref().is_some_and(|(_, h)| h.pending())
     }
+}
 
-    /// Drive the sampler through a recorded trace: events are delivered at their recorded times
-    /// and a round runs at each recorded round time. `after_round` sees each round's time.
-    pub fn replay(&mut self, source: &ReplaySource, mut after_round: impl FnMut(f64)) {
-        let records = source.records();
-        for rec in records {
-            source.set_time(rec.t());
-            match rec {
-                TraceRecord::Event { t, event } => {
-                    self.handle(*t, SourceEvent::Domain(event.clone()));
-                }
-                TraceRecord::Connection { t, connected: true } => {
-                    self.handle(*t, SourceEvent::Connected);
-                }
-                TraceRecord::Connection {
-                    t,
-                    connected: false,
-                } => {
-                    self.handle(
-                        *t,
-                        SourceEvent::Disconnected {
-                            reason: "replay".into(),
-                        },
-                    );
-                }
-                TraceRecord::Round { t, .. } => {
-                    self.round(*t);
-                    after_round(*t);
-                }
-                _ => {}
-            }
-        }
-    }
+/// The `jobs` collector: the sampler's rounds, and libvirt's events between them.
+pub struct JobsCollector {
+    sampler: Sampler,
+    events: Option<Receiver<SourceEvent>>,
+}
 
-    /// Run until `stop` is set or the event channel closes: events on a thread of their own,
-    /// rounds here.
-    pub fn run(mut self, events: Receiver<SourceEvent>, stop: Arc<AtomicBool>) {
-        let (wake_tx, wake_rx) = mpsc::channel::<()>();
-        let core = self.core.clone();
-        let stop_events = stop.clone();
-        let event_thread = std::thread::Builder::new()
-            .name("events".into())
-            .spawn(move || {
-                while !stop_events.load(Ordering::Relaxed) {
-                    match events.recv_timeout(Duration::from_millis(500)) {
-                        Ok(ev) => {
-                            if core.lock().handle(unix_now(), ev) {
-                                let _ = wake_tx.send(());
-                            }
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            });
-        if let Err(e) = &event_thread {
-            warn!(error = %e, "cannot start the event thread; events wait for rounds");
-        }
-        let mut next = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let wait = next.saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                match wake_rx.recv_timeout(wait) {
-                    Ok(()) => next = Instant::now(),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    // The event thread ended (its channel closed): keep sampling on the clock.
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
-                }
-                if Instant::now() < next {
-                    continue;
-                }
-            }
-            self.round(unix_now());
-            let period = if self.busy() {
-                self.cfg.interval
-            } else {
-                self.cfg.idle_interval
-            };
-            next = Instant::now() + period;
-        }
-        if let Ok(h) = event_thread {
-            let _ = h.join();
+impl JobsCollector {
+    pub fn new(sampler: Sampler, events: Receiver<SourceEvent>) -> Self {
+        JobsCollector {
+            sampler,
+            events: Some(events),
         }
     }
 }
 
-fn call_failed(core: &Mutex<Core>, call: &'static str, e: &SourceError) {
-    debug!(call, error = %e, "libvirt call failed");
+impl Collector for JobsCollector {
+    fn name(&self) -> Name {
+        Name::Jobs
+    }
+}
+
+impl Rounds for JobsCollector {
+    fn round(&mut self) -> Result<(), CollectError> {
+        self.sampler.round(unix_now())
+    }
+
+    fn period(&self) -> Duration {
+        if self.sampler.busy() {
+            self.sampler.cfg.interval
+        } else {
+            self.sampler.cfg.idle_interval
+        }
+    }
+
+    fn events(&mut self) -> Option<Box<dyn Events>> {
+        let rx = self.events.take()?;
+        Some(Box::new(SourceEvents {
+            core: self.sampler.core.clone(),
+            rx,
+        }))
+    }
+}
+
+/// libvirt's events, handled as they come (not at the next round).
+struct SourceEvents {
+    core: Arc<Mutex<Core>>,
+    rx: Receiver<SourceEvent>,
+}
+
+impl Events for SourceEvents {
+    fn next(&mut self, timeout: Duration) -> Event {
+        match self.rx.recv_timeout(timeout) {
+            Ok(ev) => self.core.lock().handle(unix_now(), ev),
+            Err(RecvTimeoutError::Timeout) => Event::Idle,
+            Err(RecvTimeoutError::Disconnected) => Event::Closed,
+        }
+    }
+}
+
+fn call_failed(core: &Mutex<Core>, call: Call, e: &SourceError) {
+    debug!(call = call.label(), error = %e, "libvirt call failed");
     if !matches!(e, SourceError::NotConnected(_)) {
         core.lock().metrics.call_error(call);
     }
 }
 
 #[cfg(test)]
-#[path = "sampler_tests.rs"]
 mod tests;

@@ -1,0 +1,121 @@
+//! The parts of a finished-migration record and the labels they carry: plain data shared by the
+//! tracker (which fills them), the network side (which summarises itself into them), the store
+//! and the encoders. A leaf: it depends on nothing in the crate, so none of those depend on each
+//! other through it.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Pre-copy or post-copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Precopy,
+    Postcopy,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Precopy => "precopy",
+            Phase::Postcopy => "postcopy",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// Where the figures of a finished migration came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FigureSource {
+    /// The `JOB_COMPLETED` event's parameters.
+    Event,
+    /// Completed stats kept by libvirt, read with `KEEP_COMPLETED`.
+    CompletedStats,
+    /// The last live sample (libvirt gave no final figures).
+    LastSample,
+}
+
+/// Which side of the migration this host is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Out,
+    In,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
+/// What the network did while a migration ran: the busiest transmitting device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    pub device: String,
+    pub peak_tx_bytes_per_second: f64,
+    pub mean_tx_bytes_per_second: f64,
+    pub link_speed_bytes_per_second: Option<f64>,
+    /// Mean transmit rate ÷ link speed.
+    pub mean_link_share: Option<f64>,
+}
+
+/// Where a probed peer came from (the `origin` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// From `--probe.peer` or the config file's `probe.peers`.
+    Config,
+    /// Found from a running migration's socket.
+    Discovered,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Discovered => "discovered",
+        }
+    }
+}
+
+/// The peer of a migration as its probes saw it, for the finished-migration record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerSummary {
+    /// A configured peer's name, or the discovered address.
+    pub peer: String,
+    pub address: IpAddr,
+    pub origin: Origin,
+    /// The probe the figures come from (`icmp` when it ran, else `tcp`).
+    pub probe: String,
+    /// The device whose route leads to the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Probes sent while the migration ran.
+    pub probes: u64,
+    pub rtt_median_seconds: Option<f64>,
+    /// Probes without an answer ÷ all probes.
+    pub loss_ratio: Option<f64>,
+}

@@ -1,0 +1,266 @@
+//! The golden `/metrics` with every family: each collector registers its families as the runner
+//! would and runs on fixed input (a replayed trace with one finished and one running
+//! migration, the fixture `/proc` and `/sys` trees, fixed probe results). A family added to
+//! the source without being covered here fails `every_family_in_the_source_is_in_the_golden`.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use vm_migration_exporter::collector::{execute, Collector, Name, Rounds, TaskRounds};
+use vm_migration_exporter::libvirt::jobs::{
+    job_operation, job_type, Call, DomainEvent, DomainId, ParamValue, Params, RawJob,
+};
+use vm_migration_exporter::net::netdev::{Netdev, NetdevCollector};
+use vm_migration_exporter::net::peers::{
+    DiscoveredPeer, Origin, PeerState, ProbeKey, ProbeOutcome,
+};
+use vm_migration_exporter::net::probe::{ProbeCollector, Prober};
+use vm_migration_exporter::sampler::replay::{text, Replay};
+use vm_migration_exporter::sampler::SamplerConfig;
+use vm_migration_exporter::trace::TraceRecord;
+
+use crate::support::normalise;
+
+fn dom(n: u8) -> DomainId {
+    DomainId {
+        name: format!("g{n}"),
+        uuid: format!("0b0b0b0b-0000-4000-8000-00000000000{n}"),
+    }
+}
+
+fn p(pairs: &[(&str, u64)]) -> Params {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
+        .collect()
+}
+
+/// A round at `t` in which g1 (until `g1_done`), g2 and g3 migrate out, every job figure set.
+/// Each second is a new pass; g1 and g2 start each with half the remainder of the last
+/// (converging), g3 with the same remainder while its guest dirties about as fast as it is sent
+/// (not converging: stalled).
+fn round(t: f64, g1_done: bool, elapsed: u64) -> Vec<TraceRecord> {
+    let pass = elapsed / 1000;
+    let doms: Vec<DomainId> = if g1_done {
+        vec![dom(2), dom(3)]
+    } else {
+        vec![dom(1), dom(2), dom(3)]
+    };
+    let mut out = vec![TraceRecord::Round {
+        t,
+        domains: doms.clone(),
+    }];
+    for d in doms {
+        let stalled = d == dom(3);
+        let (data_remaining, memory_remaining, dirty_pages) = if stalled {
+            (1_100_000_000, 300_000_000, 12_000)
+        } else {
+            (1_100_000_000 >> pass, 300_000_000 >> pass, 6_100)
+        };
+        out.push(TraceRecord::Job {
+            t,
+            domain: d.clone(),
+            job: Some(RawJob {
+                job_type: job_type::UNBOUNDED,
+                params: p(&[
+                    ("operation", job_operation::MIGRATION_OUT),
+                    ("time_elapsed", elapsed),
+                    ("setup_time", 40),
+                    ("data_total", 2_000_000_000),
+                    ("data_processed", 900_000_000 + elapsed * 1000),
+                    ("data_remaining", data_remaining),
+                    ("memory_total", 1_000_000_000),
+                    ("memory_processed", 800_000_000),
+                    ("memory_remaining", memory_remaining),
+                    ("memory_dirty_rate", dirty_pages),
+                    ("memory_page_size", 4096),
+                    ("memory_bps", 50_000_000),
+                    ("memory_iteration", 2 + pass),
+                    ("memory_postcopy_requests", 0),
+                    ("auto_converge_throttle", 20),
+                    ("disk_total", 1_000_000),
+                    ("disk_processed", 600_000),
+                    ("disk_remaining", 400_000),
+                    ("downtime", 40),
+                ]),
+            }),
+        });
+        out.push(TraceRecord::MaxDowntime {
+            t,
+            domain: d,
+            ms: Some(300),
+        });
+    }
+    out
+}
+
+fn trace() -> Vec<TraceRecord> {
+    let mut r = vec![TraceRecord::Connection {
+        t: 100.0,
+        connected: true,
+    }];
+    r.extend(round(100.0, false, 1000));
+    r.extend(round(101.0, false, 2000));
+    r.push(TraceRecord::Event {
+        t: 101.5,
+        event: DomainEvent::JobCompleted {
+            domain: dom(1),
+            params: p(&[
+                ("operation", job_operation::MIGRATION_OUT),
+                ("time_elapsed", 2300),
+                ("downtime", 62),
+                ("data_processed", 91_000_000),
+                ("memory_iteration", 3),
+            ]),
+        },
+    });
+    r.extend(round(102.0, true, 3000));
+    r.extend(round(103.0, true, 4000));
+    r
+}
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `/metrics` as the daemon would serve it after the trace, with every collector's families.
+fn every_family() -> String {
+    let mut replay = Replay::new(trace(), SamplerConfig::default());
+    replay.run(|_, _| {});
+    replay.metrics.call_error(Call::MaxDowntime);
+    let statuses = replay.statuses.clone();
+    let registry: &mut Registry = &mut replay.registry;
+
+    let mut netdev = NetdevCollector::new(Netdev {
+        procfs: fixtures().join("proc"),
+        sysfs: fixtures().join("sys"),
+        include: None,
+        exclude: None,
+    });
+    netdev.register(registry);
+    assert!(execute(&statuses, Name::Netdev, || netdev.round()));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let peers = PeerState::default();
+    let rounds = TaskRounds::new(statuses.clone(), Name::Probe);
+    let prober = Prober::new(peers.clone(), rounds.clone(), 1, rt.handle().clone());
+    let probes = ProbeCollector::new(prober, vec![], CancellationToken::new());
+    probes.register(registry);
+    let dst: IpAddr = "10.77.0.2".parse().expect("ip");
+    let config = ProbeKey {
+        peer: "dst".into(),
+        probe: "icmp",
+        origin: Origin::Config,
+    };
+    peers.ensure_series(&config, dst);
+    for (i, o) in [
+        ProbeOutcome::Success(0.0004),
+        ProbeOutcome::Success(0.0006),
+        ProbeOutcome::Timeout,
+        ProbeOutcome::Success(0.0005),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        peers.record_probe(&config, dst, 100.0 + i as f64, o);
+    }
+    // One probe round, as the probe tasks report it.
+    rounds.join(config.clone());
+    rounds.begin(&config);
+    rounds.end(&config, true);
+    peers.lock().discovered.insert(
+        dom(2).uuid,
+        DiscoveredPeer {
+            address: dst,
+            device: Some("eth0".into()),
+            domain: dom(2).name,
+            uuid: dom(2).uuid,
+            active: true,
+        },
+    );
+    // One probed guest service: two good probes and a refused one, and one finished migration
+    // with its app-observed outage.
+    let app = vm_migration_exporter::app_qos::collector::SharedAppStats::default();
+    {
+        use prometheus_client::metrics::histogram::Histogram;
+        use vm_migration_exporter::app_qos::collector::{
+            duration_buckets, outage_buckets, TargetStats,
+        };
+        let mut g = app.lock();
+        let duration = Histogram::new(duration_buckets());
+        for l in [0.002, 0.003, 0.0001] {
+            duration.observe(l);
+        }
+        let mut results = [0; 5];
+        results[0] = 2;
+        results[3] = 1;
+        g.targets.insert(
+            (dom(2).uuid, "http".into()),
+            TargetStats {
+                domain: dom(2),
+                target: "http".into(),
+                up: Some(true),
+                outage_seconds: 0.0,
+                results,
+                duration,
+            },
+        );
+        g.last_outage.insert((dom(1), "http".into()), 0.07);
+        let outage = Histogram::new(outage_buckets());
+        outage.observe(0.07);
+        g.migration_outage.insert("precopy", outage);
+    }
+    registry.register_collector(Box::new(
+        vm_migration_exporter::app_qos::metrics::AppFamilies::new(app),
+    ));
+    text(&replay.registry)
+}
+
+#[test]
+fn golden_metrics_with_every_family() {
+    insta::assert_snapshot!("metrics_every_family", normalise(&every_family()));
+}
+
+#[test]
+fn every_family_in_the_source_is_in_the_golden() {
+    let out = every_family();
+    let mut missing = Vec::new();
+    let mut files = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(
+                std::fs::read_dir(&p)
+                    .expect("src dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+            continue;
+        }
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.ends_with(".rs") || name == "tests.rs" || name.ends_with("_tests.rs") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&p).expect("source");
+        for name in src.split('"').skip(1).step_by(2) {
+            let is_family = name.starts_with("vm_migration_")
+                && !name.ends_with('_')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            // Counters are written with `_total` in the text format.
+            let typed = |n: &str| out.contains(&format!("# TYPE {n} "));
+            if is_family && !typed(name) && !typed(&format!("{name}_total")) {
+                missing.push(format!("{name} ({})", p.display()));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "families named in the source but not in the golden: {missing:?}"
+    );
+}
