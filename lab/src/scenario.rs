@@ -143,6 +143,28 @@ impl RunResult {
     }
 }
 
+/// Destroys a scenario's guest on both hosts when dropped, so a run that fails half-way (an
+/// error, a panic) leaves no guest behind. It holds the URIs, not the hosts, which the run
+/// still needs mutably (a libvirtd restart).
+struct GuestGuard {
+    name: String,
+    uris: [String; 2],
+}
+
+impl Drop for GuestGuard {
+    fn drop(&mut self) {
+        for uri in &self.uris {
+            // Not running there (or already gone) is fine: destroy just fails.
+            let _ = Command::new("virsh")
+                .args(["-c", uri, "destroy", &self.name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 fn observe(m: &str, dom: &str, t: f64) -> Observation {
     let d = format!("domain=\"{dom}\"");
     let labels = [d.as_str()];
@@ -204,6 +226,11 @@ impl Lab {
         self.src
             .virsh(&["create", &xml.to_string_lossy()])
             .map_err(|e| LabError::Guest(e.to_string()))?;
+        // From here on, every way out of this function destroys the guest.
+        let cleanup = GuestGuard {
+            name: name.clone(),
+            uris: [self.src.uri().to_string(), self.dst.uri().to_string()],
+        };
         let serial = self.src.dir().join(format!("log/qemu/{name}.serial"));
         guest::wait_running(&serial, Duration::from_secs(90))?;
         // The guest's HTTP service, when it has one, answers on the source before migrating.
@@ -371,8 +398,7 @@ impl Lab {
             )
             .ok()
         });
-        let _ = self.dst.virsh(&["destroy", name]);
-        let _ = self.src.virsh(&["destroy", name]);
+        drop(cleanup);
         Ok(RunResult {
             scenario: s.clone(),
             outcome: outcome.to_string(),
