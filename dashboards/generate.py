@@ -16,6 +16,8 @@ HOST = 'instance=~"$host"'
 DOM = 'instance=~"$host",domain=~"$domain"'
 RATE = "$__rate_interval"
 ALL = {"selected": True, "text": "All", "value": "$__all"}
+# Replace with a metric of your application (request rate, error ratio, latency quantile ...).
+APP_QUERY_DEFAULT = 'avg by (domain, target) (vm_migration_app_up{instance=~"$host",domain=~"$domain"})'
 
 
 def target(expr, legend="", ref="A", instant=False, fmt=None):
@@ -77,7 +79,36 @@ def variables(with_domain):
                   "query": {"query": q, "refId": "domain"},
                   "includeAll": True, "multi": True, "allValue": ".*", "current": ALL, "refresh": 2,
                   "sort": 1, "hide": 0, "options": []})
+        # Any PromQL of the user's own, drawn on the migration's time axis ("Your application").
+        v.append({"name": "app_query", "label": "Your application (PromQL)", "type": "textbox",
+                  "query": APP_QUERY_DEFAULT, "current": {"text": APP_QUERY_DEFAULT, "value": APP_QUERY_DEFAULT},
+                  "hide": 0, "options": []})
     return v
+
+
+# Migration start, post-copy switch-over and end as annotations, on every board (copy them to your
+# own boards: they need only the exporter's series). Start and switch-over are the first sample of
+# a running job or a post-copy phase; the end is the finish time the exporter recorded.
+SEL = 'instance=~"$host"'
+ANNOTATIONS = [
+    ("Migration start", "blue",
+     f'(max by (instance, domain) (vm_migration_job_active{{{SEL},operation=~"migration_.*"}}) == 1)'
+     f' unless (max by (instance, domain) (vm_migration_job_active{{{SEL},operation=~"migration_.*"}} offset 30s) == 1)',
+     "{{domain}} migration started on {{instance}}", False),
+    ("Post-copy switch-over", "orange",
+     f'(max by (instance, domain) (vm_migration_phase{{{SEL},phase="postcopy"}}) == 1)'
+     f' unless (max by (instance, domain) (vm_migration_phase{{{SEL},phase="postcopy"}} offset 30s) == 1)',
+     "{{domain}} switched to post-copy", False),
+    ("Migration end", "green",
+     f'max by (instance, domain, outcome) (vm_migration_last_finished_timestamp_seconds{{{SEL}}}) * 1000',
+     "{{domain}} migration ended ({{outcome}})", True),
+]
+
+
+def annotations():
+    return [{"name": name, "datasource": DS, "enable": True, "iconColor": color, "expr": expr,
+             "step": "15s", "titleFormat": title, "useValueForTime": value_time}
+            for name, color, expr, title, value_time in ANNOTATIONS]
 
 
 def dashboard(uid, title, description, panels, with_domain, links):
@@ -94,7 +125,7 @@ def dashboard(uid, title, description, panels, with_domain, links):
         "refresh": "10s",
         "timezone": "utc",
         "templating": {"list": variables(with_domain)},
-        "annotations": {"list": []},
+        "annotations": {"list": annotations()},
         "links": [{"title": t, "type": "link", "url": f"/d/{u}", "asDropdown": False, "icon": "dashboard",
                    "includeVars": True, "keepTime": True, "tags": [], "targetBlank": False, "tooltip": ""}
                   for t, u in links],
@@ -146,6 +177,13 @@ def fleet():
                target(f"vm_migration_data_remaining_bytes{{{HOST}}}", instant=True, fmt="table"),
                target(f"vm_migration_predicted_downtime_seconds{{{HOST}}}", instant=True, fmt="table")],
               0, 20, 24, 8, options={"showHeader": True, "cellHeight": "sm"}),
+        panel("table", "Recent migrations: libvirt downtime vs app-observed outage",
+              "The last migration of each domain: the pause libvirt measured, and the longest outage its "
+              "probed services showed (first failed or late probe to the next answer).",
+              [target(f"vm_migration_last_downtime_seconds{{{HOST}}}", instant=True, fmt="table"),
+               target(f"max by (instance, domain, uuid) (vm_migration_last_app_outage_seconds{{{HOST}}})",
+                      instant=True, fmt="table")],
+              0, 28, 24, 8, unit="s", options={"showHeader": True, "cellHeight": "sm"}),
     ]
     return dashboard("vm-migration-fleet", "VM migrations: fleet overview",
                      "Migrations running and finished across hypervisors, and which will not converge.",
@@ -176,7 +214,7 @@ def detail():
                target(f"vm_migration_convergence_detail{{{DOM}}} == 1", "{{domain}} {{detail}}")], 0, 16, 12, 6,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
-        panel("state-timeline", "Phase", "Pre-copy or post-copy.",
+        panel("state-timeline", "Phase", "Pre-copy, switch-over (the guest paused for the final copy) or post-copy.",
               [target(f"vm_migration_phase{{{DOM}}} == 1", "{{domain}} {{phase}}")], 12, 16, 12, 6,
               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9,
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
@@ -200,6 +238,26 @@ def detail():
                             [target(f"histogram_quantile(0.5, sum by (le, peer) (rate(vm_migration_peer_rtt_seconds_bucket{{{HOST},origin=\"discovered\"}}[{RATE}])"
                                     f" * on (instance, peer) group_left () max by (instance, peer) (vm_migration_peer_discovered{{{DOM}}})))",
                                     "{{peer}}")], 0, 30, unit="s"))
+    # Application QoS: what the guest's users saw, on the same time axis as the rows above.
+    p += [
+        {"type": "row", "title": "Application QoS", "collapsed": False, "panels": [],
+         "gridPos": {"x": 0, "y": 38, "w": 24, "h": 1}},
+        timeseries("App latency (p50, p99)", "Time the guest's probed services took to answer, from the "
+                   "probe duration histogram (probed every 20 ms while the guest migrates).",
+                   [target(f"histogram_quantile(0.5, sum by (le, domain, target) (rate(vm_migration_app_probe_duration_seconds_bucket{{{DOM}}}[{RATE}])))",
+                           "p50 {{domain}} {{target}}"),
+                    target(f"histogram_quantile(0.99, sum by (le, domain, target) (rate(vm_migration_app_probe_duration_seconds_bucket{{{DOM}}}[{RATE}])))",
+                           "p99 {{domain}} {{target}}")], 0, 39, unit="s"),
+        timeseries("App availability", "Share of probes of each service that answered as expected.",
+                   [target(f'sum by (domain, target) (rate(vm_migration_app_probes_total{{{DOM},result="success"}}[{RATE}]))'
+                           f" / sum by (domain, target) (rate(vm_migration_app_probes_total{{{DOM}}}[{RATE}]))",
+                           "{{domain}} {{target}}")], 12, 39, unit="percentunit"),
+        timeseries("App outage now", "How long each service has not been answering (0 while it answers).",
+                   [target(f"vm_migration_app_outage_seconds{{{DOM}}}", "{{domain}} {{target}}")], 0, 47, unit="s"),
+        timeseries("Your application", "The PromQL in the 'Your application' variable at the top: "
+                   "overlay a metric your application already exports on the migration's time axis.",
+                   [target("$app_query", "{{domain}} {{target}}")], 12, 47, unit="short"),
+    ]
     return dashboard("vm-migration-detail", "VM migrations: migration detail",
                      "One migration as it runs: progress, rates, verdict, downtime, and the network under it.",
                      p, True, LINKS)

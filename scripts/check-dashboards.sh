@@ -15,7 +15,7 @@ for f in dashboards/*.json; do
 done
 
 python3 - "$tmp/rules.yml" <<'PY'
-import glob, json, re, sys
+import functools, glob, json, re, sys
 exprs = []
 for path in sorted(glob.glob("dashboards/*.json")):
     d = json.load(open(path))
@@ -25,6 +25,12 @@ for path in sorted(glob.glob("dashboards/*.json")):
     for p in d["panels"]:
         for t in p.get("targets", []):
             exprs.append((path, p["title"], t["expr"]))
+    for a in d["annotations"]["list"]:
+        exprs.append((path, "annotation " + a["name"], a["expr"]))
+    # Text variables are filled with their default (which is checked like any query).
+    texts = {v["name"]: v["query"] for v in d["templating"]["list"] if v["type"] == "textbox"}
+    exprs = [(pa, w, e if pa != path else functools.reduce(lambda x, kv: x.replace("$" + kv[0], kv[1]), texts.items(), e))
+             for pa, w, e in exprs]
 # Names the exporter exports: the metric-name literals in its source. Counters are registered
 # without `_total` and histograms without their series suffixes (prometheus-client adds them).
 src = " ".join(open(f).read() for f in glob.glob("exporter/src/**/*.rs", recursive=True))

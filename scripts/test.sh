@@ -17,5 +17,13 @@ echo "== alert rules (promtool check + unit tests, runbooks)"
 bash scripts/check-alerts.sh
 echo "== dashboards (in sync, PromQL parses, metrics exported, @grafana/schema types)"
 bash scripts/check-dashboards.sh
+echo "== cargo build (the packaging checks use the binary)"
+cargo build --workspace --locked --bins
+echo "== helm chart (lint, render, kubernetes-validate, prometheus-operator models, promtool, bad values)"
+bash scripts/check-helm.sh
+echo "== .deb (build, dpkg -i, systemd-analyze verify, run as the unit would, scrape, purge)"
+bash scripts/check-deb.sh
+echo "== container image (mmdebstrap base, podman build, run; a lab migration watched from the container)"
+bash scripts/check-container.sh
 echo "== cargo test"
 cargo test --workspace --locked

@@ -13,6 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # member's value is that same string.
 ENUMS = {'"mode": "absolute"': '"mode": ThresholdsMode.Absolute',
          '"mode": "thresholds"': '"mode": FieldColorModeId.Thresholds'}
+PROMETHEUS_ANNOTATION_KEYS = ("expr", "step", "titleFormat", "textFormat", "tagKeys", "useValueForTime")
 out = ["import type { Dashboard } from '@grafana/schema';",
        "import { ThresholdsMode, FieldColorModeId } from '@grafana/schema';",
        "const sameString: ['absolute', 'thresholds'] = [ThresholdsMode.Absolute, FieldColorModeId.Thresholds];",
@@ -20,6 +21,11 @@ out = ["import type { Dashboard } from '@grafana/schema';",
 for i, path in enumerate(sorted(glob.glob(os.path.join(HERE, "..", "*.json")))):
     with open(path) as f:
         d = json.load(f)
+    # The Prometheus data source keeps its annotation query in keys @grafana/schema does not
+    # model (checked instead by check-dashboards.sh: promtool parses `expr`).
+    for a in d.get("annotations", {}).get("list", []):
+        for k in PROMETHEUS_ANNOTATION_KEYS:
+            a.pop(k, None)
     out.append(f"// {os.path.basename(path)}")
     body = json.dumps(d, indent=2)
     for literal, member in ENUMS.items():

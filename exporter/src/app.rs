@@ -115,6 +115,14 @@ fn start_collectors(
     if let Some(log) = records {
         sampler = sampler.with_records(log);
     }
+    let app = runner.enabled(Name::App).then(|| {
+        let view = crate::app_qos::collector::SharedHostView::default();
+        let hold = crate::app_qos::holdback::Holdback::new(settings.app.settle.as_secs_f64());
+        (view, hold)
+    });
+    if let Some((view, hold)) = &app {
+        sampler = sampler.with_app(view.clone(), hold.clone());
+    }
     let prober = Prober::new(
         peers,
         runner.task_rounds(Name::Probe),
@@ -135,8 +143,21 @@ fn start_collectors(
             .add_rounds(DiscoveryCollector::new(discoverer, feed))
             .map_err(AppError::Thread)?;
     }
-    runner.add_tasks(ProbeCollector::new(prober, probes.peers.clone(), cancel));
+    runner.add_tasks(ProbeCollector::new(
+        prober,
+        probes.peers.clone(),
+        cancel.child_token(),
+    ));
     // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
+    if let Some((view, hold)) = app {
+        runner.add_tasks(crate::app_qos::collector::AppCollector::new(
+            settings.app.clone(),
+            view,
+            hold,
+            runner.task_rounds(Name::App),
+            cancel.child_token(),
+        ));
+    }
     runner
         .add_rounds(JobsCollector::new(sampler, events))
         .map_err(AppError::Thread)?;

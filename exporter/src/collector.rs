@@ -30,11 +30,18 @@ pub enum Name {
     Netdev,
     Discovery,
     Probe,
+    App,
 }
 
 impl Name {
     /// In the order the runner starts them.
-    pub const ALL: [Name; 4] = [Name::Jobs, Name::Netdev, Name::Discovery, Name::Probe];
+    pub const ALL: [Name; 5] = [
+        Name::Jobs,
+        Name::Netdev,
+        Name::Discovery,
+        Name::Probe,
+        Name::App,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,6 +49,7 @@ impl Name {
             Name::Netdev => "netdev",
             Name::Discovery => "discovery",
             Name::Probe => "probe",
+            Name::App => "app",
         }
     }
 
@@ -54,6 +62,7 @@ impl Name {
                 "the peer of each running migration, from QEMU's migration socket (needs probe)"
             }
             Name::Probe => "ICMP/TCP probes of configured and discovered peers",
+            Name::App => "HTTP/TCP probes of guest services (the config file's app: section), fast while the guest migrates",
         }
     }
 }

@@ -336,6 +336,27 @@ const JOB_GAUGES: &[(&str, &str, Extract)] = &[
     ("vm_migration_eta_seconds", "Seconds until switch-over if the trend holds; absent when it will not converge.", |j| j.convergence.current().eta_seconds),
 ];
 
+/// The job gauges that describe the copy's progress: absent while libvirt has reported none
+/// (set-up) and while the guest is paused for the switch-over with figures from before it.
+const PROGRESS: &[&str] = &[
+    "vm_migration_data_total_bytes",
+    "vm_migration_data_processed_bytes",
+    "vm_migration_data_remaining_bytes",
+    "vm_migration_memory_total_bytes",
+    "vm_migration_memory_processed_bytes",
+    "vm_migration_memory_remaining_bytes",
+    "vm_migration_dirty_memory_rate_bytes",
+    "vm_migration_memory_transfer_rate_bytes",
+    "vm_migration_iteration",
+    "vm_migration_expected_downtime_seconds",
+    "vm_migration_disk_total_bytes",
+    "vm_migration_disk_processed_bytes",
+    "vm_migration_disk_remaining_bytes",
+    "vm_migration_dirty_to_transfer_ratio",
+    "vm_migration_predicted_downtime_seconds",
+    "vm_migration_eta_seconds",
+];
+
 /// The iteration from job stats, or from a newer `MIGRATION_ITERATION` event.
 fn iteration(j: &ActiveJob) -> Option<u64> {
     let from_event = j.event_iteration.and_then(|i| u64::try_from(i).ok());
@@ -353,7 +374,7 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
     );
     let mut phase = GaugeFamily::new(
         "vm_migration_phase",
-        "Migration phase: 1 for the current one (precopy or postcopy), 0 for the other.",
+        "Migration phase: 1 for the current one (precopy, switchover: the source paused the guest for the final copy, or postcopy), 0 for the others.",
     );
     let mut convergence = GaugeFamily::new(
         "vm_migration_convergence",
@@ -378,11 +399,13 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
             l
         };
         active.push(with("operation", job.stats.operation_label()), Some(1.0));
-        for p in [Phase::Precopy, Phase::Postcopy] {
-            phase.push(
-                with("phase", p.as_str()),
-                Some(if job.phase == p { 1.0 } else { 0.0 }),
-            );
+        let now = if job.switching_over() {
+            "switchover"
+        } else {
+            job.phase.as_str()
+        };
+        for p in ["precopy", "switchover", "postcopy"] {
+            phase.push(with("phase", p), Some(if p == now { 1.0 } else { 0.0 }));
         }
         let current = job.convergence.current();
         for v in Verdict::ALL {
@@ -399,8 +422,15 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
                 );
             }
         }
-        for (fam, (_, _, extract)) in gauges.iter_mut().zip(JOB_GAUGES) {
-            fam.push(dom.clone(), extract(job));
+        let current = job.figures_current();
+        for (fam, (name, _, extract)) in gauges.iter_mut().zip(JOB_GAUGES) {
+            // Withheld rather than shown wrong: none reported yet, or from before the pause.
+            let v = if current || !PROGRESS.contains(name) {
+                extract(job)
+            } else {
+                None
+            };
+            fam.push(dom.clone(), v);
         }
     }
     active.encode(encoder)?;

@@ -243,6 +243,7 @@ mod tests {
             figures: FigureSource::Event,
             network: None,
             peer: None,
+            app: None,
         }
     }
 

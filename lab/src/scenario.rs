@@ -246,12 +246,27 @@ impl Lab {
         let _ = std::fs::remove_file(&trace);
         let storage = out.join("records").join(name);
         let _ = std::fs::remove_dir_all(&storage);
+        // A guest with an HTTP service: the exporter probes it (the app collector).
+        let config = match s.guest.app_port {
+            Some(port) => {
+                let path = out.join("records").join(format!("{name}.config.yml"));
+                let yaml = format!(
+                    "app:\n  targets:\n    - domain: {name}\n      name: http\n      http: {{url: \"http://127.0.0.1:{port}/\"}}\n"
+                );
+                std::fs::create_dir_all(out.join("records"))
+                    .and_then(|()| std::fs::write(&path, yaml))
+                    .map_err(|e| LabError::Setup(format!("{}: {e}", path.display())))?;
+                Some(path)
+            }
+            None => None,
+        };
         let exporter = Exporter::start(
             &self.exporter_bin,
             self.src.uri(),
             &storage,
             &trace,
             self.exporter_listen,
+            config.as_deref(),
         )?;
         eprintln!(
             "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",

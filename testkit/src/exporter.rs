@@ -43,13 +43,15 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, LabError> {
 }
 
 impl Exporter {
-    /// Start it against `uri`, keeping records under `storage` and a raw trace in `trace`.
+    /// Start it against `uri`, keeping records under `storage` and a raw trace in `trace`, with
+    /// `config` as its `--config.file` if given.
     pub fn start(
         bin: &Path,
         uri: &str,
         storage: &Path,
         trace: &Path,
         listen: Option<SocketAddr>,
+        config: Option<&Path>,
     ) -> Result<Exporter, LabError> {
         let listen = listen
             .map(|a| a.to_string())
@@ -64,6 +66,7 @@ impl Exporter {
             .arg(storage)
             .arg("--trace.path")
             .arg(trace)
+            .args(config.iter().flat_map(|c| [Path::new("--config.file"), c]))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -64,7 +64,9 @@ fn every_dashboard_panel_returns_data_from_a_real_migration() {
     lab.exporter_listen = Some(port);
     let start = now();
     // A converging migration (duration and downtime histograms) ...
-    let converging = Scenario::stressed("dash-converging", 10, Pattern::Seq, 30);
+    // (with the guest's HTTP service, probed by the exporter: the Application QoS panels) ...
+    let mut converging = Scenario::stressed("dash-converging", 10, Pattern::Seq, 30);
+    converging.guest.app_port = Some(migration_lab::presets::CI_APP_PORT);
     let r = lab.run(&converging, &dir, &|_| {}).expect("run");
     assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
     // ... a stuck one with auto-converge (verdicts, throttle, predicted vs max downtime), aborted
@@ -99,11 +101,33 @@ fn every_dashboard_panel_returns_data_from_a_real_migration() {
         let d: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(root.join(file)).expect("dashboard"))
                 .expect("JSON");
+        // Text variables (the user's own PromQL) hold their default.
+        let texts: Vec<(String, String)> = d["templating"]["list"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .filter(|v| v["type"] == "textbox")
+            .map(|v| {
+                let name = v["name"].as_str().unwrap_or_default();
+                (
+                    format!("${name}"),
+                    v["query"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
         for p in d["panels"].as_array().expect("panels") {
             let title = p["title"].as_str().unwrap_or("?");
+            // Rows only group panels.
+            if p["type"] == "row" {
+                continue;
+            }
             let mut drawn = Vec::new();
             for t in p["targets"].as_array().expect("targets") {
-                let expr = fill(t["expr"].as_str().expect("expr"));
+                let expr = texts.iter().fold(
+                    t["expr"].as_str().expect("expr").to_string(),
+                    |e, (k, v)| e.replace(k, v),
+                );
+                let expr = fill(&expr);
                 let result = prom.query_range(&expr, start, end);
                 if result.is_empty() {
                     empty_queries.push(format!("{file}: {title}: {expr}"));

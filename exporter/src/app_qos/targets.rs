@@ -79,7 +79,7 @@ impl Default for AppSettings {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppFile {
     #[serde(default, with = "humantime_serde")]
@@ -94,7 +94,7 @@ pub struct AppFile {
     targets: Vec<TargetFile>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetFile {
     domain: String,
@@ -103,14 +103,14 @@ struct TargetFile {
     tcp: Option<TcpFile>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HttpFile {
     url: String,
     expect_status: Option<u16>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TcpFile {
     address: String,

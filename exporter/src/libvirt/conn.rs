@@ -282,6 +282,16 @@ impl JobSource for LibvirtSource {
             Err(e) => Err(self.error(&live, Call::MaxDowntime, e, domain)),
         }
     }
+
+    fn metadata(&self, domain: &DomainId, uri: &str) -> Result<Option<String>, SourceError> {
+        let live = self.live()?;
+        let dom = self.lookup(&live, domain, Call::Metadata)?;
+        match dom.metadata_element(uri) {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_refusal() => Ok(None),
+            Err(e) => Err(self.error(&live, Call::Metadata, e, domain)),
+        }
+    }
 }
 
 /// Opens and sets up one connection.
@@ -320,6 +330,7 @@ fn connect(shared: &Shared, generation: u64) -> Result<Live, LvError> {
         EventKind::Lifecycle,
         EventKind::MigrationIteration,
         EventKind::JobCompleted,
+        EventKind::MetadataChange,
     ] {
         // Fatal: `Connected` promises registered callbacks. `live` drops on error, which
         // deregisters what was registered so far and closes the connection.

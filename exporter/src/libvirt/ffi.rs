@@ -257,6 +257,7 @@ pub enum EventKind {
     Lifecycle,
     MigrationIteration,
     JobCompleted,
+    MetadataChange,
 }
 
 /// A receiver of domain events, called on the libvirt event thread: keep it short and never
@@ -439,6 +440,8 @@ type GenericCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mu
 type LifecycleCb =
     unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
 type IterationCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, *mut c_void);
+type MetadataCb =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, *const c_char, *mut c_void);
 type JobCompletedCb = unsafe extern "C" fn(
     sys::virConnectPtr,
     sys::virDomainPtr,
@@ -467,6 +470,11 @@ fn generic_callback(kind: EventKind) -> (u32, GenericCb) {
             sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
             // SAFETY: as above, for the JOB_COMPLETED signature.
             unsafe { std::mem::transmute::<JobCompletedCb, GenericCb>(job_completed_cb) },
+        ),
+        EventKind::MetadataChange => (
+            sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+            // SAFETY: as above, for the METADATA_CHANGE signature.
+            unsafe { std::mem::transmute::<MetadataCb, GenericCb>(metadata_cb) },
         ),
     }
 }
@@ -590,6 +598,28 @@ unsafe extern "C" fn job_completed_cb(
     };
 }
 
+unsafe extern "C" fn metadata_cb(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _kind: c_int,
+    nsuri: *const c_char,
+    opaque: *mut c_void,
+) {
+    // SAFETY: libvirt passes a NUL-terminated namespace URI (or null) valid for the callback.
+    let uri = (!nsuri.is_null()).then(|| {
+        unsafe { CStr::from_ptr(nsuri) }
+            .to_string_lossy()
+            .into_owned()
+    });
+    // SAFETY: arguments come straight from libvirt for this registration.
+    unsafe {
+        dispatch(dom, opaque, |domain| DomainEvent::MetadataChange {
+            domain,
+            uri,
+        })
+    };
+}
+
 /// A domain reference (`virDomainPtr`), freed on drop.
 pub struct Dom {
     ptr: NonNull<sys::virDomain>,
@@ -649,6 +679,38 @@ impl Dom {
             job_type,
             params: converted,
         })
+    }
+
+    /// `virDomainGetMetadata` of the element in namespace `uri`; `None` when there is none.
+    pub fn metadata_element(&self, uri: &str) -> Result<Option<String>, LvError> {
+        let curi = CString::new(uri).map_err(|_| LvError {
+            code: sys::VIR_ERR_INVALID_ARG as i32,
+            message: "namespace URI contains a NUL byte".into(),
+        })?;
+        // SAFETY: valid domain and NUL-terminated URI; flags 0 = the current (live) definition.
+        let xml = unsafe {
+            sys::virDomainGetMetadata(
+                self.ptr.as_ptr(),
+                sys::VIR_DOMAIN_METADATA_ELEMENT as c_int,
+                curi.as_ptr(),
+                0,
+            )
+        };
+        if xml.is_null() {
+            let e = LvError::last("virDomainGetMetadata");
+            return if e.code == sys::VIR_ERR_NO_DOMAIN_METADATA as i32 {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: libvirt returned a malloc'ed NUL-terminated string that we now own.
+        let text = unsafe { CStr::from_ptr(xml) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: freed exactly once, with free(3) as libvirt documents.
+        unsafe { libc::free(xml.cast()) };
+        Ok(Some(text))
     }
 
     /// `virDomainMigrateGetMaxDowntime` in milliseconds.

@@ -102,6 +102,11 @@ pub enum DomainEvent {
         event: i32,
         detail: i32,
     },
+    /// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE` for an element in namespace `uri`.
+    MetadataChange {
+        domain: DomainId,
+        uri: Option<String>,
+    },
 }
 
 impl DomainEvent {
@@ -109,7 +114,8 @@ impl DomainEvent {
         match self {
             DomainEvent::Iteration { domain, .. }
             | DomainEvent::JobCompleted { domain, .. }
-            | DomainEvent::Lifecycle { domain, .. } => domain,
+            | DomainEvent::Lifecycle { domain, .. }
+            | DomainEvent::MetadataChange { domain, .. } => domain,
         }
     }
 }
@@ -134,6 +140,7 @@ pub enum Call {
     JobStats,
     CompletedJobStats,
     MaxDowntime,
+    Metadata,
 }
 
 impl Call {
@@ -143,6 +150,7 @@ impl Call {
             Call::JobStats => "job_stats",
             Call::CompletedJobStats => "completed_job_stats",
             Call::MaxDowntime => "migrate_get_max_downtime",
+            Call::Metadata => "get_metadata",
         }
     }
 
@@ -152,6 +160,7 @@ impl Call {
             Call::ListDomains => "virConnectListAllDomains",
             Call::JobStats | Call::CompletedJobStats => "virDomainGetJobStats",
             Call::MaxDowntime => "virDomainMigrateGetMaxDowntime",
+            Call::Metadata => "virDomainGetMetadata",
         }
     }
 }
@@ -202,6 +211,11 @@ pub trait JobSource: Send + Sync {
     /// `virDomainMigrateGetMaxDowntime` in milliseconds; `None` when libvirt refuses
     /// (for example on a read-only connection to an older libvirt).
     fn max_downtime_ms(&self, domain: &DomainId) -> Result<Option<u64>, SourceError>;
+    /// The domain's metadata element in namespace `uri` (`virDomainGetMetadata`), `None` when
+    /// it has none. Sources without metadata (recorded traces) have none.
+    fn metadata(&self, _domain: &DomainId, _uri: &str) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +229,7 @@ mod tests {
             Call::JobStats,
             Call::CompletedJobStats,
             Call::MaxDowntime,
+            Call::Metadata,
         ] {
             let e = SourceError::Call {
                 call,

@@ -41,6 +41,25 @@ pub struct ActiveJob {
     vanished_at: Option<f64>,
     /// libvirt said the domain stopped because it migrated.
     stopped_migrated: bool,
+    /// Unix time the source paused the guest to switch over (libvirt's "suspended: migrated"),
+    /// while the job had not completed yet.
+    pub switchover_at: Option<f64>,
+}
+
+impl ActiveJob {
+    /// Switching over: the guest is paused for the final copy and the job not yet complete.
+    pub fn switching_over(&self) -> bool {
+        self.switchover_at.is_some() && self.phase == Phase::Precopy
+    }
+
+    /// Whether the sampled progress figures are true now: libvirt has reported any (during
+    /// set-up it says 0 remaining at pass 0, which reads as "done"), and they were sampled after
+    /// the switch-over began (older ones show a pass long over).
+    pub fn figures_current(&self) -> bool {
+        let reported = self.stats.memory_iteration.unwrap_or(0) >= 1
+            || self.stats.data_processed.unwrap_or(0) > 0;
+        reported && self.switchover_at.is_none_or(|t| self.sampled_at >= t)
+    }
 }
 
 /// Running aggregates of a job's samples, for its record.
@@ -110,6 +129,9 @@ pub struct FinishedMigration {
     /// The migration's peer (found from QEMU's migration socket) as its probes saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<crate::record::PeerSummary>,
+    /// What the guest's probed services saw, one entry per target (`app:` targets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Vec<crate::app_qos::outage::AppMigrationRecord>>,
 }
 
 /// What one sample round saw for one listed domain.
@@ -256,6 +278,8 @@ impl Tracker {
                 let f = self.finish_with(now, domain, job, &stats, outcome, FigureSource::Event);
                 (vec![f], false)
             }
+            // Not about jobs (the sampler reads the new metadata).
+            DomainEvent::MetadataChange { .. } => (Vec::new(), false),
             DomainEvent::Iteration { iteration, .. } => match self.active.get_mut(uuid) {
                 Some(job) => {
                     job.event_iteration = Some(job.event_iteration.unwrap_or(0).max(*iteration));
@@ -271,6 +295,8 @@ impl Tracker {
                 );
                 let postcopy_failed = (*event, *detail)
                     == (lifecycle::SUSPENDED, lifecycle::SUSPENDED_POSTCOPY_FAILED);
+                let paused_to_switch =
+                    (*event, *detail) == (lifecycle::SUSPENDED, lifecycle::SUSPENDED_MIGRATED);
                 let migrated_away =
                     (*event, *detail) == (lifecycle::STOPPED, lifecycle::STOPPED_MIGRATED);
                 // A domain resumed after an incoming migration has fresh completed stats.
@@ -291,6 +317,9 @@ impl Tracker {
                         }
                         if migrated_away {
                             job.stopped_migrated = true;
+                        }
+                        if paused_to_switch {
+                            job.switchover_at.get_or_insert(now);
                         }
                         (Vec::new(), false)
                     }
@@ -321,6 +350,7 @@ impl Tracker {
                 totals: RateTotals::default(),
                 vanished_at: None,
                 stopped_migrated: false,
+                switchover_at: None,
             });
         job.domain = dom.clone();
         job.stats = stats;
@@ -487,6 +517,7 @@ impl Tracker {
             figures,
             network: None,
             peer: None,
+            app: None,
         }
     }
 }

@@ -407,3 +407,61 @@ fn a_round_that_began_before_the_completion_does_not_revive_the_job() {
         "and nothing is counted twice"
     );
 }
+
+#[test]
+fn switchover_withholds_figures_from_before_the_pause() {
+    let mut t = Tracker::new(5.0);
+    t.on_round(10.0, &round(vec![running(8000, 531_000_000, 1)]));
+    let job = t.active_jobs().next().expect("active");
+    assert!(job.figures_current() && !job.switching_over());
+    // The source pauses the guest; libvirt reports the completion seconds later.
+    t.on_event(
+        10.5,
+        &DomainEvent::Lifecycle {
+            domain: dom(),
+            event: lifecycle::SUSPENDED,
+            detail: lifecycle::SUSPENDED_MIGRATED,
+        },
+    );
+    let job = t.active_jobs().next().expect("active");
+    assert!(job.switching_over());
+    assert!(!job.figures_current(), "531 MB left is a pass long over");
+    // A sample taken during the pause is true again.
+    t.on_round(11.0, &round(vec![running(9000, 2_000_000, 3)]));
+    let job = t.active_jobs().next().expect("active");
+    assert!(job.switching_over() && job.figures_current());
+    let (fin, _) = t.on_event(
+        12.6,
+        &DomainEvent::JobCompleted {
+            domain: dom(),
+            params: completed_params(job_operation::MIGRATION_OUT, 10_600, 60),
+        },
+    );
+    assert_eq!(fin[0].mode, Phase::Precopy, "switch-over is no mode");
+}
+
+#[test]
+fn set_up_reports_no_figures() {
+    let mut t = Tracker::new(5.0);
+    // During set-up libvirt answers a job with nothing sent, nothing left and pass 0.
+    let p = params(&[
+        ("operation", job_operation::MIGRATION_OUT),
+        ("time_elapsed", 300),
+        ("data_remaining", 0),
+        ("data_processed", 0),
+        ("memory_remaining", 0),
+        ("memory_iteration", 0),
+    ]);
+    let setup = JobObservation::Running {
+        stats: Box::new(JobStats::from_params(job_type::UNBOUNDED, &p)),
+        max_downtime_ms: Some(300),
+    };
+    t.on_round(10.0, &round(vec![setup]));
+    let job = t.active_jobs().next().expect("active");
+    assert!(
+        !job.figures_current(),
+        "0 remaining at pass 0 is not 'done'"
+    );
+    t.on_round(11.0, &round(vec![running(1300, 500_000_000, 1)]));
+    assert!(t.active_jobs().next().expect("active").figures_current());
+}

@@ -11,7 +11,7 @@
 
 pub mod replay;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::unix_now;
 use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
-use crate::libvirt::jobs::{Call, DomainId, JobSource, SourceError, SourceEvent};
+use crate::libvirt::jobs::{Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
 use crate::migration::stats::JobStats;
 use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
@@ -69,6 +69,17 @@ struct Core {
     peers: Option<crate::net::peers::PeerState>,
     /// The running jobs, for peer discovery (woken when they change).
     running: Option<Feed<Vec<DomainId>>>,
+    /// Domains and running jobs, for the app collector; its held-back records.
+    app: Option<(
+        crate::app_qos::collector::SharedHostView,
+        crate::app_qos::holdback::Holdback,
+    )>,
+    /// Domains listed at the last round.
+    domains: Vec<DomainId>,
+    /// The app metadata element of each listed domain (app collector only), and the domains
+    /// whose element must be read (new, or libvirt said it changed).
+    metadata: BTreeMap<String, Option<String>>,
+    want_metadata: BTreeSet<String>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -121,6 +132,16 @@ impl Core {
                 self.state.lock().libvirt_up = false;
                 Event::Failed
             }
+            SourceEvent::Domain(DomainEvent::MetadataChange { domain, uri }) => {
+                // Only ours matters, and only when guest services are probed.
+                let ours = uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
+                if ours && self.app.is_some() {
+                    self.want_metadata.insert(domain.uuid);
+                }
+                Event::Handled {
+                    round_now: ours && self.app.is_some(),
+                }
+            }
             SourceEvent::Domain(event) => {
                 self.record(TraceRecord::Event {
                     t: now,
@@ -132,7 +153,7 @@ impl Core {
                         .insert(event.domain().uuid.clone(), COMPLETED_READ_TRIES);
                 }
                 // Counter and live series change in one step, and a phase change shows at once.
-                self.publish(finished);
+                self.publish(now, finished);
                 self.publish_active();
                 Event::Handled {
                     round_now: wants_sample,
@@ -161,10 +182,34 @@ impl Core {
         if let Some(feed) = &self.running {
             feed.publish(active.iter().map(|j| j.domain.clone()).collect());
         }
+        if let Some((view, _)) = &self.app {
+            *view.lock() = crate::app_qos::collector::HostView {
+                metadata: self
+                    .domains
+                    .iter()
+                    .filter_map(|d| {
+                        let xml = self.metadata.get(&d.uuid)?.clone()?;
+                        Some((d.clone(), xml))
+                    })
+                    .collect(),
+                domains: self.domains.clone(),
+                jobs: active
+                    .iter()
+                    .filter(|j| j.stats.is_migration())
+                    .map(|j| {
+                        (
+                            j.domain.clone(),
+                            j.started_at,
+                            j.phase == crate::record::Phase::Postcopy,
+                        )
+                    })
+                    .collect(),
+            };
+        }
         self.state.lock().active = active;
     }
 
-    fn publish(&mut self, mut finished: Vec<FinishedMigration>) {
+    fn publish(&mut self, now: f64, mut finished: Vec<FinishedMigration>) {
         if finished.is_empty() {
             return;
         }
@@ -194,6 +239,19 @@ impl Core {
             );
             self.metrics.record_finished(f);
         }
+        // Migrations of domains whose services are probed wait for what the app saw after them.
+        let finished: Vec<_> = match &self.app {
+            Some((_, hold)) => finished
+                .into_iter()
+                .filter_map(|f| hold.hold(f, now))
+                .collect(),
+            None => finished,
+        };
+        self.write_records(finished);
+    }
+
+    /// Records to memory (API, landing page) and to the record file.
+    fn write_records(&mut self, finished: Vec<FinishedMigration>) {
         let mut st = self.state.lock();
         for f in finished {
             st.push_finished(f);
@@ -205,6 +263,22 @@ impl Core {
             }
         }
     }
+
+    /// Held-back records the app collector completed (or gave up on); `all` at shutdown.
+    fn write_held(&mut self, now: f64, all: bool) {
+        let ready = match &self.app {
+            Some((_, hold)) => hold.take_ready(now, all),
+            None => return,
+        };
+        self.write_records(ready);
+    }
+}
+
+impl Drop for Sampler {
+    /// Stopping: records held back for the app collector are written as they are.
+    fn drop(&mut self) {
+        self.core.lock().write_held(crate::clock::unix_now(), true);
+    }
 }
 
 /// What one round read from libvirt, before it is applied.
@@ -214,6 +288,8 @@ struct Reading {
     /// Trace records of the round, written together so a round stays contiguous in the trace.
     trace: Vec<TraceRecord>,
     failed_calls: Vec<Call>,
+    /// App metadata elements read this round, by domain UUID.
+    metadata: Vec<(String, Option<String>)>,
 }
 
 impl Sampler {
@@ -236,6 +312,10 @@ impl Sampler {
                 peers: None,
                 running: None,
                 want_completed: HashMap::new(),
+                app: None,
+                domains: Vec::new(),
+                metadata: BTreeMap::new(),
+                want_metadata: BTreeSet::new(),
             })),
             last_completed_sweep: None,
             cfg,
@@ -260,6 +340,17 @@ impl Sampler {
             core.network = history;
             core.peers = peers;
         }
+        self
+    }
+
+    /// Publish the host's domains and jobs for the app collector, and keep back the records of
+    /// its domains until it has added what their services saw.
+    pub fn with_app(
+        self,
+        view: crate::app_qos::collector::SharedHostView,
+        hold: crate::app_qos::holdback::Holdback,
+    ) -> Self {
+        self.core.lock().app = Some((view, hold));
         self
     }
 
@@ -290,13 +381,21 @@ impl Sampler {
                 core.want_completed
                     .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
                 core.state.lock().domains_active = Some(r.domains.len() as u64);
+                core.domains = r.domains.clone();
+                for (uuid, xml) in r.metadata {
+                    core.want_metadata.remove(&uuid);
+                    core.metadata.insert(uuid, xml);
+                }
+                core.metadata
+                    .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
                 let finished = core.tracker.on_round(now, &r.round);
-                core.publish(finished);
+                core.publish(now, finished);
                 Ok(())
             }
             Err(e) => Err(e),
         };
         core.publish_active();
+        core.write_held(now, false);
         if let Some(keep) = self.cfg.last_retention {
             let dropped = core.metrics.prune_last(now - keep.as_secs_f64());
             if dropped > 0 {
@@ -340,7 +439,33 @@ impl Sampler {
                 domains: domains.clone(),
             }],
             failed_calls: Vec::new(),
+            metadata: Vec::new(),
         };
+        let wanted_metadata: Vec<&DomainId> = {
+            let core = self.core.lock();
+            match core.app {
+                Some(_) => domains
+                    .iter()
+                    .filter(|d| {
+                        !core.metadata.contains_key(&d.uuid) || core.want_metadata.contains(&d.uuid)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        for dom in wanted_metadata {
+            match self
+                .source
+                .metadata(dom, crate::app_qos::targets::METADATA_NS)
+            {
+                Ok(xml) => r.metadata.push((dom.uuid.clone(), xml)),
+                Err(SourceError::NoDomain(_)) => {}
+                Err(e) => {
+                    debug!(call = Call::Metadata.label(), error = %e, "libvirt call failed");
+                    r.failed_calls.push(Call::Metadata);
+                }
+            }
+        }
         for dom in &domains {
             let running = match self.source.job_stats(dom) {
                 Ok(job) => {
@@ -438,7 +563,9 @@ impl Sampler {
     /// Whether a migration job is being tracked (the round period depends on it).
     fn busy(&self) -> bool {
         let core = self.core.lock();
-        core.tracker.has_active() || !core.want_completed.is_empty()
+        core.tracker.has_active()
+            || !core.want_completed.is_empty()
+            || core.app.as_ref().is_some_and(|(_, h)| h.pending())
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub libvirt: LibvirtConfig,
     pub sample: SampleConfig,
     pub probe: ProbeConfig,
+    /// Guest services to probe (`app:`).
+    pub app: crate::app_qos::targets::AppSettings,
 }
 
 /// The file as written (strict: unknown keys are errors).
@@ -55,6 +57,7 @@ struct RawConfig {
     sample: SampleConfig,
     #[serde(default)]
     probe: RawProbe,
+    app: Option<crate::app_qos::targets::AppFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -245,6 +248,10 @@ impl Config {
             libvirt: raw.libvirt,
             sample: raw.sample,
             probe: raw.probe.typed()?,
+            app: match raw.app {
+                Some(a) => a.settings()?,
+                None => Default::default(),
+            },
         };
         cfg.validate()?;
         Ok(cfg)

@@ -41,6 +41,8 @@ pub struct Settings {
     pub last_retention: Option<Duration>,
     pub netdev: crate::net::netdev::Netdev,
     pub probe: ProbeSettings,
+    /// Guest services to probe (the config file's `app:` section).
+    pub app: crate::app_qos::targets::AppSettings,
     /// Collectors to run (`--collector.<name>` / `--no-collector.<name>`).
     pub collectors: BTreeSet<Name>,
 }
@@ -163,6 +165,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
             exclude: cli.netdev_exclude,
         },
         probe,
+        app: cfg.app.clone(),
         collectors: flags::enabled_collectors(m),
     })
 }

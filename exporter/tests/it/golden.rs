@@ -182,6 +182,41 @@ fn every_family() -> String {
             active: true,
         },
     );
+    // One probed guest service: two good probes and a refused one, and one finished migration
+    // with its app-observed outage.
+    let app = vm_migration_exporter::app_qos::collector::SharedAppStats::default();
+    {
+        use prometheus_client::metrics::histogram::Histogram;
+        use vm_migration_exporter::app_qos::collector::{
+            duration_buckets, outage_buckets, TargetStats,
+        };
+        let mut g = app.lock();
+        let duration = Histogram::new(duration_buckets());
+        for l in [0.002, 0.003, 0.0001] {
+            duration.observe(l);
+        }
+        let mut results = [0; 5];
+        results[0] = 2;
+        results[3] = 1;
+        g.targets.insert(
+            (dom(2).uuid, "http".into()),
+            TargetStats {
+                domain: dom(2),
+                target: "http".into(),
+                up: Some(true),
+                outage_seconds: 0.0,
+                results,
+                duration,
+            },
+        );
+        g.last_outage.insert((dom(1), "http".into()), 0.07);
+        let outage = Histogram::new(outage_buckets());
+        outage.observe(0.07);
+        g.migration_outage.insert("precopy", outage);
+    }
+    registry.register_collector(Box::new(
+        vm_migration_exporter::app_qos::metrics::AppFamilies::new(app),
+    ));
     text(&replay.registry)
 }
 

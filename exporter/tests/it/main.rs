@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 mod alerting;
+mod app_metadata;
+mod app_qos;
 mod binary;
 mod golden;
 mod landing;

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Builds the .deb (cargo-deb, with the unit, the defaults file, the maintainer scripts and the man
+# page rendered by packaging/man), installs it on this machine, checks the unit
+# (systemd-analyze verify prints nothing; security exposure), starts the installed binary the way
+# the unit does (its user, ambient capabilities, umask, LimitNOFILE, EnvironmentFile) and scrapes
+# it, checks each capability is the one its feature needs, then purges the package.
+#
+# The test package carries the debug binary that the test run already built (cargo build):
+# cargo-deb warns that the dev profile is not for releases. A release package:
+#   cargo run -q -p vm-migration-exporter-man | gzip -9n > target/man/vm-migration-exporter.1.gz
+#   cargo-deb -p vm-migration-exporter
+# Needs root (dpkg -i). Machine-wide (the package, its user): one run at a time (flock).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+exec 9>/tmp/vm-migration-exporter-deb.lock
+flock 9
+
+pkg=vm-migration-exporter
+user=vm-migration-exporter
+unit=/lib/systemd/system/$pkg.service
+port=${DEB_CHECK_PORT:-19745}
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q installed; then
+    dpkg --purge "$pkg" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "check-deb: $*" >&2; [ -f "$tmp/log" ] && tail -20 "$tmp/log" >&2; exit 1; }
+
+mkdir -p target/man target/deb
+cargo build -q --locked --bin "$pkg"
+cargo run -q --locked -p vm-migration-exporter-man | gzip -9n > target/man/$pkg.1.gz
+rm -f target/deb/"$pkg"_*.deb
+cargo-deb -q -p "$pkg" --profile dev --no-build --strip -o target/deb/ 2>&1 \
+  | grep -v -e 'dev profile is not supported' -e 'enable debug symbols' || true
+deb=$(ls target/deb/"$pkg"_*.deb)
+dpkg-deb -c "$deb" | awk '{sub(/^\.?\//, "", $6); print $6}' | sort > "$tmp/contents"
+for f in usr/bin/$pkg lib/systemd/system/$pkg.service etc/default/$pkg \
+  usr/share/man/man1/$pkg.1.gz usr/share/doc/$pkg/copyright; do
+  grep -qxF "$f" "$tmp/contents" || fail "$deb lacks $f"
+done
+dpkg-deb -f "$deb" Depends | grep -q libvirt0 || fail "$deb does not depend on libvirt0"
+echo "check-deb: built $deb ($(du -h "$deb" | cut -f1)): binary, unit, defaults, man page"
+
+# A package left by an interrupted run goes first, so postinst runs as on a fresh host.
+dpkg --purge "$pkg" >/dev/null 2>&1 || true
+dpkg -i "$deb" >"$tmp/dpkg" 2>&1 || { cat "$tmp/dpkg"; fail "dpkg -i failed"; }
+getent passwd "$user" | grep -q ':/usr/sbin/nologin$' || fail "postinst made no system user $user with nologin"
+[ "$(id -u "$user")" -lt 1000 ] || fail "$user is not a system user"
+grep -q '^ARGS=""$' /etc/default/$pkg || fail "/etc/default/$pkg has no ARGS=\"\""
+man -w $pkg >/dev/null || fail "man $pkg finds no page"
+MANWIDTH=100 man $pkg 2>/dev/null | grep -q -- '--probe.discovery' || fail "the man page lacks --probe.discovery"
+echo "check-deb: installed: user $user ($(id -u "$user")), /etc/default/$pkg, man $pkg"
+
+# systemd-analyze verify must print nothing at all.
+verify=$(systemd-analyze verify "$unit" 2>&1) || true
+[ -z "$verify" ] || { echo "$verify"; fail "systemd-analyze verify $unit printed the above"; }
+exposure=$(systemd-analyze security --offline=true "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+[ -n "$exposure" ] || fail "systemd-analyze security gave no exposure level"
+awk -v e="$exposure" 'BEGIN { exit !(e <= 2.5) }' || fail "security exposure $exposure is above 2.5 (README says 2.2)"
+echo "check-deb: systemd-analyze verify prints nothing; security exposure $exposure"
+
+# Start it as the unit does: its user and group, ambient capabilities from the unit, bounding
+# set, no new privileges, UMask, LimitNOFILE, the StateDirectory, ARGS from the defaults file.
+caps=$(sed -n 's/^AmbientCapabilities=//p' "$unit")
+[ "$caps" = "CAP_NET_RAW CAP_SYS_PTRACE CAP_DAC_READ_SEARCH" ] || fail "unexpected AmbientCapabilities=$caps"
+capflags=$(for c in $caps; do printf '+%s,' "$(tr '[:upper:]' '[:lower:]' <<<"${c#CAP_}")"; done); capflags=${capflags%,}
+nofile=$(sed -n 's/^LimitNOFILE=//p' "$unit")
+umask_=$(sed -n 's/^UMask=//p' "$unit")
+state=/var/lib/$(sed -n 's/^StateDirectory=//p' "$unit")
+mode=$(sed -n 's/^StateDirectoryMode=//p' "$unit")
+install -d -o "$user" -g "$user" -m "$mode" "$state"
+as_unit() { # as_unit CAPS CMD...: run like the unit, with the given capability list (may be empty)
+  local c=$1; shift
+  local capargs=(--bounding-set=-all)
+  [ -n "$c" ] && capargs=(--inh-caps="$c" --ambient-caps="$c" "--bounding-set=-all,$c")
+  (umask "$umask_"; prlimit --nofile="$nofile" setpriv --reuid="$user" --regid="$user" --init-groups \
+    "${capargs[@]}" --no-new-privs "$@")
+}
+(
+  set -a
+  # shellcheck disable=SC1090
+  . /etc/default/$pkg
+  set +a
+  # Test settings through the environment, as a drop-in's Environment= would add them: libvirt's
+  # in-process test driver (no libvirtd needed), a loopback port, ICMP to a loopback peer.
+  export VM_MIGRATION_EXPORTER_LIBVIRT_URI=test:///default
+  export VM_MIGRATION_EXPORTER_WEB_LISTEN_ADDRESS=127.0.0.1:$port
+  export VM_MIGRATION_EXPORTER_PROBE_PEER=lo=127.0.0.1
+  # shellcheck disable=SC2086
+  exec strace -f -qq -o "$tmp/strace" prlimit --nofile="$nofile" setpriv --reuid="$user" --regid="$user" --init-groups \
+    --inh-caps="$capflags" --ambient-caps="$capflags" --bounding-set=-all,"$capflags" --no-new-privs \
+    sh -c "umask $umask_; exec /usr/bin/$pkg $ARGS"
+) >"$tmp/log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$port/metrics" >"$tmp/metrics" || fail "no /metrics on 127.0.0.1:$port"
+grep -q '^vm_migration_libvirt_up 1' "$tmp/metrics" || fail "vm_migration_libvirt_up is not 1"
+grep -q '^vm_migration_exporter_build_info{' "$tmp/metrics" || fail "no build_info"
+# strace (for the system-call check below) runs prlimit -> setpriv -> sh -> the exporter, one pid.
+pid=""
+for _ in $(seq 1 20); do pid=$(pgrep -P "${pids[0]}" || true); [ -n "$pid" ] && break; sleep 0.1; done
+[ "$(readlink "/proc/$pid/exe")" = "/usr/bin/$pkg" ] || fail "process $pid is not /usr/bin/$pkg"
+status=/proc/$pid/status
+[ "$(awk '/^Uid:/ {print $2}' "$status")" = "$(id -u "$user")" ] || fail "not running as $user"
+[ "$(awk '/^NoNewPrivs:/ {print $2}' "$status")" = 1 ] || fail "NoNewPrivs not set"
+eff=$(capsh --decode="$(awk '/^CapEff:/ {print $2}' "$status")" | sed 's/.*=//')
+[ "$eff" = "cap_dac_read_search,cap_net_raw,cap_sys_ptrace" ] || fail "effective capabilities $eff"
+[ "$(awk '/Max open files/ {print $4}' "/proc/$pid/limits")" = "$nofile" ] || fail "LimitNOFILE not applied"
+for _ in $(seq 1 50); do
+  curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^vm_migration_peer_up{peer="lo",probe="icmp".*} 1' && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^vm_migration_peer_up{peer="lo",probe="icmp".*} 1' \
+  || fail "the ICMP probe of 127.0.0.1 did not answer under CAP_NET_RAW"
+echo "check-deb: running as $user (uid $(id -u "$user")), capabilities $eff, NoNewPrivs, nofile $nofile: /metrics answers, libvirt_up 1, ICMP probe up"
+curl -fs -H 'Accept: application/openmetrics-text' "http://127.0.0.1:$port/metrics" >/dev/null
+curl -fs "http://127.0.0.1:$port/" >/dev/null
+curl -fs "http://127.0.0.1:$port/api/v1/migrations" >/dev/null
+kill "$pid"
+for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$pid" 2>/dev/null || true
+wait 2>/dev/null || true; pids=()
+
+# The unit's SystemCallFilter= (@system-service, then ~@privileged) must allow every system call
+# the exporter made (from its exec on; libvirt, HTTP, ICMP, records), or systemd would fail it
+# with EPERM where this machine, which has no systemd, cannot show it.
+expand() {
+  systemd-analyze syscall-filter "$1" | sed -E 's/^[[:space:]]+//; /^#/d; /^$/d' | tail -n +2 \
+    | while read -r x; do case "$x" in @*) expand "$x" ;; *) echo "$x" ;; esac; done
+}
+allowed=$(mktemp -p "$tmp"); denied=$(mktemp -p "$tmp"); used=$(mktemp -p "$tmp")
+while read -r line; do
+  for f in $line; do
+    case "$line" in
+      "~"*) expand "${f#\~}" >>"$denied" ;;
+      *) expand "$f" >>"$allowed" ;;
+    esac
+  done
+done < <(sed -n 's/^SystemCallFilter=//p' "$unit")
+sed -n '\|execve("/usr/bin/'"$pkg"'"|,$p' "$tmp/strace" \
+  | sed -nE 's/^[0-9]+ +([a-z_0-9]+)\(.*/\1/p; s/^[0-9]+ +<\.\.\. ([a-z_0-9]+) resumed>.*/\1/p' | sort -u >"$used"
+[ -s "$used" ] || fail "strace recorded no system calls of the exporter"
+blocked=$( { comm -23 "$used" <(sort -u "$allowed"); comm -12 "$used" <(sort -u "$denied"); } | sort -u | paste -sd' ' -)
+[ -z "$blocked" ] || fail "the unit's SystemCallFilter= would block: $blocked"
+echo "check-deb: SystemCallFilter= allows all $(wc -l <"$used") system calls the exporter made"
+
+# Each capability is what its feature needs. ping_group_range does not admit the user here, so
+# ICMP needs CAP_NET_RAW; QEMU's /proc/<pid>/fd (QEMU runs as libvirt-qemu) needs
+# CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH.
+qemu_user=$(id -u libvirt-qemu >/dev/null 2>&1 && echo libvirt-qemu || echo nobody)
+setpriv --reuid="$qemu_user" --regid="$qemu_user" --clear-groups sleep 30 &
+other=$!; pids+=("$other")
+sleep 0.2
+as_unit "$capflags" ls "/proc/$other/fd" >/dev/null 2>&1 || fail "with the unit's capabilities $user cannot read /proc/<pid>/fd of a $qemu_user process"
+if as_unit "+net_raw" ls "/proc/$other/fd" >/dev/null 2>&1; then
+  echo "check-deb: note: $user reads another user's /proc/<pid>/fd without CAP_SYS_PTRACE (kernel.yama or a lax /proc)"
+else
+  echo "check-deb: /proc/<pid>/fd of a $qemu_user process: readable with CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH, not without"
+fi
+kill "$other" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
+
+dpkg --purge "$pkg" >/dev/null 2>&1 || fail "dpkg --purge failed"
+for f in /usr/bin/$pkg "$state" /etc/default/$pkg; do [ ! -e "$f" ] || fail "purge left $f behind"; done
+echo "check-deb: purged: binary, defaults file and $state removed (the system user stays, as Debian does)"
