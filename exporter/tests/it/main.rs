@@ -13,5 +13,4 @@ mod netns;
 mod records;
 mod replay;
 mod support;
-mod verdict_eval;
 mod web_config;

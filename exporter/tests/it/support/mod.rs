@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use vm_migration_exporter::libvirt::SourceEvent;
 
-/// Polls a condition until it holds or a deadline passes (the lab library's helper).
-pub use migration_lab::prom::poll_until;
+/// Polls a condition until it holds or a deadline passes (the test kit's helper).
+pub use testkit::prom::poll_until;
 
 /// Receives events until one matches `pred` (returned) or `timeout` passes (panics with the
 /// events seen, to make failures readable). Non-matching events are discarded.
