@@ -7,9 +7,11 @@
 #     target/release), built with --pull=never;
 #  3. a smoke run: read-only root, all capabilities dropped, libvirt's test driver, /metrics;
 #  4. unless CONTAINER_LAB=0: the system test tests/tests/container_lab.rs, a live migration in
-#     the lab watched by the containerized exporter (real libvirtd socket directory mounted
-#     read-only). The lab is machine-wide: run this under flock /tmp/vm-migration-lab.lock, as the
-#     other lab tests.
+#     the lab watched by the image run as the Helm chart's DaemonSet container (its security
+#     context, host namespaces, hostPath mounts and args, translated to podman by
+#     packaging/container/podman-exporter), with the lab's real libvirtd socket directory mounted
+#     read-only. The lab is machine-wide: run this under flock /tmp/vm-migration-lab.lock, as
+#     the other lab tests.
 # Needs root (podman, mmdebstrap); tools from scripts/install-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +69,12 @@ podman rm -f -t 1 "$smoke" >/dev/null 2>&1; smoke=""
 echo "check-container: the container (read-only root, no capabilities) serves /metrics with libvirt_up 1"
 
 if [ "${CONTAINER_LAB:-1}" != 0 ]; then
-  echo "check-container: live migration in the lab watched by the containerized exporter"
-  VM_MIGRATION_EXPORTER_IMAGE=$image \
-    cargo test -q --locked -p system-tests --test container_lab -- --ignored --nocapture
+  # The Helm chart's DaemonSet container (defaults, this image), which
+  # packaging/container/podman-exporter runs with podman in place of the binary.
+  render=$tmp/chart.yaml
+  helm/check/bin/helm template vmx helm/vm-migration-exporter --set image.registry=localhost \
+    --set image.repository=vm-migration-exporter --set image.tag=check >"$render"
+  echo "check-container: live migration in the lab watched by the chart's DaemonSet container (podman)"
+  VM_MIGRATION_EXPORTER_CHART_RENDER=$render \
+    cargo test -q --locked -p system-tests --features container-lab --test container_lab -- --nocapture
 fi

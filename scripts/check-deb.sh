@@ -75,7 +75,10 @@ nofile=$(sed -n 's/^LimitNOFILE=//p' "$unit")
 umask_=$(sed -n 's/^UMask=//p' "$unit")
 state=/var/lib/$(sed -n 's/^StateDirectory=//p' "$unit")
 mode=$(sed -n 's/^StateDirectoryMode=//p' "$unit")
+# StateDirectory=: created, or its owner fixed recursively when it is not the service user's
+# (a record file left by a root run would otherwise stop the service).
 install -d -o "$user" -g "$user" -m "$mode" "$state"
+chown -R "$user:$user" "$state"
 as_unit() { # as_unit CAPS CMD...: run like the unit, with the given capability list (may be empty)
   local c=$1; shift
   local capargs=(--bounding-set=-all)

@@ -151,7 +151,6 @@ fn start_collectors(
         probes.peers.clone(),
         cancel.child_token(),
     ));
-    // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
     if let Some((view, hold)) = app {
         runner.add_tasks(crate::app_qos::collector::AppCollector::new(
             settings.app.clone(),
@@ -161,6 +160,7 @@ fn start_collectors(
             cancel.child_token(),
         ));
     }
+    // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
     runner
         .add_rounds(JobsCollector::new(sampler, events))
         .map_err(AppError::Thread)?;

@@ -277,8 +277,10 @@ impl<K: Ord + Clone> TaskRounds<K> {
 
     /// `k` starts one piece of work.
     pub fn begin(&self, k: &K) {
-        let now = Instant::now();
         let mut g = self.inner.lock();
+        // Read the clock under the lock: a time taken before it could precede a round another
+        // member opened meanwhile, and this work would wrongly count for the round before.
+        let now = Instant::now();
         let Some(began) = g.members.get_mut(k) else {
             return;
         };

@@ -2,41 +2,20 @@
 //! namespace, the destination also in its own network namespace behind a veth), real TCG
 //! guests that dirty memory at chosen rates and patterns, migrations under chosen conditions,
 //! and vm-migration-exporter watching each one. The system tests drive it through this
-//! library; `migration-lab` is its command line.
+//! library; `migration-lab` is its command line (with plots, reports and progress). Hosts,
+//! guests, the link and the Prometheus helpers come from the `testkit` crate.
 
 pub mod delay;
-pub mod exporter;
-pub mod guest;
-pub mod host;
-pub mod net;
 pub mod plots;
 pub mod presets;
-pub mod prom;
 pub mod report;
 pub mod scenario;
 pub mod scenario_file;
 
 use std::path::{Path, PathBuf};
 
-pub use host::Host;
-
-#[derive(Debug, thiserror::Error)]
-pub enum LabError {
-    #[error("the lab needs root (network namespaces, libvirtd, QEMU): run it with sudo")]
-    NotRoot,
-    #[error("lab set-up: {0}")]
-    Setup(String),
-    #[error("lab network: {0}")]
-    Network(String),
-    #[error("lab host: {0}")]
-    Host(String),
-    #[error("lab guest: {0}")]
-    Guest(String),
-    #[error("lab migration: {0}")]
-    Migration(String),
-    #[error("lab exporter: {0}")]
-    Exporter(String),
-}
+// The pieces live in the test kit (shared with the exporter's tests); the lab is built of them.
+pub use testkit::{events, exporter, guest, host, is_root, net, prom, Host, LabError};
 
 /// Network namespace and source-side veth of the lab.
 pub const NETNS: &str = "vmlab-dst";
@@ -54,17 +33,6 @@ pub struct Lab {
     /// Where each scenario's exporter listens (default: a free port on 127.0.0.1).
     pub exporter_listen: Option<std::net::SocketAddr>,
     pub dir: PathBuf,
-}
-
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 impl Lab {

@@ -1,14 +1,13 @@
 //! Scenarios: one guest, one migration, the conditions around it, and what happened.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::events::EventWatch;
 use crate::exporter::{sample, Exporter};
 use crate::guest::{self, GuestSpec, Pattern};
 use crate::{Lab, LabError};
@@ -55,15 +54,7 @@ impl Scenario {
     pub fn idle(name: &str) -> Scenario {
         Scenario {
             name: name.to_string(),
-            guest: GuestSpec {
-                name: name.to_string(),
-                memory_mb: 512,
-                dirty_mbps: 0,
-                dirty_mb: 64,
-                pattern: Pattern::Seq,
-                hot_mb: 32,
-                app_port: None,
-            },
+            guest: GuestSpec::idle(name),
             mode: Mode::Precopy,
             bandwidth_mibs: None,
             link_mbit: None,
@@ -152,61 +143,25 @@ impl RunResult {
     }
 }
 
-/// `virsh event --all --loop` on a connection, its lines collected as they come.
-pub struct EventWatch {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+/// Destroys a scenario's guest on both hosts when dropped, so a run that fails half-way (an
+/// error, a panic) leaves no guest behind. It holds the URIs, not the hosts, which the run
+/// still needs mutably (a libvirtd restart).
+struct GuestGuard {
+    name: String,
+    uris: [String; 2],
 }
 
-impl EventWatch {
-    pub fn start(uri: &str) -> Result<EventWatch, LabError> {
-        let mut child = Command::new("virsh")
-            .args(["-c", uri, "event", "--all", "--loop"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| LabError::Migration(format!("virsh event: {e}")))?;
-        let out = child
-            .stdout
-            .take()
-            .ok_or_else(|| LabError::Migration("virsh event: no stdout".into()))?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let w = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(mut v) = w.lock() {
-                    v.push(l);
-                }
-            }
-        });
-        Ok(EventWatch { child, lines })
-    }
-
-    /// The `key: value` fields of the first `job-completed` event, once it came.
-    pub fn job_completed(&self) -> Option<BTreeMap<String, String>> {
-        let lines = self.lines.lock().ok()?.clone();
-        let start = lines.iter().position(|l| l.contains("'job-completed'"))?;
-        let fields: BTreeMap<String, String> = lines[start + 1..]
-            .iter()
-            .take_while(|l| l.starts_with(char::is_whitespace))
-            .filter_map(|l| l.trim().split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect();
-        (!fields.is_empty()).then_some(fields)
-    }
-}
-
-impl EventWatch {
-    /// Everything virsh printed so far.
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for EventWatch {
+impl Drop for GuestGuard {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for uri in &self.uris {
+            // Not running there (or already gone) is fine: destroy just fails.
+            let _ = Command::new("virsh")
+                .args(["-c", uri, "destroy", &self.name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -271,6 +226,11 @@ impl Lab {
         self.src
             .virsh(&["create", &xml.to_string_lossy()])
             .map_err(|e| LabError::Guest(e.to_string()))?;
+        // From here on, every way out of this function destroys the guest.
+        let cleanup = GuestGuard {
+            name: name.clone(),
+            uris: [self.src.uri().to_string(), self.dst.uri().to_string()],
+        };
         let serial = self.src.dir().join(format!("log/qemu/{name}.serial"));
         guest::wait_running(&serial, Duration::from_secs(90))?;
         // The guest's HTTP service, when it has one, answers on the source before migrating.
@@ -453,8 +413,7 @@ impl Lab {
             )
             .ok()
         });
-        let _ = self.dst.virsh(&["destroy", name]);
-        let _ = self.src.virsh(&["destroy", name]);
+        drop(cleanup);
         Ok(RunResult {
             scenario: s.clone(),
             outcome: outcome.to_string(),

@@ -1,10 +1,14 @@
-//! The container image on a real migration: the lab's source host watched by the exporter
-//! running in the image built from packaging/Containerfile, through podman, with the source
-//! libvirtd's socket directory mounted read-only (packaging/container/podman-exporter.sh stands
-//! in for the binary). It must see the job while it runs and count and record it when it ends.
+//! The container image on a real migration, deployed as the Helm chart deploys it: the lab's
+//! source host watched by the image built from packaging/Containerfile, run by podman with the
+//! chart's DaemonSet container spec (packaging/container/podman-exporter stands in for the
+//! binary: capabilities, read-only root, host network and PIDs, hostPath mounts, args), the
+//! source libvirtd's socket directory in place of the chart's libvirt socket directory, mounted
+//! read-only. It must see the job while it runs, discover and probe the peer, and count and
+//! record the migration when it ends.
 //!
-//! Ignored by `cargo test`: it needs the image, which `bash scripts/check-container.sh` builds
-//! before running this test (`-- --ignored`).
+//! It needs the image and the rendered chart, which `bash scripts/check-container.sh` makes
+//! before it runs this test; so it is built only with the `container-lab` feature
+//! (`cargo test -p system-tests --features container-lab --test container_lab`).
 
 use std::path::PathBuf;
 
@@ -14,13 +18,16 @@ use migration_lab::Lab;
 use system_tests::{lab_dir, one_lab_at_a_time, scratch};
 
 #[test]
-#[ignore = "needs the container image: bash scripts/check-container.sh builds it and runs this"]
 fn containerized_exporter_sees_a_live_migration() {
     let _one = one_lab_at_a_time();
     let shim = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../packaging/container/podman-exporter.sh")
+        .join("../packaging/container/podman-exporter")
         .canonicalize()
-        .expect("packaging/container/podman-exporter.sh");
+        .expect("packaging/container/podman-exporter");
+    assert!(
+        std::env::var_os("VM_MIGRATION_EXPORTER_CHART_RENDER").is_some(),
+        "VM_MIGRATION_EXPORTER_CHART_RENDER (helm template output) is unset: run bash scripts/check-container.sh"
+    );
     let dir = scratch("container");
     let mut lab = Lab::up(&lab_dir(), Some(&shim), &|m| eprintln!("lab: {m}")).expect("lab up");
 

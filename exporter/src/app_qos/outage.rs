@@ -38,31 +38,7 @@ pub struct Outage {
     pub seconds: f64,
 }
 
-/// Median and 99th percentile of the latencies in one window, seconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LatencySummary {
-    pub probes: u64,
-    pub p50_seconds: Option<f64>,
-    pub p99_seconds: Option<f64>,
-}
-
-/// The application's view of one migration, for the migration record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AppMigrationRecord {
-    pub target: String,
-    pub probes: u64,
-    pub failures: u64,
-    /// The longest outage that overlapped the migration (0 when none).
-    pub outage_seconds: f64,
-    /// When that outage began, relative to the switch-over (negative: before it); absent when
-    /// there was no outage or no switch-over was seen.
-    pub outage_start_from_switchover_seconds: Option<f64>,
-    pub latency_before: LatencySummary,
-    pub latency_during: LatencySummary,
-    pub latency_after: LatencySummary,
-    /// App-observed outage ÷ libvirt's downtime, when both are known and the downtime is not 0.
-    pub outage_to_downtime_ratio: Option<f64>,
-}
+pub use crate::record::{AppMigrationRecord, LatencySummary};
 
 /// Latencies kept from before a migration starts (the "before" window), at most this long.
 pub const BEFORE_WINDOW_S: f64 = 60.0;

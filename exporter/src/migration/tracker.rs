@@ -131,7 +131,7 @@ pub struct FinishedMigration {
     pub peer: Option<crate::record::PeerSummary>,
     /// What the guest's probed services saw, one entry per target (`app:` targets only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<Vec<crate::app_qos::outage::AppMigrationRecord>>,
+    pub app: Option<Vec<crate::record::AppMigrationRecord>>,
 }
 
 /// What one sample round saw for one listed domain.

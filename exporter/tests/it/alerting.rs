@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::support::exporter::RunningExporter;
 use crate::support::libvirtd::TestLibvirtd;
 use crate::support::poll_until;
-use migration_lab::prom::{rules_file, Alertmanager, Prometheus, Webhook};
+use testkit::prom::{rules_file, Alertmanager, Prometheus, Webhook};
 
 /// Alerts with `for: 1m` need a little over a minute at 1 s evaluation.
 const WAIT: Duration = Duration::from_secs(150);

@@ -2,8 +2,6 @@
 //! the source reads the element and reports its changes; the exporter probes what it names,
 //! picks up a change without a restart, and a bad element costs one warning naming its domain.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -12,33 +10,14 @@ use vm_migration_exporter::libvirt::{DomainEvent, JobSource, LibvirtSource, Sour
 
 use crate::support::exporter::{value, RunningExporter};
 use crate::support::libvirtd::TestLibvirtd;
-use crate::support::{expect_event, poll_until};
+use crate::support::{expect_event, guest_xml, http_server, poll_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn guest_xml(name: &str) -> String {
-    format!(
-        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
-         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
-         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
-    )
-}
-
-fn http_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            );
-        }
-    });
-    addr
+fn http_ok() -> std::net::SocketAddr {
+    http_server(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+        true,
+    )))
 }
 
 fn set_metadata(daemon: &TestLibvirtd, domain: &str, xml: &str) {
@@ -84,7 +63,7 @@ fn metadata_targets_are_read_followed_and_bad_ones_named() {
         .find(|d| d.name == "m1")
         .expect("m1 listed");
     assert_eq!(src.metadata(&m1, METADATA_NS), Ok(None));
-    let a = http_server();
+    let a = http_ok();
     set_metadata(
         &daemon,
         "m1",
@@ -136,7 +115,7 @@ fn metadata_targets_are_read_followed_and_bad_ones_named() {
     );
     assert_eq!(up("m1", &m1.uuid, "http"), Some(1.0));
     // A change is picked up without a restart: another target name for m1.
-    let b = http_server();
+    let b = http_ok();
     set_metadata(
         &daemon,
         "m1",

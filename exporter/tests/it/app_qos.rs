@@ -2,41 +2,17 @@
 //! domain (libvirt's test driver has one domain, `test`), probe a real HTTP server on loopback,
 //! and show it going down and coming back.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::exporter::{value, RunningExporter};
-use crate::support::poll_until;
-
-/// An HTTP server on loopback answering 200 while `healthy`, 503 otherwise.
-fn server(healthy: Arc<AtomicBool>) -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let status = if healthy.load(Ordering::SeqCst) {
-                "200 OK"
-            } else {
-                "503 Down"
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            );
-        }
-    });
-    addr
-}
+use crate::support::{http_server, poll_until};
 
 #[test]
 fn config_targets_of_present_domains_are_probed_and_absent_ones_not() {
     let healthy = Arc::new(AtomicBool::new(true));
-    let addr = server(healthy.clone());
+    let addr = http_server(healthy.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("config.yml");
     std::fs::write(
@@ -83,8 +59,11 @@ fn config_targets_of_present_domains_are_probed_and_absent_ones_not() {
         "a target whose domain is not here is not probed: {m}"
     );
     assert!(
-        m.contains("vm_migration_collector_success{collector=\"app\"} 1"),
-        "{m}"
+        poll_until(Duration::from_secs(20), || e
+            .metrics()
+            .contains("vm_migration_collector_success{collector=\"app\"} 1")),
+        "{}",
+        e.metrics()
     );
     // The service fails: up 0, failures counted by result, an outage going on.
     healthy.store(false, Ordering::SeqCst);

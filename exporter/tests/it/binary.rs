@@ -129,23 +129,32 @@ fn golden_metrics_against_the_test_driver() {
     insta::assert_snapshot!("metrics_test_driver", normalise(&m));
 }
 
-#[test]
-fn promtool_accepts_the_output() {
-    // With peer probes (ICMP and TCP to a local listener) so their families are checked too.
+/// An exporter on the test driver probing 127.0.0.1 every 100 ms with `probes` (TCP to a
+/// listener that lives as long as the returned one), plus `extra` flags.
+fn probing_self(probes: &str, extra: &[&str]) -> (std::net::TcpListener, RunningExporter) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port().to_string();
-    let e = RunningExporter::start(&[
+    let mut args = vec![
         "--libvirt.uri",
         "test:///default",
         "--probe.peer",
         "self=127.0.0.1",
         "--probe.peer-probes",
-        "icmp,tcp",
+        probes,
         "--probe.tcp-port",
         &port,
         "--probe.interval",
         "100ms",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let e = RunningExporter::start(&args);
+    (listener, e)
+}
+
+#[test]
+fn promtool_accepts_the_output() {
+    // With peer probes (ICMP and TCP to a local listener) so their families are checked too.
+    let (_listener, e) = probing_self("icmp,tcp", &[]);
     ready(&e);
     let mut m = String::new();
     let probed = poll_until(Duration::from_secs(15), || {
@@ -184,23 +193,14 @@ fn promtool_accepts_the_output() {
 #[test]
 fn no_collector_flags_turn_collectors_off() {
     // A probe of a local listener: once its rounds show, every enabled collector has run.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
-    let port = listener.local_addr().expect("addr").port().to_string();
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--no-collector.netdev",
-        "--collector.discovery",
-        "--no-collector.discovery",
-        "--probe.peer",
-        "self=127.0.0.1",
-        "--probe.peer-probes",
+    let (_listener, e) = probing_self(
         "tcp",
-        "--probe.tcp-port",
-        &port,
-        "--probe.interval",
-        "100ms",
-    ]);
+        &[
+            "--no-collector.netdev",
+            "--collector.discovery",
+            "--no-collector.discovery",
+        ],
+    );
     ready(&e);
     let mut m = String::new();
     assert!(

@@ -145,7 +145,7 @@ fn connection_cap_closes_new_connections() {
         .map(|_| TcpStream::connect(e.addr).expect("connect"))
         .collect();
     // The cap is taken when the server accepts; poll until a fifth is turned away.
-    let turned_away = migration_lab::prom::poll_until(Duration::from_secs(10), || {
+    let turned_away = crate::support::poll_until(Duration::from_secs(10), || {
         TcpStream::connect(e.addr)
             .map(|mut s| closed_within(&mut s, Duration::from_millis(500)))
             .unwrap_or(false)
@@ -153,7 +153,7 @@ fn connection_cap_closes_new_connections() {
     assert!(turned_away, "a connection past the cap was kept");
     held.clear();
     assert!(
-        migration_lab::prom::poll_until(Duration::from_secs(10), || scrape(&e) == Ok(200)),
+        crate::support::poll_until(Duration::from_secs(10), || scrape(&e) == Ok(200)),
         "scrapes answer again once connections close"
     );
 }

@@ -9,7 +9,7 @@ use vm_migration_exporter::libvirt::{
 };
 
 use crate::support::libvirtd::TestLibvirtd;
-use crate::support::{expect_event, poll_until};
+use crate::support::{expect_event, guest_xml, poll_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Small cap so reconnect tests do not wait long between attempts.
@@ -159,16 +159,6 @@ fn assert_all_senders_dropped(rx: &mpsc::Receiver<SourceEvent>) {
         }),
         "event senders still alive: callback data leaked"
     );
-}
-
-/// A tiny diskless TCG guest (sits in the firmware): enough for a running QEMU domain.
-fn guest_xml(name: &str) -> String {
-    format!(
-        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
-         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
-         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
-    )
 }
 
 #[test]

@@ -15,5 +15,4 @@ mod netns;
 mod records;
 mod replay;
 mod support;
-mod verdict_eval;
 mod web_config;

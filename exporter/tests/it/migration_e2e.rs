@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::exporter::{value, RunningExporter};
 use crate::support::libvirtd::TestLibvirtd;
 use crate::support::poll_until;
-use migration_lab::scenario::EventWatch;
+use testkit::events::EventWatch;
 
 const WAIT: Duration = Duration::from_secs(120);
 

@@ -1,3 +1,3 @@
-//! Throw-away libvirtd instances for tests: the lab's [`migration_lab::Host`] (a private
+//! Throw-away libvirtd instances for tests: the test kit's [`testkit::Host`] (a private
 //! libvirtd in its own mount namespace; several can run at once and migrate between them).
-pub use migration_lab::Host as TestLibvirtd;
+pub use testkit::Host as TestLibvirtd;

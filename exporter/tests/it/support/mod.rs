@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use vm_migration_exporter::libvirt::SourceEvent;
 
-/// Polls a condition until it holds or a deadline passes (the lab library's helper).
-pub use migration_lab::prom::poll_until;
+/// Polls a condition until it holds or a deadline passes (the test kit's helper).
+pub use testkit::prom::poll_until;
 
 /// Receives events until one matches `pred` (returned) or `timeout` passes (panics with the
 /// events seen, to make failures readable). Non-matching events are discarded.
@@ -66,4 +66,34 @@ pub fn normalise(text: &str) -> String {
     }
     flush(&mut block, &mut out);
     out.join("\n")
+}
+
+/// A tiny diskless TCG guest (sits in the firmware): enough for a running QEMU domain.
+pub fn guest_xml(name: &str) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
+         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
+         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
+    )
+}
+
+/// An HTTP server on loopback for app probes: answers 200 while `healthy` says so, 503 after.
+pub fn http_server(healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let ok = healthy.load(std::sync::atomic::Ordering::SeqCst);
+            let status = if ok { "200 OK" } else { "503 Down" };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+    addr
 }

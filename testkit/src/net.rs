@@ -17,7 +17,7 @@ pub struct Link {
 }
 
 /// Run `ip` with `args`; its stderr becomes the error.
-pub(crate) fn ip(args: &[&str]) -> Result<(), LabError> {
+pub fn ip(args: &[&str]) -> Result<(), LabError> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())

@@ -6,7 +6,7 @@ use std::process::Command;
 
 fn fixtures(set: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../exporter/tests/fixtures")
         .join(set)
         .join("traces")
         .to_string_lossy()
