@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::clock::unix_now;
-use crate::collector::Statuses;
+use crate::collector::{Name, Statuses};
 use crate::exposition::GaugeFamily;
 use crate::libvirt::jobs::Call;
 use crate::migration::convergence::{Detail, Verdict};
@@ -257,11 +257,20 @@ impl Collector for LiveCollector {
             "Whether the libvirt connection is open (1) or not (0).",
         );
         up.push(vec![], Some(if snap.libvirt_up { 1.0 } else { 0.0 }));
+        // node_exporter's rule: a collector whose last round failed, or whose rounds stopped
+        // (a thread stuck in libvirt), exports none of its series rather than stale ones.
+        let jobs_current = self.statuses.get(Name::Jobs).is_none_or(|s| s.success)
+            && !snap.stuck(std::time::Instant::now());
         let mut domains = GaugeFamily::new(
             "vm_migration_domains_active",
-            "Active (running or paused) domains seen by the last successful sample.",
+            "Active (running or paused) domains seen by the last sample; absent while the jobs collector fails.",
         );
-        domains.push(vec![], snap.domains_active.map(|n| n as f64));
+        domains.push(
+            vec![],
+            snap.domains_active
+                .filter(|_| jobs_current)
+                .map(|n| n as f64),
+        );
         let mut age = GaugeFamily::new(
             "vm_migration_sample_age_seconds",
             "Seconds since the last successful sample of libvirt jobs.",
@@ -300,8 +309,9 @@ impl Collector for LiveCollector {
             f.encode(&mut encoder)?;
         }
 
-        // Jobs are only shown while libvirt answers: a job we cannot see is not presented as live.
-        if snap.libvirt_up {
+        // Jobs are only shown while libvirt answers and the sampler keeps up: a job we cannot
+        // see is not presented as live.
+        if snap.libvirt_up && jobs_current {
             encode_jobs(&snap.active, &mut encoder)?;
         }
         Ok(())

@@ -65,14 +65,14 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn ready(State(app): State<AppState>) -> Response {
-    let (ready, due) = {
+    let (ready, stuck) = {
         let st = app.state.lock();
-        (st.ready, st.next_round_by)
+        (st.ready, st.stuck(std::time::Instant::now()))
     };
     let unavailable = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if !ready {
         unavailable("not ready: first libvirt sample pending\n")
-    } else if due.is_some_and(|t| std::time::Instant::now() > t) {
+    } else if stuck {
         unavailable("not ready: the sampler has not completed a round for several intervals (stuck in libvirt?)\n")
     } else {
         (StatusCode::OK, "OK\n").into_response()

@@ -30,6 +30,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The sampler has missed several rounds (stuck in libvirt, or its thread is gone).
+    pub fn stuck(&self, now: std::time::Instant) -> bool {
+        self.next_round_by.is_some_and(|t| now > t)
+    }
+
     pub fn push_finished(&mut self, f: FinishedMigration) {
         self.records.push_back(f);
         while self.records.len() > crate::store::IN_MEMORY {

@@ -194,6 +194,8 @@ impl Rounds for NetdevCollector {
                 Ok(())
             }
             Err(e) => {
+                // No stale counters: the families are absent until a read works again.
+                self.latest.lock().clear();
                 if !self.warned {
                     warn!(error = %e, "cannot read NIC counters (check --path.procfs)");
                     self.warned = true;
@@ -458,6 +460,36 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         assert!(devs[0].up);
         assert_eq!(devs[1].speed_bytes, None);
         assert!(!devs[1].up);
+    }
+
+    /// Issue 16, node_exporter's rule: a failed read used to leave the last counters in every
+    /// scrape beside `collector_success{collector="netdev"} 0`.
+    #[test]
+    fn a_failed_read_withholds_the_device_series() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("net")).expect("mkdir");
+        std::fs::write(dir.path().join("net/dev"), DEV).expect("write");
+        let mut c = NetdevCollector::new(Netdev {
+            procfs: dir.path().to_path_buf(),
+            sysfs: dir.path().to_path_buf(),
+            include: None,
+            exclude: None,
+        });
+        let mut registry = Registry::default();
+        c.register(&mut registry);
+        c.round().expect("reads");
+        let text = crate::sampler::replay::text(&registry);
+        assert!(
+            text.contains("vm_migration_network_transmit_bytes_total{device=\"eth0\"} 987654321"),
+            "{text}"
+        );
+        std::fs::remove_file(dir.path().join("net/dev")).expect("rm");
+        assert!(c.round().is_err());
+        let text = crate::sampler::replay::text(&registry);
+        assert!(!text.contains("vm_migration_network_"), "{text}");
+        std::fs::write(dir.path().join("net/dev"), DEV).expect("write");
+        c.round().expect("reads again");
+        assert!(crate::sampler::replay::text(&registry).contains("device=\"eth0\""));
     }
 
     #[test]

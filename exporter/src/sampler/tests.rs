@@ -345,3 +345,119 @@ fn ready_only_after_the_first_connection_outcome() {
     );
     assert_eq!(r.sampler.handle(2.0, down()), Event::Failed);
 }
+
+/// A connected source with one migrating domain whose listing can be made to fail.
+struct Flaky {
+    list_fails: std::sync::atomic::AtomicBool,
+}
+
+impl JobSource for Flaky {
+    fn is_connected(&self) -> bool {
+        true
+    }
+    fn list_domains(&self) -> Result<Vec<DomainId>, SourceError> {
+        if self.list_fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SourceError::Call {
+                call: Call::ListDomains,
+                message: "internal error: client socket is closed".into(),
+            });
+        }
+        Ok(vec![dom()])
+    }
+    fn job_stats(&self, _: &DomainId) -> Result<Option<RawJob>, SourceError> {
+        Ok(Some(RawJob {
+            job_type: job_type::UNBOUNDED,
+            params: p(&[
+                ("operation", job_operation::MIGRATION_OUT),
+                ("time_elapsed", 1000),
+                ("data_processed", 1_000_000),
+                ("data_remaining", 300_000_000),
+                ("memory_iteration", 1),
+            ]),
+        }))
+    }
+    fn completed_job_stats(&self, _: &DomainId) -> Result<Option<RawJob>, SourceError> {
+        Ok(None)
+    }
+    fn max_downtime_ms(&self, _: &DomainId) -> Result<Option<u64>, SourceError> {
+        Ok(Some(300))
+    }
+}
+
+fn flaky_sampler() -> (
+    Arc<Flaky>,
+    Sampler,
+    SharedState,
+    crate::collector::Statuses,
+    prometheus_client::registry::Registry,
+) {
+    let source = Arc::new(Flaky {
+        list_fails: false.into(),
+    });
+    let state = crate::state::shared();
+    let statuses = crate::collector::Statuses::default();
+    let (registry, metrics) = Metrics::register(state.clone(), statuses.clone());
+    let sampler = Sampler::new(
+        source.clone(),
+        state.clone(),
+        metrics,
+        None,
+        SamplerConfig::default(),
+    );
+    sampler.handle(1.0, SourceEvent::Connected);
+    (source, sampler, state, statuses, registry)
+}
+
+/// Issue 16, node_exporter's rule: a failed jobs round (libvirt up, but the listing failed)
+/// used to leave the last round's live job series in every scrape as if current.
+#[test]
+fn a_failed_jobs_round_withholds_the_live_series() {
+    let (source, mut sampler, _, statuses, registry) = flaky_sampler();
+    crate::collector::execute(&statuses, Name::Jobs, || sampler.round(2.0));
+    let live = text(&registry);
+    assert!(live.contains("vm_migration_job_active{"), "{live}");
+    assert!(live.contains("vm_migration_domains_active 1"), "{live}");
+
+    source
+        .list_fails
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::collector::execute(&statuses, Name::Jobs, || sampler.round(3.0));
+    let failed = text(&registry);
+    assert!(
+        failed.contains("vm_migration_collector_success{collector=\"jobs\"} 0"),
+        "{failed}"
+    );
+    assert!(failed.contains("vm_migration_libvirt_up 1"), "{failed}");
+    for gone in [
+        "vm_migration_job_active{",
+        "vm_migration_data_remaining_bytes{",
+        "vm_migration_phase{",
+        "vm_migration_domains_active ",
+    ] {
+        assert!(!failed.contains(gone), "{gone} is stale:\n{failed}");
+    }
+
+    source
+        .list_fails
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    crate::collector::execute(&statuses, Name::Jobs, || sampler.round(4.0));
+    assert!(text(&registry).contains("vm_migration_job_active{"));
+}
+
+/// Issue 16: a sampler stuck in libvirt (no round for several intervals) turned /-/ready 503
+/// but its last live job series stayed in every scrape.
+#[test]
+fn a_stuck_sampler_withholds_the_live_series() {
+    let (_, mut sampler, state, statuses, registry) = flaky_sampler();
+    crate::collector::execute(&statuses, Name::Jobs, || sampler.round(2.0));
+    assert!(text(&registry).contains("vm_migration_job_active{"));
+    // The round due by now did not happen.
+    state.lock().next_round_by = Some(Instant::now() - Duration::from_secs(1));
+    let stuck = text(&registry);
+    assert!(!stuck.contains("vm_migration_job_active{"), "{stuck}");
+    assert!(!stuck.contains("vm_migration_elapsed_seconds{"), "{stuck}");
+    assert!(
+        stuck.contains("vm_migration_sample_age_seconds"),
+        "the age that the stuck-sampler alert reads stays: {stuck}"
+    );
+}
