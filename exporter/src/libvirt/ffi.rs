@@ -27,12 +27,19 @@ use super::jobs::{DomainEvent, DomainId, ParamValue, Params, RawJob};
 pub struct LvError {
     /// `virErrorNumber` (`VIR_ERR_*`), 0 when libvirt set no error.
     pub code: i32,
+    /// `virErrorDomain` (`VIR_FROM_*`: which part of libvirt raised it), 0 when unknown.
+    pub domain: i32,
+    /// Translated text: for logs only, never to branch on (it depends on the locale).
     pub message: String,
 }
 
 impl std::fmt::Display for LvError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (code {})", self.message, self.code)
+        write!(
+            f,
+            "{} (code {}, domain {})",
+            self.message, self.code, self.domain
+        )
     }
 }
 
@@ -46,11 +53,12 @@ impl LvError {
         if err.is_null() {
             return LvError {
                 code: 0,
+                domain: 0,
                 message: format!("{call} failed without a libvirt error"),
             };
         }
         // SAFETY: `err` is non-null and points to a valid virError (see above); we only read.
-        let (code, msg_ptr) = unsafe { ((*err).code, (*err).message) };
+        let (code, domain, msg_ptr) = unsafe { ((*err).code, (*err).domain, (*err).message) };
         let message = if msg_ptr.is_null() {
             format!("{call} failed (libvirt error code {code})")
         } else {
@@ -60,12 +68,17 @@ impl LvError {
                 .to_string_lossy()
                 .into_owned()
         };
-        LvError { code, message }
+        LvError {
+            code,
+            domain,
+            message,
+        }
     }
 
     fn plain(message: impl Into<String>) -> Self {
         LvError {
             code: 0,
+            domain: 0,
             message: message.into(),
         }
     }
@@ -75,9 +88,13 @@ impl LvError {
         self.code == sys::VIR_ERR_NO_DOMAIN as i32
     }
 
-    /// `VIR_ERR_NO_SUPPORT`: the driver does not implement the call (e.g. `test:///`).
+    /// There is nothing to read with this call here: the driver does not implement it
+    /// (`VIR_ERR_NO_SUPPORT`, e.g. `test:///`), or the operation does not apply to this domain
+    /// now (`VIR_ERR_OPERATION_UNSUPPORTED`: QEMU's job stats of an incoming migration, "available
+    /// only on the source host"). By code, never by the translated message.
     pub fn is_unsupported(&self) -> bool {
         self.code == sys::VIR_ERR_NO_SUPPORT as i32
+            || self.code == sys::VIR_ERR_OPERATION_UNSUPPORTED as i32
     }
 
     /// The driver or daemon refuses the call (not supported, or denied to this connection).
@@ -353,6 +370,7 @@ impl Conn {
     pub fn lookup_by_uuid(&self, uuid: &str) -> Result<Dom, LvError> {
         let cuuid = CString::new(uuid).map_err(|_| LvError {
             code: sys::VIR_ERR_NO_DOMAIN as i32,
+            domain: 0,
             message: "UUID contains a NUL byte".into(),
         })?;
         // SAFETY: valid connection and NUL-terminated string.
@@ -685,6 +703,7 @@ impl Dom {
     pub fn metadata_element(&self, uri: &str) -> Result<Option<String>, LvError> {
         let curi = CString::new(uri).map_err(|_| LvError {
             code: sys::VIR_ERR_INVALID_ARG as i32,
+            domain: 0,
             message: "namespace URI contains a NUL byte".into(),
         })?;
         // SAFETY: valid domain and NUL-terminated URI; flags 0 = the current (live) definition.
@@ -738,6 +757,31 @@ mod tests {
             type_: ty as c_int,
             value,
         }
+    }
+
+    /// Issue 16: the sampler recognised the destination's "no live stats here" answer by its
+    /// English text, which a translated libvirt (LANG=fr_FR) does not send. The decision is
+    /// now libvirt's error code.
+    #[test]
+    fn job_stats_refusals_are_told_by_code_not_by_text() {
+        let incoming = LvError {
+            code: sys::VIR_ERR_OPERATION_UNSUPPORTED as i32,
+            domain: sys::VIR_FROM_QEMU as i32,
+            message: "Opération non supportée : les statistiques de migration ne sont disponibles que sur l'hôte source".into(),
+        };
+        assert!(incoming.is_unsupported());
+        let test_driver = LvError {
+            code: sys::VIR_ERR_NO_SUPPORT as i32,
+            domain: sys::VIR_FROM_TEST as i32,
+            message: String::new(),
+        };
+        assert!(test_driver.is_unsupported());
+        let other = LvError {
+            code: sys::VIR_ERR_INTERNAL_ERROR as i32,
+            domain: sys::VIR_FROM_QEMU as i32,
+            message: "migration statistics are available only on the source host".into(),
+        };
+        assert!(!other.is_unsupported(), "a real failure, whatever it says");
     }
 
     #[test]

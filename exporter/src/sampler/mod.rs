@@ -507,14 +507,9 @@ impl Sampler {
                 }
                 // It left between listing and asking: the next round sees it gone.
                 Err(SourceError::NoDomain(_)) => continue,
-                // A driver without job support (test:///) has no migrations to watch.
+                // A driver without job support (test:///), or the destination of an incoming
+                // migration (live stats exist only on the source): no job to show here.
                 Err(SourceError::Unsupported { .. }) => None,
-                // The destination of an incoming migration has no live stats to give.
-                Err(SourceError::Call { message, .. })
-                    if message.contains("only on the source host") =>
-                {
-                    None
-                }
                 Err(e) => {
                     debug!(call = Call::JobStats.label(), error = %e, "libvirt call failed");
                     if !matches!(e, SourceError::NotConnected(_)) {
