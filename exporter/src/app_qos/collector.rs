@@ -262,12 +262,14 @@ async fn supervise(c: AppCollector) {
             probing.insert(key, p);
         }
         left.retain(|k, _| !here.contains(k));
+        // The settle window of a departed domain runs on the monotonic clock.
+        let mono = crate::clock::mono_now();
         for k in probing.keys().filter(|k| !here.contains(*k)) {
-            left.entry(k.clone()).or_insert(now);
+            left.entry(k.clone()).or_insert(mono);
         }
         let gone: Vec<_> = left
             .iter()
-            .filter(|(_, since)| now - **since > settle + 1.0)
+            .filter(|(_, since)| mono - **since > settle + 1.0)
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
@@ -303,7 +305,9 @@ async fn supervise(c: AppCollector) {
         running = jobs.keys().map(|u| u.to_string()).collect();
 
         // Held records whose settle period is over: add what the application saw.
-        for mut f in c.holdback.due(now) {
+        // The holdback waits on the monotonic clock (the sampler's too): an NTP step neither
+        // releases records early nor keeps them.
+        for mut f in c.holdback.due(crate::clock::mono_now()) {
             let downtime = f.downtime_seconds;
             let mut entries = Vec::new();
             for ((uuid, name), p) in &probing {
@@ -374,7 +378,8 @@ async fn probe_loop(
     cancel: CancellationToken,
 ) {
     loop {
-        let now = unix_now();
+        // The settle window after a migration is waited out on the monotonic clock.
+        let now = crate::clock::mono_now();
         let interval = rates.interval(&key.0, &settings, now);
         let next = tokio::time::Instant::now() + interval;
         // A probe never outlasts the slow interval, so a dead guest cannot pile requests up.

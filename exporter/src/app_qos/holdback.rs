@@ -21,7 +21,7 @@ struct Inner {
     /// UUIDs of the domains with probed targets.
     watched: BTreeSet<String>,
     settle_s: f64,
-    /// (record, unix time the app collector may complete it).
+    /// (record, monotonic time (`clock::mono_now`) the app collector may complete it).
     held: Vec<(FinishedMigration, f64)>,
     done: Vec<FinishedMigration>,
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::convergence::{Convergence, VerdictChange};
 use super::stats::JobStats;
+use crate::clock::Now;
 use crate::libvirt::jobs::{job_type, lifecycle, DomainEvent, DomainId, RawJob};
 pub use crate::record::{Direction, FigureSource, Outcome, Phase};
 
@@ -37,13 +38,16 @@ pub struct ActiveJob {
     pub event_iteration: Option<i64>,
     pub convergence: Convergence,
     pub totals: RateTotals,
-    /// Unix time the job was first missing from a round, if it is.
+    /// Monotonic time the job was first missing from a round, if it is (the grace clock).
     vanished_at: Option<f64>,
     /// libvirt said the domain stopped because it migrated.
     stopped_migrated: bool,
     /// Unix time the source paused the guest to switch over (libvirt's "suspended: migrated"),
     /// while the job had not completed yet.
     pub switchover_at: Option<f64>,
+    /// Monotonic times of the latest sample and of the switch-over, to compare them.
+    sampled_mono: f64,
+    switchover_mono: Option<f64>,
 }
 
 impl ActiveJob {
@@ -58,7 +62,7 @@ impl ActiveJob {
     pub fn figures_current(&self) -> bool {
         let reported = self.stats.memory_iteration.unwrap_or(0) >= 1
             || self.stats.data_processed.unwrap_or(0) > 0;
-        reported && self.switchover_at.is_none_or(|t| self.sampled_at >= t)
+        reported && self.switchover_mono.is_none_or(|t| self.sampled_mono >= t)
     }
 }
 
@@ -171,15 +175,32 @@ impl Fingerprint {
     }
 }
 
+/// How long a domain that left the host is remembered (its last counted completed job), in
+/// monotonic seconds: long enough that a domain stopped and started again does not have its
+/// old kept stats counted twice, short enough that hosts where guests come and go all day do
+/// not pile up memory.
+pub const FORGET_AFTER_S: f64 = 24.0 * 3600.0;
+/// Most domains remembered at once; past it the longest unseen are forgotten first.
+pub const MAX_REMEMBERED: usize = 10_000;
+
+/// What the tracker keeps of one domain between its jobs.
+#[derive(Clone, Debug, Default)]
+struct Memo {
+    /// Last completed job counted.
+    counted: Option<Fingerprint>,
+    /// Monotonic time its last migration finished: a round that began before that (its
+    /// libvirt calls ran while the completion event was handled) must not bring the job back.
+    finished_mono: Option<f64>,
+    /// Monotonic time it was last listed (or remembered).
+    seen_mono: f64,
+}
+
 pub struct Tracker {
     active: BTreeMap<String, ActiveJob>,
-    /// Last completed job counted per domain UUID.
-    counted: HashMap<String, Fingerprint>,
+    /// Per domain UUID, bounded ([`FORGET_AFTER_S`], [`MAX_REMEMBERED`]).
+    memo: HashMap<String, Memo>,
     /// Completed stats seen before the first round are history, not news.
     first_round_done: bool,
-    /// When each domain's last migration finished: a round that began before that (its libvirt
-    /// calls ran while the completion event was handled) must not bring the job back.
-    finished_at: HashMap<String, f64>,
     /// How long to wait for `JOB_COMPLETED` after a domain left before deciding without it.
     grace_seconds: f64,
 }
@@ -188,10 +209,43 @@ impl Tracker {
     pub fn new(grace_seconds: f64) -> Self {
         Tracker {
             active: BTreeMap::new(),
-            counted: HashMap::new(),
+            memo: HashMap::new(),
             first_round_done: false,
-            finished_at: HashMap::new(),
             grace_seconds,
+        }
+    }
+
+    /// Domains remembered between jobs (bounded; for tests and the load benchmark).
+    pub fn remembered(&self) -> usize {
+        self.memo.len()
+    }
+
+    fn counted(&self, uuid: &str) -> Option<&Fingerprint> {
+        self.memo.get(uuid).and_then(|m| m.counted.as_ref())
+    }
+
+    fn memo_mut(&mut self, uuid: &str, now: Now) -> &mut Memo {
+        let m = self.memo.entry(uuid.to_string()).or_default();
+        m.seen_mono = m.seen_mono.max(now.mono);
+        m
+    }
+
+    /// Forget domains unseen for [`FORGET_AFTER_S`], then the longest unseen past the cap.
+    fn forget(&mut self, now: Now) {
+        let active = &self.active;
+        self.memo
+            .retain(|u, m| now.mono - m.seen_mono < FORGET_AFTER_S || active.contains_key(u));
+        if self.memo.len() > MAX_REMEMBERED {
+            let mut by_age: Vec<(f64, String)> = self
+                .memo
+                .iter()
+                .map(|(u, m)| (m.seen_mono, u.clone()))
+                .collect();
+            by_age.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let excess = self.memo.len() - MAX_REMEMBERED;
+            for (_, u) in by_age.into_iter().take(excess) {
+                self.memo.remove(&u);
+            }
         }
     }
 
@@ -207,15 +261,19 @@ impl Tracker {
         !self.active.is_empty()
     }
 
-    /// Apply one sample round taken at `now` (unix seconds).
-    pub fn on_round(&mut self, now: f64, round: &Round) -> Vec<FinishedMigration> {
+    /// Apply one sample round taken at `now` (a trace's time converts: [`Now`]).
+    pub fn on_round(&mut self, now: impl Into<Now>, round: &Round) -> Vec<FinishedMigration> {
+        let now = now.into();
         let mut finished = Vec::new();
         let mut listed = std::collections::HashSet::new();
         for (dom, obs) in &round.observations {
             listed.insert(dom.uuid.as_str());
+            if let Some(m) = self.memo.get_mut(&dom.uuid) {
+                m.seen_mono = m.seen_mono.max(now.mono);
+            }
+            let finished_mono = self.memo.get(&dom.uuid).and_then(|m| m.finished_mono);
             match obs {
-                JobObservation::Running { .. }
-                    if self.finished_at.get(&dom.uuid).is_some_and(|t| *t >= now) => {}
+                JobObservation::Running { .. } if finished_mono.is_some_and(|t| t >= now.mono) => {}
                 JobObservation::Running {
                     stats,
                     max_downtime_ms,
@@ -248,20 +306,26 @@ impl Tracker {
             let Some(job) = self.active.get_mut(&uuid) else {
                 continue;
             };
-            let since = *job.vanished_at.get_or_insert(now);
-            if now - since >= self.grace_seconds {
+            let since = *job.vanished_at.get_or_insert(now.mono);
+            if now.mono - since >= self.grace_seconds {
                 if let Some(job) = self.active.remove(&uuid) {
                     finished.push(self.finish_gone(now, job));
                 }
             }
         }
         self.first_round_done = true;
+        self.forget(now);
         finished
     }
 
     /// Apply one libvirt event received at `now`. Returns finished migrations, and whether the
     /// event concerns a domain whose job the tracker has not sampled yet (sample soon).
-    pub fn on_event(&mut self, now: f64, ev: &DomainEvent) -> (Vec<FinishedMigration>, bool) {
+    pub fn on_event(
+        &mut self,
+        now: impl Into<Now>,
+        ev: &DomainEvent,
+    ) -> (Vec<FinishedMigration>, bool) {
+        let now = now.into();
         let uuid = &ev.domain().uuid;
         match ev {
             DomainEvent::JobCompleted { domain, params } => {
@@ -309,17 +373,18 @@ impl Tracker {
                                 == (lifecycle::RESUMED, lifecycle::RESUMED_POSTCOPY);
                         if postcopy && (job.phase != Phase::Postcopy || resumed) {
                             job.phase = Phase::Postcopy;
-                            job.convergence.postcopy(now);
+                            job.convergence.postcopy(now.wall);
                         }
                         if postcopy_failed {
                             job.phase = Phase::Postcopy;
-                            job.convergence.postcopy_failed(now);
+                            job.convergence.postcopy_failed(now.wall);
                         }
                         if migrated_away {
                             job.stopped_migrated = true;
                         }
-                        if paused_to_switch {
-                            job.switchover_at.get_or_insert(now);
+                        if paused_to_switch && job.switchover_at.is_none() {
+                            job.switchover_at = Some(now.wall);
+                            job.switchover_mono = Some(now.mono);
                         }
                         (Vec::new(), false)
                     }
@@ -333,7 +398,7 @@ impl Tracker {
     /// next round after reconnecting decides what became of them.
     pub fn on_disconnect(&mut self) {}
 
-    fn upsert(&mut self, now: f64, dom: &DomainId, stats: JobStats, max_downtime_ms: Option<u64>) {
+    fn upsert(&mut self, now: Now, dom: &DomainId, stats: JobStats, max_downtime_ms: Option<u64>) {
         let postcopy_seen = stats.memory_postcopy_requests.is_some_and(|r| r > 0);
         let job = self
             .active
@@ -341,8 +406,8 @@ impl Tracker {
             .or_insert_with(|| ActiveJob {
                 domain: dom.clone(),
                 stats: stats.clone(),
-                sampled_at: now,
-                started_at: now - stats.time_elapsed_ms.unwrap_or(0) as f64 / 1000.0,
+                sampled_at: now.wall,
+                started_at: now.wall - stats.time_elapsed_ms.unwrap_or(0) as f64 / 1000.0,
                 phase: Phase::Precopy,
                 max_downtime_ms: None,
                 event_iteration: None,
@@ -351,10 +416,13 @@ impl Tracker {
                 vanished_at: None,
                 stopped_migrated: false,
                 switchover_at: None,
+                sampled_mono: now.mono,
+                switchover_mono: None,
             });
         job.domain = dom.clone();
         job.stats = stats;
-        job.sampled_at = now;
+        job.sampled_at = now.wall;
+        job.sampled_mono = now.mono;
         job.vanished_at = None;
         if max_downtime_ms.is_some() {
             job.max_downtime_ms = max_downtime_ms;
@@ -364,13 +432,13 @@ impl Tracker {
         }
         job.totals.add(&job.stats);
         job.convergence
-            .observe(now, &job.stats, job.max_downtime_ms, job.phase);
+            .observe(now.wall, &job.stats, job.max_downtime_ms, job.phase);
     }
 
     /// Completed stats found on an idle domain: count them if they are news.
     fn new_completed(
         &mut self,
-        now: f64,
+        now: Now,
         dom: &DomainId,
         c: &JobStats,
     ) -> Option<FinishedMigration> {
@@ -378,11 +446,11 @@ impl Tracker {
             return None;
         }
         let fp = Fingerprint::of(c);
-        let first_sight = !self.counted.contains_key(&dom.uuid);
-        if self.counted.get(&dom.uuid) == Some(&fp) {
+        let first_sight = self.counted(&dom.uuid).is_none();
+        if self.counted(&dom.uuid) == Some(&fp) {
             return None;
         }
-        self.counted.insert(dom.uuid.clone(), fp);
+        self.memo_mut(&dom.uuid, now).counted = Some(fp);
         if first_sight && !self.first_round_done {
             // Kept from before this exporter started: already history.
             return None;
@@ -393,7 +461,7 @@ impl Tracker {
 
     fn finish_in_place(
         &mut self,
-        now: f64,
+        now: Now,
         job: ActiveJob,
         completed: Option<&JobStats>,
     ) -> FinishedMigration {
@@ -404,7 +472,7 @@ impl Tracker {
             c.is_migration()
                 && c.operation == job.stats.operation
                 && c.time_elapsed_ms >= job.stats.time_elapsed_ms
-                && self.counted.get(&dom.uuid) != Some(&Fingerprint::of(c))
+                && self.counted(&dom.uuid) != Some(&Fingerprint::of(c))
         };
         match completed.filter(same_job) {
             Some(c) => {
@@ -436,7 +504,7 @@ impl Tracker {
         }
     }
 
-    fn finish_gone(&mut self, now: f64, job: ActiveJob) -> FinishedMigration {
+    fn finish_gone(&mut self, now: Now, job: ActiveJob) -> FinishedMigration {
         let outcome = if job.stopped_migrated {
             Outcome::Completed
         } else {
@@ -456,18 +524,19 @@ impl Tracker {
 
     fn finish_with(
         &mut self,
-        now: f64,
+        now: Now,
         dom: &DomainId,
         job: Option<ActiveJob>,
         stats: &JobStats,
         outcome: Outcome,
         figures: FigureSource,
     ) -> FinishedMigration {
+        let memo = self.memo_mut(&dom.uuid, now);
         if figures != FigureSource::LastSample {
-            self.counted
-                .insert(dom.uuid.clone(), Fingerprint::of(stats));
+            memo.counted = Some(Fingerprint::of(stats));
         }
-        self.finished_at.insert(dom.uuid.clone(), now);
+        memo.finished_mono = Some(now.mono);
+        let now = now.wall;
         let postcopy = stats.memory_postcopy_requests.is_some_and(|r| r > 0)
             || job.as_ref().is_some_and(|j| j.phase == Phase::Postcopy);
         let duration = stats.time_elapsed_ms.map(|ms| ms as f64 / 1000.0);

@@ -1,6 +1,7 @@
 //! Tracker logic on synthetic sequences shaped like the lab's recorded migrations.
 
 use super::*;
+use crate::clock::Now;
 use crate::libvirt::jobs::{job_operation, ParamValue, Params};
 use crate::migration::convergence::Verdict;
 
@@ -464,4 +465,136 @@ fn set_up_reports_no_figures() {
     );
     t.on_round(11.0, &round(vec![running(1300, 500_000_000, 1)]));
     assert!(t.active_jobs().next().expect("active").figures_current());
+}
+
+fn at(wall: f64, mono: f64) -> Now {
+    Now { wall, mono }
+}
+
+/// Issue 16: the completion grace was measured on the wall clock, so an NTP step forward
+/// while a migrated domain waited for its `JOB_COMPLETED` skipped the wait (the migration was
+/// counted `failed` from its last sample, and once more when the event came).
+#[test]
+fn a_wall_clock_step_forward_does_not_skip_the_grace() {
+    let mut t = Tracker::new(5.0);
+    t.on_round(at(100.0, 10.0), &round(vec![running(1000, 400_000_000, 1)]));
+    assert!(t.on_round(at(101.0, 11.0), &Round::default()).is_empty());
+    // NTP steps the wall clock an hour ahead; one monotonic second passes.
+    assert!(
+        t.on_round(at(3702.0, 12.0), &Round::default()).is_empty(),
+        "still within the 5 s grace"
+    );
+    let ev = DomainEvent::JobCompleted {
+        domain: dom(),
+        params: completed_params(job_operation::MIGRATION_OUT, 2400, 52),
+    };
+    let (fin, _) = t.on_event(at(3702.5, 12.5), &ev);
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0].outcome, Outcome::Completed);
+    assert_eq!(fin[0].figures, FigureSource::Event);
+    assert_eq!(fin[0].finished_at, 3702.5, "records carry wall time");
+}
+
+/// ... and a step backwards stretched it (by the step: an hour here).
+#[test]
+fn a_wall_clock_step_back_does_not_stretch_the_grace() {
+    let mut t = Tracker::new(5.0);
+    t.on_round(
+        at(5000.0, 10.0),
+        &round(vec![running(1000, 400_000_000, 1)]),
+    );
+    assert!(t.on_round(at(5001.0, 11.0), &Round::default()).is_empty());
+    let fin = t.on_round(at(1402.0, 16.5), &Round::default());
+    assert_eq!(fin.len(), 1, "5.5 monotonic seconds: the grace is over");
+    assert_eq!(fin[0].outcome, Outcome::Failed);
+}
+
+/// A round begun before a completion must not revive the job; that was judged on the wall
+/// clock, so after a step back every new job of the domain was ignored for the step's length.
+#[test]
+fn a_wall_clock_step_back_does_not_hide_the_next_migration() {
+    let mut t = Tracker::new(5.0);
+    t.on_round(
+        at(5000.0, 10.0),
+        &round(vec![running(1000, 400_000_000, 1)]),
+    );
+    let ev = DomainEvent::JobCompleted {
+        domain: dom(),
+        params: completed_params(job_operation::MIGRATION_OUT, 2400, 52),
+    };
+    assert_eq!(t.on_event(at(5001.0, 11.0), &ev).0.len(), 1);
+    // An hour back; a new migration of the same domain a few seconds later.
+    t.on_round(at(1405.0, 15.0), &round(vec![running(500, 400_000_000, 1)]));
+    assert!(t.is_active(&dom().uuid), "the new job is live");
+}
+
+/// Issue 16: what the tracker remembers per domain (its last counted completed job, when its
+/// last migration ended) was never forgotten; a host where guests come and go grew without
+/// bound. 10,000 domains migrating in and leaving again leave bounded state.
+#[test]
+fn ten_thousand_domains_coming_and_going_leave_bounded_state() {
+    let mut t = Tracker::new(5.0);
+    t.on_round(at(0.0, 0.0), &Round::default());
+    let mut counted = 0;
+    for i in 0..10_000u32 {
+        let d = DomainId {
+            name: format!("g{i}"),
+            uuid: format!("00000000-0000-4000-8000-{i:012}"),
+        };
+        let time = f64::from(i) * 30.0;
+        // It arrives with the incoming migration's kept stats, then leaves the host.
+        let arrived = Round {
+            observations: vec![(
+                d.clone(),
+                idle(Some(RawJob {
+                    job_type: job_type::COMPLETED,
+                    params: completed_params(job_operation::MIGRATION_IN, 2000 + u64::from(i), 40),
+                })),
+            )],
+        };
+        counted += t.on_round(at(time, time), &arrived).len();
+        t.on_round(at(time + 10.0, time + 10.0), &Round::default());
+        assert!(t.remembered() <= MAX_REMEMBERED);
+    }
+    assert_eq!(counted, 10_000, "each incoming migration counted once");
+    let end = 10_000.0 * 30.0;
+    assert!(
+        t.remembered() <= (FORGET_AFTER_S / 30.0) as usize + 1,
+        "{}",
+        t.remembered()
+    );
+    t.on_round(
+        at(end + FORGET_AFTER_S, end + FORGET_AFTER_S),
+        &Round::default(),
+    );
+    assert_eq!(t.remembered(), 0, "every departed domain forgotten");
+    assert!(!t.has_active());
+}
+
+#[test]
+fn the_cap_forgets_the_longest_unseen_first() {
+    let mut t = Tracker::new(5.0);
+    t.on_round(at(0.0, 0.0), &Round::default());
+    let n = MAX_REMEMBERED + 5;
+    let doms: Vec<DomainId> = (0..n)
+        .map(|i| DomainId {
+            name: format!("g{i}"),
+            uuid: format!("00000000-0000-4000-8000-{i:012}"),
+        })
+        .collect();
+    for (i, d) in doms.iter().enumerate() {
+        let r = Round {
+            observations: vec![(
+                d.clone(),
+                idle(Some(RawJob {
+                    job_type: job_type::COMPLETED,
+                    params: completed_params(job_operation::MIGRATION_IN, 2000, 40),
+                })),
+            )],
+        };
+        t.on_round(at(i as f64, i as f64), &r);
+    }
+    assert_eq!(t.remembered(), MAX_REMEMBERED);
+    assert!(t.counted(&doms[0].uuid).is_none(), "the oldest went");
+    assert!(t.counted(&doms[n - 1].uuid).is_some(), "the newest stays");
 }

@@ -301,6 +301,9 @@ fn encode_netdev(
 
 /// Seconds of transmit history kept per device (for migration records).
 const HISTORY: usize = 3600;
+/// Most devices with a history at once (tap devices come and go with their guests); past it
+/// the devices read longest ago are dropped first.
+pub const MAX_DEVICES: usize = 4096;
 
 /// Transmit byte counters over time, per device, to summarise the network under a migration.
 #[derive(Debug, Default)]
@@ -319,9 +322,29 @@ impl TxHistory {
             }
             self.speed.insert(d.name.clone(), d.speed_bytes);
         }
-        // Devices gone for a whole history window are forgotten.
+        // Devices gone for a whole history window are forgotten (a wall clock stepped back
+        // makes `t - last` negative: those are kept, and the cap still holds).
         self.by_device
             .retain(|_, h| h.back().is_some_and(|(last, _)| t - last < HISTORY as f64));
+        if self.by_device.len() > MAX_DEVICES {
+            let mut by_last: Vec<(f64, String)> = self
+                .by_device
+                .iter()
+                .map(|(n, h)| (h.back().map_or(f64::MIN, |(l, _)| *l), n.clone()))
+                .collect();
+            by_last.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let excess = self.by_device.len() - MAX_DEVICES;
+            for (_, n) in by_last.into_iter().take(excess) {
+                self.by_device.remove(&n);
+            }
+        }
+        let kept = &self.by_device;
+        self.speed.retain(|n, _| kept.contains_key(n));
+    }
+
+    /// Devices with a history (bounded by [`MAX_DEVICES`]).
+    pub fn devices(&self) -> usize {
+        self.by_device.len().max(self.speed.len())
     }
 
     /// The device that sent the most between `from` and `to`, with its peak and mean rate.
@@ -490,6 +513,38 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         std::fs::write(dir.path().join("net/dev"), DEV).expect("write");
         c.round().expect("reads again");
         assert!(crate::sampler::replay::text(&registry).contains("device=\"eth0\""));
+    }
+
+    /// Issue 16: tap devices come and go with their guests; the link-speed map kept every name
+    /// ever seen, and nothing capped the histories.
+    #[test]
+    fn ten_thousand_tap_devices_coming_and_going_leave_bounded_state() {
+        let mut h = TxHistory::default();
+        let dev = |name: String| Device {
+            name,
+            counters: Counters::default(),
+            speed_bytes: Some(1_250_000_000),
+            up: true,
+        };
+        // Ten new guests every 10 s, each tap device read once.
+        for i in 0..1_000u32 {
+            let devices: Vec<Device> = (0..10)
+                .map(|k| dev(format!("tap{}", i * 10 + k)))
+                .chain([dev("eth0".into())])
+                .collect();
+            h.push(f64::from(i) * 10.0, &devices);
+            assert!(h.devices() <= MAX_DEVICES);
+        }
+        assert!(h.devices() <= HISTORY + 11, "{}", h.devices());
+        // An hour on, only the devices still there are remembered.
+        h.push(20_000.0, &[dev("eth0".into())]);
+        assert_eq!(h.devices(), 1);
+        // A burst of more devices at once than the cap (a clock stepped back keeps them all).
+        let many: Vec<Device> = (0..MAX_DEVICES + 100)
+            .map(|k| dev(format!("vnet{k}")))
+            .collect();
+        h.push(20_001.0, &many);
+        assert_eq!(h.devices(), MAX_DEVICES);
     }
 
     #[test]

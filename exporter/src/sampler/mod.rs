@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::clock::unix_now;
+use crate::clock::{Clock, Now, SystemClock};
 use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
 use crate::libvirt::jobs::{Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent};
 use crate::metrics::Metrics;
@@ -96,8 +96,10 @@ const STALE_SLACK: Duration = Duration::from_secs(5);
 pub struct Sampler {
     source: Arc<dyn JobSource>,
     core: Arc<Mutex<Core>>,
+    /// Monotonic time of the last sweep of completed stats.
     last_completed_sweep: Option<f64>,
     cfg: SamplerConfig,
+    clock: Arc<dyn Clock>,
 }
 
 impl Core {
@@ -120,11 +122,11 @@ impl Core {
     }
 
     /// Handle a connection or domain event.
-    fn handle(&mut self, now: f64, ev: SourceEvent) -> Event {
+    fn handle(&mut self, now: Now, ev: SourceEvent) -> Event {
         let step = match ev {
             SourceEvent::Connected => {
                 self.record(TraceRecord::Connection {
-                    t: now,
+                    t: now.wall,
                     connected: true,
                 });
                 self.state.lock().libvirt_up = true;
@@ -134,7 +136,7 @@ impl Core {
             SourceEvent::Disconnected { reason } => {
                 debug!(%reason, "sampler: libvirt connection lost");
                 self.record(TraceRecord::Connection {
-                    t: now,
+                    t: now.wall,
                     connected: false,
                 });
                 self.tracker.on_disconnect();
@@ -159,7 +161,7 @@ impl Core {
             }
             SourceEvent::Domain(event) => {
                 self.record(TraceRecord::Event {
-                    t: now,
+                    t: now.wall,
                     event: event.clone(),
                 });
                 let (finished, wants_sample) = self.tracker.on_event(now, &event);
@@ -224,7 +226,7 @@ impl Core {
         self.state.lock().active = active;
     }
 
-    fn publish(&mut self, now: f64, mut finished: Vec<FinishedMigration>) {
+    fn publish(&mut self, now: Now, mut finished: Vec<FinishedMigration>) {
         if finished.is_empty() {
             return;
         }
@@ -258,7 +260,7 @@ impl Core {
         let finished: Vec<_> = match &self.app {
             Some((_, hold)) => finished
                 .into_iter()
-                .filter_map(|f| hold.hold(f, now))
+                .filter_map(|f| hold.hold(f, now.mono))
                 .collect(),
             None => finished,
         };
@@ -284,9 +286,10 @@ impl Core {
     }
 
     /// Held-back records the app collector completed (or gave up on); `all` at shutdown.
-    fn write_held(&mut self, now: f64, all: bool) {
+    fn write_held(&mut self, now: Now, all: bool) {
         let ready = match &self.app {
-            Some((_, hold)) => hold.take_ready(now, all),
+            // The holdback's settle period is waited out on the monotonic clock.
+            Some((_, hold)) => hold.take_ready(now.mono, all),
             None => return,
         };
         self.write_records(ready);
@@ -296,7 +299,8 @@ impl Core {
 impl Drop for Sampler {
     /// Stopping: records held back for the app collector are written as they are.
     fn drop(&mut self) {
-        self.core.lock().write_held(crate::clock::unix_now(), true);
+        let now = self.clock.now();
+        self.core.lock().write_held(now, true);
     }
 }
 
@@ -339,7 +343,19 @@ impl Sampler {
             })),
             last_completed_sweep: None,
             cfg,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Read the time from `clock` (tests step its wall clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time now, on the sampler's clock.
+    pub fn now(&self) -> Now {
+        self.clock.now()
     }
 
     /// Keep finished-migration records in this file too.
@@ -381,12 +397,13 @@ impl Sampler {
     }
 
     /// Handle a connection or domain event.
-    pub fn handle(&self, now: f64, ev: SourceEvent) -> Event {
-        self.core.lock().handle(now, ev)
+    pub fn handle(&self, now: impl Into<Now>, ev: SourceEvent) -> Event {
+        self.core.lock().handle(now.into(), ev)
     }
 
     /// Sample every active domain once: read libvirt without holding the lock, then apply.
-    pub fn round(&mut self, now: f64) -> Result<(), CollectError> {
+    pub fn round(&mut self, now: impl Into<Now>) -> Result<(), CollectError> {
+        let now = now.into();
         let reading = self.read(now);
         let mut core = self.core.lock();
         let result = match reading {
@@ -406,8 +423,12 @@ impl Sampler {
                     core.want_metadata.remove(&uuid);
                     core.metadata.insert(uuid, xml);
                 }
+                // Domains come and go: nothing is kept for one that left.
+                let listed: BTreeSet<&str> = r.domains.iter().map(|d| d.uuid.as_str()).collect();
                 core.metadata
-                    .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
+                    .retain(|uuid, _| listed.contains(uuid.as_str()));
+                core.want_metadata
+                    .retain(|uuid| listed.contains(uuid.as_str()));
                 let finished = core.tracker.on_round(now, &r.round);
                 core.publish(now, finished);
                 Ok(())
@@ -417,7 +438,7 @@ impl Sampler {
         core.publish_active();
         core.write_held(now, false);
         if let Some(keep) = self.cfg.last_retention {
-            let dropped = core.metrics.prune_last(now - keep.as_secs_f64());
+            let dropped = core.metrics.prune_last(now.wall - keep.as_secs_f64());
             if dropped > 0 {
                 debug!(
                     domains = dropped,
@@ -437,7 +458,7 @@ impl Sampler {
         st.next_round_by = Some(Instant::now() + period * STALE_ROUNDS + STALE_SLACK);
         st.libvirt_up = self.source.is_connected();
         if result.is_ok() {
-            st.last_success_at = Some(now);
+            st.last_success_at = Some(now.wall);
         }
         drop(st);
         core.flush_trace();
@@ -445,7 +466,7 @@ impl Sampler {
     }
 
     /// The libvirt side of a round; an error when libvirt could not list domains.
-    fn read(&mut self, now: f64) -> Result<Reading, CollectError> {
+    fn read(&mut self, now: Now) -> Result<Reading, CollectError> {
         if !self.source.is_connected() {
             return Err(CollectError::new("libvirt is not connected"));
         }
@@ -458,12 +479,12 @@ impl Sampler {
         };
         let sweep = self
             .last_completed_sweep
-            .is_none_or(|t| now - t >= self.cfg.idle_interval.as_secs_f64());
+            .is_none_or(|t| now.mono - t >= self.cfg.idle_interval.as_secs_f64());
         let mut r = Reading {
             domains: domains.clone(),
             round: Round::default(),
             trace: vec![TraceRecord::Round {
-                t: now,
+                t: now.wall,
                 domains: domains.clone(),
             }],
             failed_calls: Vec::new(),
@@ -498,7 +519,7 @@ impl Sampler {
             let running = match self.source.job_stats(dom) {
                 Ok(job) => {
                     r.trace.push(TraceRecord::Job {
-                        t: now,
+                        t: now.wall,
                         domain: dom.clone(),
                         job: job.clone(),
                     });
@@ -526,7 +547,7 @@ impl Sampler {
                     let max_downtime_ms = match self.source.max_downtime_ms(dom) {
                         Ok(ms) => {
                             r.trace.push(TraceRecord::MaxDowntime {
-                                t: now,
+                                t: now.wall,
                                 domain: dom.clone(),
                                 ms,
                             });
@@ -553,7 +574,7 @@ impl Sampler {
                         match self.source.completed_job_stats(dom) {
                             Ok(job) => {
                                 r.trace.push(TraceRecord::Completed {
-                                    t: now,
+                                    t: now.wall,
                                     domain: dom.clone(),
                                     job: job.clone(),
                                 });
@@ -578,7 +599,7 @@ impl Sampler {
             r.round.observations.push((dom.clone(), obs));
         }
         if sweep {
-            self.last_completed_sweep = Some(now);
+            self.last_completed_sweep = Some(now.mono);
         }
         Ok(r)
     }
@@ -615,7 +636,8 @@ impl Collector for JobsCollector {
 
 impl Rounds for JobsCollector {
     fn round(&mut self) -> Result<(), CollectError> {
-        self.sampler.round(unix_now())
+        let now = self.sampler.now();
+        self.sampler.round(now)
     }
 
     fn period(&self) -> Duration {
@@ -630,6 +652,7 @@ impl Rounds for JobsCollector {
         let rx = self.events.take()?;
         Some(Box::new(SourceEvents {
             core: self.sampler.core.clone(),
+            clock: self.sampler.clock.clone(),
             rx,
         }))
     }
@@ -638,13 +661,14 @@ impl Rounds for JobsCollector {
 /// libvirt's events, handled as they come (not at the next round).
 struct SourceEvents {
     core: Arc<Mutex<Core>>,
+    clock: Arc<dyn Clock>,
     rx: Receiver<SourceEvent>,
 }
 
 impl Events for SourceEvents {
     fn next(&mut self, timeout: Duration) -> Event {
         match self.rx.recv_timeout(timeout) {
-            Ok(ev) => self.core.lock().handle(unix_now(), ev),
+            Ok(ev) => self.core.lock().handle(self.clock.now(), ev),
             Err(RecvTimeoutError::Timeout) => Event::Idle,
             Err(RecvTimeoutError::Disconnected) => Event::Closed,
         }

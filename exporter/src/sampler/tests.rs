@@ -349,6 +349,7 @@ fn ready_only_after_the_first_connection_outcome() {
 /// A connected source with one migrating domain whose listing can be made to fail.
 struct Flaky {
     list_fails: std::sync::atomic::AtomicBool,
+    gone: std::sync::atomic::AtomicBool,
 }
 
 impl JobSource for Flaky {
@@ -361,6 +362,9 @@ impl JobSource for Flaky {
                 call: Call::ListDomains,
                 message: "internal error: client socket is closed".into(),
             });
+        }
+        if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Vec::new());
         }
         Ok(vec![dom()])
     }
@@ -393,6 +397,7 @@ fn flaky_sampler() -> (
 ) {
     let source = Arc::new(Flaky {
         list_fails: false.into(),
+        gone: false.into(),
     });
     let state = crate::state::shared();
     let statuses = crate::collector::Statuses::default();
@@ -459,5 +464,49 @@ fn a_stuck_sampler_withholds_the_live_series() {
     assert!(
         stuck.contains("vm_migration_sample_age_seconds"),
         "the age that the stuck-sampler alert reads stays: {stuck}"
+    );
+}
+
+/// Issue 16, through the sampler's clock seam: an NTP step (the wall clock an hour ahead)
+/// while a migrated-away domain waits for its completion event must not end the wait.
+#[test]
+fn a_wall_clock_step_does_not_skip_the_completion_grace() {
+    let (source, sampler, state, statuses, _) = flaky_sampler();
+    let clock = Arc::new(crate::clock::ManualClock::new(1000.0));
+    let mut sampler = sampler.with_clock(clock.clone());
+    let round = |s: &mut Sampler| {
+        let now = s.now();
+        crate::collector::execute(&statuses, Name::Jobs, || s.round(now));
+    };
+    round(&mut sampler);
+    assert_eq!(state.lock().active.len(), 1);
+    // The domain left (migrated away); an empty listing from now on.
+    source.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(1.0);
+    round(&mut sampler);
+    clock.step_wall(3600.0);
+    clock.advance(1.0);
+    round(&mut sampler);
+    assert!(
+        state.lock().records.is_empty(),
+        "2 s into the 5 s grace, whatever the wall clock says"
+    );
+    let done = DomainEvent::JobCompleted {
+        domain: dom(),
+        params: p(&[
+            ("operation", job_operation::MIGRATION_OUT),
+            ("time_elapsed", 1500),
+            ("downtime", 40),
+        ]),
+    };
+    clock.advance(0.5);
+    let now = sampler.now();
+    sampler.handle(now, SourceEvent::Domain(done));
+    let st = state.lock();
+    assert_eq!(st.records.len(), 1, "{:?}", st.records);
+    assert_eq!(st.records[0].outcome.as_str(), "completed");
+    assert_eq!(
+        st.records[0].finished_at, 4602.5,
+        "stamped with the (stepped) wall time"
     );
 }
