@@ -138,6 +138,7 @@ fn start_collectors(
     if let Some(feed) = running_jobs {
         let discoverer = Discoverer::new(
             settings.netdev.procfs.clone(),
+            probes.qemu_trust.clone(),
             probes.discovery_probes.clone(),
             prober.clone(),
             cancel.child_token(),

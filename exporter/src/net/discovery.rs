@@ -6,10 +6,70 @@
 //! display connection (local or remote port 5900–5999); when several remain, the one with the
 //! most bytes queued for sending (a migration stream keeps its send queue full), then the
 //! first. QEMU's monitor and chardevs are UNIX sockets and do not appear here.
+//!
+//! Any local user can start a process whose command line says `-uuid <uuid>` and which holds a
+//! TCP connection to an address of their choosing: only processes that really are QEMU as
+//! libvirt runs it ([`QemuTrust`]: the executable, and the user it runs as) are taken.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Which processes may be a domain's QEMU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QemuTrust {
+    /// The process's real and effective uid must both be one of these (libvirt's qemu.conf
+    /// `user`: root, `libvirt-qemu` on Debian, `qemu` on Red Hat).
+    pub uids: Vec<u32>,
+    /// Executables taken besides `qemu-system-*` and `qemu-kvm` (a domain's `<emulator>`).
+    pub emulators: Vec<PathBuf>,
+}
+
+impl QemuTrust {
+    /// Whether `pid` under `procfs` is QEMU run as a trusted user.
+    pub fn trusts(&self, procfs: &Path, pid: u32) -> bool {
+        let dir = procfs.join(pid.to_string());
+        let Ok(exe) = std::fs::read_link(dir.join("exe")) else {
+            return false;
+        };
+        // A binary replaced by an upgrade while QEMU runs reads "<path> (deleted)".
+        let exe = exe.to_string_lossy();
+        let exe = Path::new(exe.strip_suffix(" (deleted)").unwrap_or(&exe));
+        let qemu_name = exe
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("qemu-system-") || n == "qemu-kvm");
+        if !qemu_name && !self.emulators.iter().any(|e| e == exe) {
+            return false;
+        }
+        std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|st| status_uids(&st))
+            .is_some_and(|(real, effective)| {
+                self.uids.contains(&real) && self.uids.contains(&effective)
+            })
+    }
+}
+
+/// Real and effective uid from `/proc/<pid>/status` (`Uid:\treal\teffective\tsaved\tfs`).
+fn status_uids(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut f = line.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// The uid of user `name` in the passwd file `passwd` (`/etc/passwd`), or `name` itself when
+/// it is a number.
+pub fn resolve_user(passwd: &str, name: &str) -> Option<u32> {
+    if let Ok(uid) = name.parse() {
+        return Some(uid);
+    }
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
 
 /// One row of `/proc/net/tcp` or `tcp6`.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,13 +162,13 @@ pub fn socket_inodes(procfs: &Path, pid: u32) -> std::io::Result<HashSet<u64>> {
     Ok(out)
 }
 
-/// The process whose command line has `-uuid <uuid>` (QEMU started by libvirt).
-pub fn find_qemu_pid(procfs: &Path, uuid: &str) -> Option<u32> {
+/// The trusted QEMU process whose command line has `-uuid <uuid>` (started by libvirt).
+pub fn find_qemu_pid(procfs: &Path, uuid: &str, trust: &QemuTrust) -> Option<u32> {
     for e in std::fs::read_dir(procfs).ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        if cmdline_has_uuid(procfs, pid, uuid) {
+        if cmdline_has_uuid(procfs, pid, uuid) && trust.trusts(procfs, pid) {
             return Some(pid);
         }
     }
@@ -209,14 +269,79 @@ mod tests {
         std::fs::write(p.join("4242/net/tcp6"), fixture("tcp6")).expect("write");
         std::os::unix::fs::symlink("socket:[5001]", p.join("4242/fd/20")).expect("symlink");
         std::os::unix::fs::symlink("/dev/null", p.join("4242/fd/0")).expect("symlink");
-        let pid = find_qemu_pid(p, "ab5e0000-0000-4000-8000-000000000001");
+        std::os::unix::fs::symlink("/usr/bin/qemu-system-x86_64", p.join("4242/exe"))
+            .expect("symlink");
+        std::fs::write(
+            p.join("4242/status"),
+            "Name:\tqemu\nUid:\t64055\t64055\t64055\t64055\n",
+        )
+        .expect("write");
+        let trust = QemuTrust {
+            uids: vec![0, 64055],
+            emulators: Vec::new(),
+        };
+        let pid = find_qemu_pid(p, "ab5e0000-0000-4000-8000-000000000001", &trust);
         assert_eq!(pid, Some(4242));
         assert_eq!(
-            find_qemu_pid(p, "00000000-0000-0000-0000-000000000000"),
+            find_qemu_pid(p, "00000000-0000-0000-0000-000000000000", &trust),
             None
         );
         assert_eq!(peer_of_pid(p, 4242), Some("10.77.0.2".parse().expect("ip")));
         // The process exited between the listing and the fd read.
         assert_eq!(peer_of_pid(p, 4243), None);
+    }
+
+    /// A process as `/proc` shows it: exe link, command line and uids.
+    fn process(p: &Path, pid: u32, exe: &str, uid: u32, uuid: &str) {
+        let d = p.join(pid.to_string());
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::os::unix::fs::symlink(exe, d.join("exe")).expect("symlink");
+        std::fs::write(d.join("cmdline"), format!("{exe}\0-uuid\0{uuid}\0")).expect("write");
+        std::fs::write(
+            d.join("status"),
+            format!("Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t0\t0\t0\t0\n"),
+        )
+        .expect("write");
+    }
+
+    /// Issue 16: any process with `-uuid <uuid>` in its command line was taken for the
+    /// domain's QEMU, so a local user could make the exporter probe an address of theirs.
+    #[test]
+    fn only_qemu_run_as_a_trusted_user_is_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        let uuid = "ab5e0000-0000-4000-8000-000000000001";
+        let trust = QemuTrust {
+            uids: vec![0, 64055],
+            emulators: vec![PathBuf::from("/opt/kvm/bin/kvm")],
+        };
+        // A user's script, and a user's own copy of QEMU: impostors with lower pids.
+        process(p, 100, "/usr/bin/python3.11", 1000, uuid);
+        process(p, 101, "/home/mallory/qemu-system-x86_64", 1000, uuid);
+        assert_eq!(find_qemu_pid(p, uuid, &trust), None);
+        process(
+            p,
+            4242,
+            "/usr/bin/qemu-system-x86_64 (deleted)",
+            64055,
+            uuid,
+        );
+        assert_eq!(find_qemu_pid(p, uuid, &trust), Some(4242));
+        process(p, 4300, "/opt/kvm/bin/kvm", 0, "other");
+        assert!(trust.trusts(p, 4300), "the configured emulator");
+        // Effective uid root but started by a user (setuid): not libvirt's QEMU.
+        std::fs::write(p.join("101/status"), "Uid:\t1000\t0\t0\t0\n").expect("write");
+        assert!(!trust.trusts(p, 101));
+        assert!(!trust.trusts(p, 999), "no such process");
+    }
+
+    #[test]
+    fn users_resolve_from_passwd_or_as_numbers() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:108:Libvirt Qemu,,,:/var/lib/libvirt:/usr/sbin/nologin\n";
+        assert_eq!(resolve_user(passwd, "libvirt-qemu"), Some(64055));
+        assert_eq!(resolve_user(passwd, "root"), Some(0));
+        assert_eq!(resolve_user(passwd, "107"), Some(107));
+        assert_eq!(resolve_user(passwd, "qemu"), None);
+        assert_eq!(resolve_user(passwd, "x"), None);
     }
 }

@@ -74,6 +74,8 @@ struct Running {
 /// Finds the peers of running migrations and probes them while they run.
 pub struct Discoverer {
     procfs: PathBuf,
+    /// Which processes may be a domain's QEMU.
+    trust: discovery::QemuTrust,
     probes: Vec<ProbeSpec>,
     prober: Prober,
     peers: PeerState,
@@ -86,12 +88,14 @@ pub struct Discoverer {
 impl Discoverer {
     pub fn new(
         procfs: PathBuf,
+        trust: discovery::QemuTrust,
         probes: Vec<ProbeSpec>,
         prober: Prober,
         cancel: CancellationToken,
     ) -> Self {
         Discoverer {
             procfs,
+            trust,
             probes,
             peers: prober.peers().clone(),
             prober,
@@ -116,10 +120,16 @@ impl Discoverer {
             if known {
                 continue;
             }
-            // The pid is remembered only while it still is this domain's QEMU.
+            // The pid is remembered only while it still is this domain's QEMU (a reused pid
+            // is checked again).
             let pid = match self.pids.get(uuid) {
-                Some(p) if discovery::cmdline_has_uuid(&self.procfs, *p, uuid) => Some(*p),
-                _ => discovery::find_qemu_pid(&self.procfs, uuid),
+                Some(p)
+                    if discovery::cmdline_has_uuid(&self.procfs, *p, uuid)
+                        && self.trust.trusts(&self.procfs, *p) =>
+                {
+                    Some(*p)
+                }
+                _ => discovery::find_qemu_pid(&self.procfs, uuid, &self.trust),
             };
             let Some(pid) = pid else { continue };
             self.pids.insert(uuid.clone(), pid);
@@ -207,6 +217,8 @@ mod tests {
             format!("/usr/bin/qemu-system-x86_64\0-uuid\0{UUID}\0"),
         )
         .expect("write");
+        std::os::unix::fs::symlink("/usr/bin/qemu-system-x86_64", p.join("exe")).expect("symlink");
+        std::fs::write(p.join("status"), "Uid:\t0\t0\t0\t0\n").expect("write");
         let tcp = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/net/discovery/tcp"),
         )
@@ -232,6 +244,10 @@ mod tests {
         }];
         Discoverer::new(
             procfs.to_path_buf(),
+            discovery::QemuTrust {
+                uids: vec![0],
+                emulators: Vec::new(),
+            },
             probes,
             prober,
             CancellationToken::new(),
@@ -268,6 +284,40 @@ mod tests {
         assert!(!d.peers.discovered_peer(UUID).expect("kept").active);
         assert!(d.peers.lock().probes.is_empty(), "series retired");
         assert!(d.running.is_empty() && d.pids.is_empty());
+    }
+
+    /// Issue 16: an impostor (a user's process with the domain's `-uuid` and a connection to
+    /// an address of the user's choosing) listed before the real QEMU must not be probed.
+    #[test]
+    fn an_impostor_process_is_not_taken_for_qemu() {
+        let rt = runtime();
+        let dir = procfs(true);
+        let fake = dir.path().join("100");
+        std::fs::create_dir_all(fake.join("fd")).expect("mkdir");
+        std::fs::create_dir_all(fake.join("net")).expect("mkdir");
+        std::fs::write(
+            fake.join("cmdline"),
+            format!("/usr/bin/python3\0-uuid\0{UUID}\0"),
+        )
+        .expect("write");
+        std::os::unix::fs::symlink("/usr/bin/python3.11", fake.join("exe")).expect("symlink");
+        std::fs::write(fake.join("status"), "Uid:\t1000\t1000\t1000\t1000\n").expect("write");
+        // Its socket goes to 192.0.2.66, an address the user chose.
+        std::fs::write(
+            fake.join("net/tcp"),
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:A000 420200C0:0050 01 00100000:00000000 00:00000000 00000000  1000        0 7001 1 0000000000000000 20 4 30 10 -1\n",
+        )
+        .expect("write");
+        std::os::unix::fs::symlink("socket:[7001]", fake.join("fd/3")).expect("symlink");
+        let mut d = discoverer(dir.path(), &rt);
+        assert!(d.tick(&[("g".to_string(), UUID.to_string())]));
+        let peer = d.peers.discovered_peer(UUID).expect("discovered");
+        assert_eq!(
+            peer.address,
+            "10.77.0.2".parse::<IpAddr>().expect("ip"),
+            "the real QEMU's peer"
+        );
+        assert_eq!(d.pids.get(UUID), Some(&4242));
     }
 
     #[test]

@@ -255,6 +255,28 @@ pub struct ProbeArgs {
     /// QEMU's incoming migration listener accepts one connection).
     #[arg(long = "probe.discovery-tcp-port", env = "VM_MIGRATION_EXPORTER_PROBE_DISCOVERY_TCP_PORT", value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
     pub discovery_tcp_port: Option<u16>,
+
+    /// Users libvirt runs QEMU as (qemu.conf `user`; names or uids). Discovery only takes a
+    /// process whose real and effective uid are among them, so a local user's process cannot
+    /// pass for a domain's QEMU. Default: root, libvirt-qemu and qemu (from /etc/passwd, else
+    /// the uids Debian and Red Hat give them: 64055 and 107).
+    #[arg(
+        long = "probe.discovery-qemu-users",
+        env = "VM_MIGRATION_EXPORTER_PROBE_DISCOVERY_QEMU_USERS",
+        value_delimiter = ',',
+        value_name = "USERS"
+    )]
+    pub discovery_qemu_users: Option<Vec<String>>,
+
+    /// QEMU executables discovery takes besides `qemu-system-*` and `qemu-kvm` (a domain's
+    /// `<emulator>` with another name).
+    #[arg(
+        long = "probe.discovery-emulators",
+        env = "VM_MIGRATION_EXPORTER_PROBE_DISCOVERY_EMULATORS",
+        value_delimiter = ',',
+        value_name = "PATHS"
+    )]
+    pub discovery_emulators: Vec<PathBuf>,
 }
 
 fn collector_flag(name: Name, on: bool) -> String {

@@ -185,6 +185,8 @@ pub struct ProbeSettings {
     pub discovery: bool,
     /// The probes run against discovered peers.
     pub discovery_probes: Vec<ProbeSpec>,
+    /// Which processes discovery takes for a domain's QEMU.
+    pub qemu_trust: crate::net::discovery::QemuTrust,
 }
 
 /// Why the probe flags and the file's `probe:` section make no [`ProbeSettings`].
@@ -294,6 +296,35 @@ fn resolve_probes(
         max_concurrency,
         discovery,
         discovery_probes,
+        qemu_trust: qemu_trust(a).map_err(Flag)?,
+    })
+}
+
+/// The users QEMU may run as (given, or those of the defaults that exist) and the emulators.
+fn qemu_trust(a: &ProbeArgs) -> Result<crate::net::discovery::QemuTrust, String> {
+    use crate::net::discovery::resolve_user;
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let uids = match &a.discovery_qemu_users {
+        Some(users) => users
+            .iter()
+            .map(|u| {
+                resolve_user(&passwd, u).ok_or_else(|| {
+                    format!("--probe.discovery-qemu-users: no user '{u}' in /etc/passwd (give a user name from it or a numeric uid)")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        // In a container /etc/passwd is not the host's: the distributions' fixed uids stand in.
+        None => std::iter::once(0)
+            .chain(
+                [("libvirt-qemu", 64055), ("qemu", 107)]
+                    .iter()
+                    .map(|(u, fixed)| resolve_user(&passwd, u).unwrap_or(*fixed)),
+            )
+            .collect(),
+    };
+    Ok(crate::net::discovery::QemuTrust {
+        uids,
+        emulators: a.discovery_emulators.clone(),
     })
 }
 
