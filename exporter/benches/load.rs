@@ -71,9 +71,8 @@ impl Synthetic {
             .map(|id| Guest {
                 id,
                 // Staggered, so soak migrations end one after another.
-                migrating_since: (id < MIGRATING).then(|| {
-                    now - SOAK_MIGRATION.mul_f64(id as f64 / MIGRATING as f64)
-                }),
+                migrating_since: (id < MIGRATING)
+                    .then(|| now - SOAK_MIGRATION.mul_f64(id as f64 / MIGRATING as f64)),
             })
             .collect();
         let _ = events.send(SourceEvent::Connected);
@@ -106,11 +105,13 @@ impl Synthetic {
         for i in done.into_iter().rev() {
             let g = w.guests.swap_remove(i);
             let d = dom(g.id);
-            let _ = self.events.send(SourceEvent::Domain(DomainEvent::Lifecycle {
-                domain: d.clone(),
-                event: lifecycle::STOPPED,
-                detail: lifecycle::STOPPED_MIGRATED,
-            }));
+            let _ = self
+                .events
+                .send(SourceEvent::Domain(DomainEvent::Lifecycle {
+                    domain: d.clone(),
+                    event: lifecycle::STOPPED,
+                    detail: lifecycle::STOPPED_MIGRATED,
+                }));
             let _ = self
                 .events
                 .send(SourceEvent::Domain(DomainEvent::JobCompleted {
@@ -464,7 +465,14 @@ fn main() {
     }
 
     if let Some(d) = a.soak {
-        soak(&rt, &url, pid, d, &get, sample_sum(&warm, "vm_migration_finished_total{"));
+        soak(
+            &rt,
+            &url,
+            pid,
+            d,
+            &get,
+            sample_sum(&warm, "vm_migration_finished_total{"),
+        );
         return;
     }
     println!(
@@ -488,7 +496,12 @@ fn main() {
         );
         (pct(&l.latencies, 0.5), pct(&l.latencies, 0.99))
     };
-    let ours = run("vm-migration-exporter", &url, pid, "vm_migration_job_active{");
+    let ours = run(
+        "vm-migration-exporter",
+        &url,
+        pid,
+        "vm_migration_job_active{",
+    );
     if let Some((rurl, rpid)) = &a.reference {
         let reference = run("reference", rurl, *rpid, "# TYPE");
         println!(

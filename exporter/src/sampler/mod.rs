@@ -63,6 +63,10 @@ struct Core {
     metrics: Arc<Metrics>,
     trace: Option<TraceWriter>,
     records: Option<RecordLog>,
+    /// Records the disk refused (full, read-only), oldest first: written before any newer one
+    /// once it takes them again (retried every round), so none is lost to a full disk.
+    unwritten: std::collections::VecDeque<FinishedMigration>,
+    store_failing: bool,
     /// NIC transmit history, to add the network under a migration to its record.
     network: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
     /// Probe results of the peers discovered for migrations, for their records.
@@ -276,17 +280,42 @@ impl Core {
         // Disk writes happen after the lock that scrapes take is released. The record stays
         // in memory (API, landing page) even if the disk refuses it.
         drop(st);
-        if let Some(log) = self.records.as_mut() {
-            for f in &finished {
-                if let Err(e) = log.append(f) {
-                    warn!(error = %e, "cannot store a migration record");
+        if self.records.is_none() {
+            return;
+        }
+        self.unwritten.extend(finished);
+        self.store_unwritten();
+    }
+
+    /// Append the records the disk has not taken yet, in order, until one fails.
+    fn store_unwritten(&mut self) {
+        let Some(log) = self.records.as_mut() else {
+            return;
+        };
+        let waiting = self.unwritten.len();
+        while let Some(f) = self.unwritten.front() {
+            if let Err(e) = log.append(f) {
+                // Logged once per outage, not once per round.
+                if !self.store_failing {
+                    warn!(error = %e, waiting = self.unwritten.len(), "cannot store a migration record; kept in memory and retried every round");
                 }
+                self.store_failing = true;
+                break;
             }
+            self.unwritten.pop_front();
+        }
+        if self.unwritten.is_empty() && std::mem::take(&mut self.store_failing) {
+            info!(written = waiting, "migration records stored again");
+        }
+        while self.unwritten.len() > crate::store::IN_MEMORY {
+            self.unwritten.pop_front();
+            warn!("the record file has refused records for too long: dropping the oldest unwritten one");
         }
     }
 
     /// Held-back records the app collector completed (or gave up on); `all` at shutdown.
     fn write_held(&mut self, now: Now, all: bool) {
+        self.store_unwritten();
         let ready = match &self.app {
             // The holdback's settle period is waited out on the monotonic clock.
             Some((_, hold)) => hold.take_ready(now.mono, all),
@@ -331,6 +360,8 @@ impl Sampler {
                 metrics,
                 trace,
                 records: None,
+                unwritten: std::collections::VecDeque::new(),
+                store_failing: false,
                 network: None,
                 peers: None,
                 running: None,

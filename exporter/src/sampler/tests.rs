@@ -510,3 +510,65 @@ fn a_wall_clock_step_does_not_skip_the_completion_grace() {
         "stamped with the (stepped) wall time"
     );
 }
+
+/// A small tmpfs of our own, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Issue 16: a record the disk refused (full) was lost: it stayed in memory only and was never
+/// written, though the disk took records again once space was freed.
+#[test]
+fn records_a_full_disk_refused_are_written_once_space_is_freed() {
+    let fs = Tmpfs::mount("64k").expect("mount a tmpfs (the tests run as root)");
+    let storage = fs.0.path().join("storage");
+    let (log, _) = crate::store::RecordLog::open(&storage, 64 << 20).expect("open");
+    let (source, sampler, state, statuses, _) = flaky_sampler();
+    let mut sampler = sampler.with_records(log);
+    crate::collector::execute(&statuses, Name::Jobs, || sampler.round(2.0));
+    // Fill the disk.
+    let filler = fs.0.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 256 << 10]);
+    let done = |t: u64| DomainEvent::JobCompleted {
+        domain: dom(),
+        params: p(&[
+            ("operation", job_operation::MIGRATION_OUT),
+            ("time_elapsed", 1500 + t),
+            ("downtime", 40),
+        ]),
+    };
+    sampler.handle(3.0, SourceEvent::Domain(done(0)));
+    assert_eq!(state.lock().records.len(), 1, "kept in memory");
+    let file = storage.join("migrations.jsonl");
+    let on_disk = || std::fs::read_to_string(&file).expect("read");
+    assert_eq!(on_disk(), "", "refused, and nothing partial left behind");
+    source.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::collector::execute(&statuses, Name::Jobs, || sampler.round(4.0));
+    assert_eq!(on_disk(), "", "still full");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    crate::collector::execute(&statuses, Name::Jobs, || sampler.round(5.0));
+    let text = on_disk();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let rec: FinishedMigration = serde_json::from_str(lines[0]).expect("a whole record");
+    assert_eq!(rec.duration_seconds, Some(1.5));
+}
