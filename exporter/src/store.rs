@@ -136,7 +136,7 @@ impl Collector for StoreCollector {
         bytes.encode(&mut enc)?;
         let mut me = enc.encode_descriptor(
             "vm_migration_storage_errors",
-            "Failed operations on the record file, by op (load|append|compact); an append that failed is rolled back and the record kept in memory only.",
+            "Failed operations on the record file, by op (load|append|compact); an append that failed is rolled back, the record kept in memory and retried every round until the disk takes it.",
             None,
             MetricType::Counter,
         )?;
