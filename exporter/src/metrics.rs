@@ -16,7 +16,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::clock::unix_now;
 use crate::collector::{Name, Statuses};
 use crate::exposition::GaugeFamily;
 use crate::libvirt::jobs::Call;
@@ -250,7 +249,6 @@ fn num(v: Option<u64>) -> Option<f64> {
 impl Collector for LiveCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.state.lock();
-        let now = unix_now();
 
         let mut up = GaugeFamily::new(
             "vm_migration_libvirt_up",
@@ -275,7 +273,8 @@ impl Collector for LiveCollector {
             "vm_migration_sample_age_seconds",
             "Seconds since the last successful sample of libvirt jobs.",
         );
-        age.push(vec![], snap.last_success_at.map(|t| (now - t).max(0.0)));
+        let mono = crate::clock::mono_now();
+        age.push(vec![], snap.last_success_mono.map(|t| (mono - t).max(0.0)));
         let mut success = GaugeFamily::new(
             "vm_migration_collector_success",
             "Whether the collector's last run succeeded (1) or failed (0).",

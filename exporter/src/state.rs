@@ -21,8 +21,9 @@ pub struct Snapshot {
     pub next_round_by: Option<std::time::Instant>,
     /// Active domains in the last successful listing.
     pub domains_active: Option<u64>,
-    /// Unix time of the last successful sample round.
-    pub last_success_at: Option<f64>,
+    /// Monotonic time (`clock::mono_now`) of the last successful sample round: its age is
+    /// what the stuck-sampler alert reads, and an NTP step must not move it.
+    pub last_success_mono: Option<f64>,
     /// Migration jobs running now, as of the last round.
     pub active: Vec<ActiveJob>,
     /// Finished-migration records, oldest first (loaded from storage at start, bounded).

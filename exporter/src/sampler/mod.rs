@@ -489,7 +489,7 @@ impl Sampler {
         st.next_round_by = Some(Instant::now() + period * STALE_ROUNDS + STALE_SLACK);
         st.libvirt_up = self.source.is_connected();
         if result.is_ok() {
-            st.last_success_at = Some(now.wall);
+            st.last_success_mono = Some(now.mono);
         }
         drop(st);
         core.flush_trace();
