@@ -260,6 +260,9 @@ impl Core {
             );
             self.metrics.record_finished(f);
         }
+        // The counters went up: the finished jobs leave the live series now, not after the
+        // record's disk write (an fsync) below, or a scrape meanwhile shows both.
+        self.publish_active();
         // Migrations of domains whose services are probed wait for what the app saw after them.
         let finished: Vec<_> = match &self.app {
             Some((_, hold)) => finished
