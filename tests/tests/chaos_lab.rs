@@ -254,10 +254,10 @@ fn libvirtd_stopped_for_20s(lab: &mut Lab, out: &Path) {
     c.wait_job_active(&e);
     let pid = c.lab.src.pid().expect("libvirtd pid");
     signal(pid, "STOP");
+    let stopped = Instant::now();
     let cont = Continue(pid);
-    let until = Instant::now() + Duration::from_secs(20);
-    let (mut scrapes, mut down_seen) = (0, false);
-    while Instant::now() < until {
+    let (mut scrapes, mut down_seen, mut unready_seen) = (0, false, false);
+    while stopped.elapsed() < Duration::from_secs(20) {
         let t = Instant::now();
         let m = e
             .get("/metrics")
@@ -269,17 +269,27 @@ fn libvirtd_stopped_for_20s(lab: &mut Lab, out: &Path) {
         );
         let down = m.contains("vm_migration_libvirt_up 0");
         down_seen |= down;
-        if down {
-            assert!(!m.contains("vm_migration_job_active{"), "{m}");
+        // What cannot be read is not shown as live: not while libvirt is down, nor once the
+        // sampler has missed several rounds (0.5 s interval: 3 rounds + 5 s of slack).
+        if down || stopped.elapsed() > Duration::from_secs(8) {
+            assert!(
+                !m.contains("vm_migration_job_active{"),
+                "{:?} after SIGSTOP:\n{m}",
+                stopped.elapsed()
+            );
         }
+        unready_seen |= e.get("/-/ready").is_none();
         scrapes += 1;
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(scrapes >= 20, "{scrapes} scrapes in 20 s");
     assert!(
-        down_seen,
-        "the keepalive declares a frozen libvirtd down within 20 s"
+        unready_seen,
+        "/-/ready says 503 while the sampler is stuck in libvirt"
     );
+    // The keepalive (5 s x 3) declares a frozen libvirtd dead about 20 s after its last answer:
+    // at the very end of the window or not at all, so it is reported, not required.
+    eprintln!("chaos: libvirt_up 0 seen while frozen: {down_seen}");
     drop(cont);
     assert!(
         poll_until(Duration::from_secs(60), || e
