@@ -215,7 +215,7 @@ impl Tracker {
         }
     }
 
-    /// Domains remembered between jobs (bounded; for tests and the load benchmark).
+    /// How many domains are remembered between jobs (bounded).
     pub fn remembered(&self) -> usize {
         self.memo.len()
     }
