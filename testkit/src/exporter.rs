@@ -13,7 +13,12 @@ pub struct Exporter {
     child: Child,
     pub addr: SocketAddr,
     client: reqwest::blocking::Client,
+    /// The last lines it logged (for failure messages).
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// Lines of the exporter's log kept for [`Exporter::log`].
+const LOG_LINES: usize = 200;
 
 /// The exporter binary: `$VM_MIGRATION_EXPORTER`, else next to this program, else
 /// target/{release,debug}.
@@ -58,6 +63,12 @@ impl Exporter {
             .unwrap_or_else(|| "127.0.0.1:0".into());
         let mut child = Command::new(bin)
             .args(["--web.listen-address", &listen, "--libvirt.uri", uri])
+            // VME_EXPORTER_LOG_LEVEL=debug: more to read when a lab test fails.
+            .args(
+                std::env::var("VME_EXPORTER_LOG_LEVEL")
+                    .map(|l| vec!["--log.level".to_string(), l])
+                    .unwrap_or_default(),
+            )
             .args(["--sample.interval", "500ms", "--sample.idle-interval", "2s"])
             // Probe each migration's peer four times a second: short ci migrations still get
             // several RTT samples into their records.
@@ -76,8 +87,16 @@ impl Exporter {
             .take()
             .ok_or_else(|| LabError::Exporter("no stderr".into()))?;
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut k) = kept.lock() {
+                    if k.len() == LOG_LINES {
+                        k.pop_front();
+                    }
+                    k.push_back(line.clone());
+                }
                 if line.contains("message=listening") {
                     let addr = line
                         .split_whitespace()
@@ -104,7 +123,16 @@ impl Exporter {
             child,
             addr,
             client,
+            log,
         })
+    }
+
+    /// The last lines it logged, oldest first.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .map(|l| l.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
     }
 
     pub fn get(&self, path: &str) -> Option<String> {

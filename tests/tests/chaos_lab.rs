@@ -295,7 +295,9 @@ fn libvirtd_stopped_for_20s(lab: &mut Lab, out: &Path) {
         poll_until(Duration::from_secs(60), || e
             .get("/metrics")
             .is_some_and(|m| m.contains("vm_migration_libvirt_up 1"))),
-        "libvirt_up 1 after SIGCONT"
+        "libvirt_up 1 after SIGCONT; virsh list: {:?}; exporter log:\n{}",
+        c.lab.src.virsh(&["list", "--all"]),
+        e.log()
     );
     c.unthrottle();
     let status = virsh.wait().expect("virsh");

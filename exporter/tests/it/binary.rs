@@ -572,6 +572,27 @@ fn sigterm_exits_within_10s_while_libvirtd_is_frozen() {
     );
 }
 
+/// Issue 16 (found by the chaos lab test): libvirtd resumed right after the keepalive declared
+/// it dead; the exporter must reconnect and sample again.
+#[test]
+fn a_libvirtd_resumed_as_the_keepalive_gives_up_is_reconnected() {
+    let f = Frozen::start();
+    let e = &f.e;
+    let down = poll_until(Duration::from_secs(40), || {
+        value(&e.metrics(), "vm_migration_libvirt_up") == Some(0.0)
+    });
+    f.resume();
+    assert!(down, "the keepalive declares a frozen libvirtd dead");
+    let back = poll_until(Duration::from_secs(30), || {
+        value(&e.metrics(), "vm_migration_libvirt_up") == Some(1.0) && e.get("/-/ready").0 == 200
+    });
+    assert!(
+        back,
+        "reconnected and sampling again; log:\n{}",
+        e.log().join("\n")
+    );
+}
+
 /// Issue 16: with the sampler stuck in a frozen libvirtd, /-/ready turns 503 (after three missed
 /// rounds and 5 s) instead of saying 200 for ever; it comes back when libvirtd resumes.
 #[test]
