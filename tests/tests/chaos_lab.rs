@@ -365,11 +365,16 @@ fn exporter_killed_and_restarted(lab: &mut Lab, out: &Path, storage: &Path) {
     assert!(
         poll_until(Duration::from_secs(60), || {
             let m = dst.metrics();
-            sample(
-                &m,
-                "vm_migration_finished_total",
-                &["outcome=\"completed\"", "direction=\"in\""],
-            ) == Some(1.0)
+            finished_total(&m, "in") == 1.0
+                && sample(
+                    &m,
+                    "vm_migration_finished_total",
+                    &[
+                        "outcome=\"completed\"",
+                        "mode=\"precopy\"",
+                        "direction=\"in\"",
+                    ],
+                ) == Some(1.0)
         }),
         "the destination counts the incoming migration:\n{}",
         dst.metrics()
