@@ -440,11 +440,27 @@ struct Frozen {
 
 impl Frozen {
     fn start() -> Frozen {
+        Self::start_with(false)
+    }
+
+    /// With a running guest, so rounds also ask about a domain when libvirtd freezes.
+    fn start_with_guest() -> Frozen {
+        Self::start_with(true)
+    }
+
+    fn start_with(guest: bool) -> Frozen {
         let dir = tempfile::Builder::new()
             .prefix("vmefr")
             .tempdir_in("/tmp")
             .expect("tempdir");
         let daemon = TestLibvirtd::start(dir.path()).expect("libvirtd");
+        if guest {
+            let xml = dir.path().join("g.xml");
+            std::fs::write(&xml, crate::support::guest_xml("frozen-g")).expect("xml");
+            daemon
+                .virsh(&["create", &xml.to_string_lossy()])
+                .expect("a running guest");
+        }
         let e = RunningExporter::start(&[
             "--libvirt.uri",
             daemon.uri(),
@@ -576,7 +592,7 @@ fn sigterm_exits_within_10s_while_libvirtd_is_frozen() {
 /// it dead; the exporter must reconnect and sample again.
 #[test]
 fn a_libvirtd_resumed_as_the_keepalive_gives_up_is_reconnected() {
-    let f = Frozen::start();
+    let f = Frozen::start_with_guest();
     let e = &f.e;
     let down = poll_until(Duration::from_secs(40), || {
         value(&e.metrics(), "vm_migration_libvirt_up") == Some(0.0)
