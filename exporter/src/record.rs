@@ -139,6 +139,9 @@ pub struct AppMigrationRecord {
     /// When that outage began, relative to the switch-over (negative: before it); absent when
     /// there was no outage or no switch-over was seen.
     pub outage_start_from_switchover_seconds: Option<f64>,
+    /// Unix time that outage began (absent when there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_started_at: Option<f64>,
     pub latency_before: LatencySummary,
     pub latency_during: LatencySummary,
     pub latency_after: LatencySummary,

@@ -233,12 +233,16 @@ impl Lab {
         };
         let serial = self.src.dir().join(format!("log/qemu/{name}.serial"));
         guest::wait_running(&serial, Duration::from_secs(90))?;
-        // The guest's HTTP service, when it has one, answers on the source before migrating.
-        let app_before = match s.guest.app_port {
-            Some(port) => Some(guest::app_wait(
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_secs(60),
-            )?),
+        // The guest's HTTP service, when it has one, answers on the source before migrating, at
+        // the provider-network address it keeps wherever it runs.
+        let app_addr: Option<std::net::SocketAddr> = s.guest.app_port.map(|_| {
+            std::net::SocketAddr::new(
+                std::net::IpAddr::from(crate::net::PROVIDER_GUEST_IP),
+                guest::APP_GUEST_PORT,
+            )
+        });
+        let app_before = match app_addr {
+            Some(a) => Some(guest::app_wait(a, Duration::from_secs(60))?),
             None => None,
         };
 
@@ -247,11 +251,11 @@ impl Lab {
         let storage = out.join("records").join(name);
         let _ = std::fs::remove_dir_all(&storage);
         // A guest with an HTTP service: the exporter probes it (the app collector).
-        let config = match s.guest.app_port {
-            Some(port) => {
+        let config = match app_addr {
+            Some(addr) => {
                 let path = out.join("records").join(format!("{name}.config.yml"));
                 let yaml = format!(
-                    "app:\n  targets:\n    - domain: {name}\n      name: http\n      http: {{url: \"http://127.0.0.1:{port}/\"}}\n"
+                    "app:\n  targets:\n    - domain: {name}\n      name: http\n      http: {{url: \"http://{addr}/\"}}\n"
                 );
                 std::fs::create_dir_all(out.join("records"))
                     .and_then(|()| std::fs::write(&path, yaml))
@@ -399,20 +403,8 @@ impl Lab {
         };
         let integrity = guest::integrity_after(&serial, lines_at_end, INTEGRITY_WAIT);
         let guest_status = guest::last_status(&serial);
-        // ... and afterwards wherever the guest runs: the destination's namespace after a
-        // completed migration (the same port, forwarded by the destination's QEMU).
-        let app_after = s.guest.app_port.and_then(|port| {
-            let host: std::net::IpAddr = if outcome == "completed" {
-                crate::net::DEST_ADDR.parse().ok()?
-            } else {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            };
-            guest::app_wait(
-                std::net::SocketAddr::new(host, port),
-                Duration::from_secs(30),
-            )
-            .ok()
-        });
+        // ... and afterwards wherever the guest runs, at the same address.
+        let app_after = app_addr.and_then(|a| guest::app_wait(a, Duration::from_secs(30)).ok());
         drop(cleanup);
         Ok(RunResult {
             scenario: s.clone(),

@@ -236,6 +236,7 @@ impl TargetTrack {
             probes: m.probes,
             failures: m.failures,
             outage_seconds: outage,
+            outage_started_at: longest.map(|o| o.start),
             outage_start_from_switchover_seconds: match (longest, m.switchover) {
                 (Some(o), Some(s)) => Some(o.start - s),
                 _ => None,
