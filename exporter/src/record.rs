@@ -145,6 +145,10 @@ pub struct AppMigrationRecord {
     pub latency_before: LatencySummary,
     pub latency_during: LatencySummary,
     pub latency_after: LatencySummary,
+    /// Of the "during" probes, those sent from the switch-over (or the switch to post-copy) to
+    /// the end: what users saw while the guest ran on the destination faulting pages in.
+    #[serde(default)]
+    pub latency_after_switchover: LatencySummary,
     /// App-observed outage ÷ libvirt's downtime, when both are known and the downtime is not 0.
     pub outage_to_downtime_ratio: Option<f64>,
 }

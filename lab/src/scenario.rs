@@ -123,6 +123,15 @@ pub struct RunResult {
     /// ... and after it, where the guest then runs.
     #[serde(default)]
     pub app_after: Option<guest::AppReply>,
+    /// Seconds from `virsh migrate` to its return (the migration's end, as the lab saw it).
+    #[serde(default)]
+    pub ended_s: Option<f64>,
+    /// Seconds from `virsh migrate` to the source pausing the guest (switch-over or post-copy).
+    #[serde(default)]
+    pub switchover_s: Option<f64>,
+    /// Every probe the exporter made of the guest's service (app guests only).
+    #[serde(default)]
+    pub app_probes: Vec<crate::app_view::AppProbe>,
 }
 
 impl RunResult {
@@ -303,6 +312,7 @@ impl Lab {
             format!("tcp://{dest_addr}"),
         ]);
         let started = Instant::now();
+        let started_unix = unix_now();
         let mut child = Command::new("virsh")
             .args(&args)
             .stdout(Stdio::piped())
@@ -311,6 +321,7 @@ impl Lab {
             .map_err(|e| LabError::Migration(format!("virsh migrate: {e}")))?;
 
         let (mut switched, mut raised, mut restarted, mut aborted) = (false, false, false, false);
+        let mut ended_s: Option<f64> = None;
         let mut observations = Vec::new();
         let status = loop {
             if let Some(st) = child
@@ -352,8 +363,17 @@ impl Lab {
             if !aborted && el >= s.deadline {
                 aborted = self.src.virsh(&["domjobabort", name]).is_ok();
             }
-            std::thread::sleep(Duration::from_millis(500));
+            // Half a second to the next observation, watching for virsh's return meanwhile:
+            // the migration's end is then known to 20 ms.
+            let next = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < next && ended_s.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+                if child.try_wait().ok().flatten().is_some() {
+                    ended_s = Some(started.elapsed().as_secs_f64());
+                }
+            }
         };
+        let ended_s = ended_s.unwrap_or_else(|| started.elapsed().as_secs_f64());
         let output = child
             .wait_with_output()
             .map_err(|e| LabError::Migration(e.to_string()))?;
@@ -406,6 +426,16 @@ impl Lab {
         // ... and afterwards wherever the guest runs, at the same address.
         let app_after = app_addr.and_then(|a| guest::app_wait(a, Duration::from_secs(30)).ok());
         drop(cleanup);
+        let switchover_s = std::fs::read_to_string(&trace)
+            .ok()
+            .and_then(|t| crate::app_view::switchover_from_trace(&t))
+            .map(|t| t - started_unix);
+        let app_probes = match app_addr {
+            Some(_) => std::fs::read_to_string(trace.with_extension("log"))
+                .map(|l| crate::app_view::probes_from_log(&l, started_unix))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         Ok(RunResult {
             scenario: s.clone(),
             outcome: outcome.to_string(),
@@ -421,6 +451,15 @@ impl Lab {
             ping_rtt_ms,
             app_before,
             app_after,
+            ended_s: Some(ended_s),
+            switchover_s,
+            app_probes,
         })
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

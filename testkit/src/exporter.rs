@@ -67,13 +67,14 @@ impl Exporter {
             .arg("--trace.path")
             .arg(trace)
             .args(config.iter().flat_map(|c| [Path::new("--config.file"), c]))
-            // More detail (e.g. every app probe at `trace`) when investigating a run.
-            .args(
-                std::env::var("VMLAB_EXPORTER_LOG_LEVEL")
-                    .ok()
-                    .into_iter()
-                    .flat_map(|l| ["--log.level".to_string(), l]),
-            )
+            // Debug level logs every probe of a guest's service (the lab plots them) when there
+            // is a config (the lab gives one only for app guests); VMLAB_EXPORTER_LOG_LEVEL wins.
+            .args([
+                "--log.level".to_string(),
+                std::env::var("VMLAB_EXPORTER_LOG_LEVEL").unwrap_or_else(|_| {
+                    if config.is_some() { "debug" } else { "info" }.to_string()
+                }),
+            ])
             .args(["--log.format", "logfmt"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
