@@ -46,20 +46,27 @@ fn colored_bars(
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(330)
-        .build_cartesian_2d(0.0..max, 0..rows.len())
+        // Segments: each label sits at the middle of its bar.
+        .build_cartesian_2d(0.0..max, (0..rows.len()).into_segmented())
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .x_desc(unit)
         .y_labels(rows.len())
-        .y_label_formatter(&|i| rows.get(*i).map(|r| r.0.clone()).unwrap_or_default())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => rows.get(*i).map(|r| r.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| e.to_string())?;
     chart
         .draw_series(rows.iter().enumerate().map(|(i, (_, v, c))| {
-            let mut r = Rectangle::new([(0.0, i), (*v, i + 1)], c.mix(0.6).filled());
+            let mut r = Rectangle::new(
+                [(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))],
+                c.mix(0.6).filled(),
+            );
             r.set_margin(5, 5, 0, 0);
             r
         }))
@@ -266,7 +273,8 @@ fn app_latency(path: &Path, r: &RunResult) -> Result<(), String> {
         r.switchover_s.map(|t| (t, "switch-over", MAGENTA)),
         r.ended_s.map(|t| (t, "end", outcome_color(&r.outcome))),
     ];
-    for (t, label, color) in marks.into_iter().flatten() {
+    // Labels at different heights: start and switch-over are often close together.
+    for (i, (t, label, color)) in marks.into_iter().flatten().enumerate() {
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(t, 0.3), (t, top_ms)],
@@ -276,7 +284,7 @@ fn app_latency(path: &Path, r: &RunResult) -> Result<(), String> {
         chart
             .draw_series(std::iter::once(Text::new(
                 label.to_string(),
-                (t, top_ms * 0.5),
+                (t, top_ms * [0.5, 0.2, 0.5][i.min(2)]),
                 ("sans-serif", 14).into_font().color(&color),
             )))
             .map_err(|e| e.to_string())?;

@@ -302,6 +302,11 @@ impl Lab {
         }
         if s.mode == Mode::Postcopy {
             args.push("--postcopy".into());
+            // The cap holds after the switch too: QEMU's post-copy phase is uncapped otherwise,
+            // and a capped run would finish its post-copy in a blink.
+            if let Some(b) = s.bandwidth_mibs {
+                args.extend(["--postcopy-bandwidth".into(), b.to_string()]);
+            }
         }
         if s.auto_converge {
             args.push("--auto-converge".into());
