@@ -50,11 +50,11 @@ enum Cmd {
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
     },
-    /// Run a preset (smoke, ci, paper, convergence) or your own scenarios (--scenario FILE): one
+    /// Run a preset (smoke, ci, paper, convergence, app) or your own scenarios (--scenario FILE): one
     /// migration at a time, the exporter watching each; writes results.md, results.csv,
     /// results.json and per-migration traces to --out.
     Run {
-        /// A named set: smoke, ci, paper or convergence (docs/lab.md).
+        /// A named set: smoke, ci, paper, convergence or app (docs/lab.md).
         #[arg(long, default_value = "smoke", conflicts_with = "scenario")]
         preset: String,
         /// YAML or JSON file with a list under `scenarios:` (fields and defaults: docs/lab.md).
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             Some(file) => migration_lab::scenario_file::load(&file),
             None => presets::by_name(&preset).ok_or_else(|| {
                 LabError::Setup(format!(
-                    "unknown --preset {preset}: use smoke, ci, paper or convergence, or --scenario FILE"
+                    "unknown --preset {preset}: use smoke, ci, paper, convergence or app, or --scenario FILE"
                 ))
             }),
         }

@@ -1,6 +1,6 @@
 //! vm-migration-exporter as a child process of the lab, scraped while migrations run.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,6 +67,15 @@ impl Exporter {
             .arg("--trace.path")
             .arg(trace)
             .args(config.iter().flat_map(|c| [Path::new("--config.file"), c]))
+            // Debug level logs every probe of a guest's service (the lab plots them) when there
+            // is a config (the lab gives one only for app guests); VMLAB_EXPORTER_LOG_LEVEL wins.
+            .args([
+                "--log.level".to_string(),
+                std::env::var("VMLAB_EXPORTER_LOG_LEVEL").unwrap_or_else(|_| {
+                    if config.is_some() { "debug" } else { "info" }.to_string()
+                }),
+            ])
+            .args(["--log.format", "logfmt"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -75,9 +84,14 @@ impl Exporter {
             .stderr
             .take()
             .ok_or_else(|| LabError::Exporter("no stderr".into()))?;
+        // Its log goes next to the trace, for looking into a run afterwards.
+        let log_path = trace.with_extension("log");
+        let mut log = std::fs::File::create(&log_path)
+            .map_err(|e| LabError::Exporter(format!("{}: {e}", log_path.display())))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
                 if line.contains("message=listening") {
                     let addr = line
                         .split_whitespace()

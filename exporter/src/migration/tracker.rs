@@ -323,7 +323,9 @@ impl Tracker {
                         }
                         (Vec::new(), false)
                     }
-                    None => (Vec::new(), postcopy || incoming_done),
+                    // A pause for a job not seen yet (a short migration between idle rounds):
+                    // sample now, so the job and its switch-over are known at once.
+                    None => (Vec::new(), postcopy || incoming_done || paused_to_switch),
                 }
             }
         }

@@ -198,7 +198,7 @@ impl Core {
             feed.publish(active.iter().map(|j| j.domain.clone()).collect());
         }
         if let Some((view, _)) = &self.app {
-            *view.lock() = crate::app_qos::collector::HostView {
+            view.publish(crate::app_qos::collector::HostView {
                 metadata: self
                     .domains
                     .iter()
@@ -215,11 +215,11 @@ impl Core {
                         (
                             j.domain.clone(),
                             j.started_at,
-                            j.phase == crate::record::Phase::Postcopy,
+                            j.phase == crate::record::Phase::Postcopy || j.switching_over(),
                         )
                     })
                     .collect(),
-            };
+            });
         }
         self.state.lock().active = active;
     }
