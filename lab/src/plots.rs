@@ -64,7 +64,10 @@ fn colored_bars(
     chart
         .draw_series(rows.iter().enumerate().map(|(i, (_, v, c))| {
             let mut r = Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))],
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (*v, SegmentValue::Exact(i + 1)),
+                ],
                 c.mix(0.6).filled(),
             );
             r.set_margin(5, 5, 0, 0);
@@ -83,14 +86,12 @@ fn outcome_color(outcome: &str) -> RGBColor {
     }
 }
 
-/// A labelled vertical line at `t` from `0` to `top`.
-fn mark<DB: DrawingBackend>(
-    chart: &mut ChartContext<
-        '_,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
+/// A labelled vertical line at `t` from `bottom` to `top` (any y axis: linear or log).
+#[allow(clippy::too_many_arguments)]
+fn mark<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
     t: f64,
+    bottom: f64,
     top: f64,
     label_at: f64,
     label: &str,
@@ -98,7 +99,7 @@ fn mark<DB: DrawingBackend>(
 ) -> Result<(), String> {
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(t, 0.0), (t, top)],
+            vec![(t, bottom), (t, top)],
             color.stroke_width(1),
         )))
         .map_err(|e| e.to_string())?;
@@ -173,7 +174,7 @@ fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
                     "not_converging" | "postcopy_failed" => RED,
                     _ => BLACK,
                 };
-                mark(&mut chart, o.t, ymax, ymax * 0.95, v, color)?;
+                mark(&mut chart, o.t, 0.0, ymax, ymax * 0.95, v, color)?;
                 last = Some(v);
             }
         }
@@ -188,12 +189,13 @@ fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
         } else {
             "switch-over"
         };
-        mark(&mut chart, t, ymax, ymax * 0.85, what, MAGENTA)?;
+        mark(&mut chart, t, 0.0, ymax, ymax * 0.85, what, MAGENTA)?;
     }
     if let Some(e) = r.ended_s {
         mark(
             &mut chart,
             e,
+            0.0,
             ymax,
             ymax * 0.75,
             &r.outcome,
@@ -275,19 +277,8 @@ fn app_latency(path: &Path, r: &RunResult) -> Result<(), String> {
     ];
     // Labels at different heights: start and switch-over are often close together.
     for (i, (t, label, color)) in marks.into_iter().flatten().enumerate() {
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(t, 0.3), (t, top_ms)],
-                color.stroke_width(1),
-            )))
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(std::iter::once(Text::new(
-                label.to_string(),
-                (t, top_ms * [0.5, 0.2, 0.5][i.min(2)]),
-                ("sans-serif", 14).into_font().color(&color),
-            )))
-            .map_err(|e| e.to_string())?;
+        let at = top_ms * [0.5, 0.2, 0.5][i.min(2)];
+        mark(&mut chart, t, 0.3, top_ms, at, label, color)?;
     }
     chart
         .configure_series_labels()

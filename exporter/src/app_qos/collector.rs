@@ -506,6 +506,18 @@ mod tests {
         false
     }
 
+    /// One `http` target of domain `web` on `addr`.
+    fn web_target(addr: std::net::SocketAddr) -> Vec<Target> {
+        vec![Target {
+            domain: "web".into(),
+            name: "http".into(),
+            check: crate::app_qos::targets::Check::Http {
+                url: reqwest::Url::parse(&format!("http://{addr}/")).expect("url"),
+                expect_status: None,
+            },
+        }]
+    }
+
     /// With an hour between baseline probes, only the wake-ups can make the probes that follow
     /// the first one: the migration's start and its switch-over each get a probe at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,14 +531,7 @@ mod tests {
             interval: Duration::from_secs(3600),
             // Slower than the test waits: a probe it sees came from a wake-up, not the rate.
             migration_interval: Duration::from_secs(600),
-            targets: vec![Target {
-                domain: "web".into(),
-                name: "http".into(),
-                check: crate::app_qos::targets::Check::Http {
-                    url: reqwest::Url::parse(&format!("http://{addr}/")).expect("url"),
-                    expect_status: None,
-                },
-            }],
+            targets: web_target(addr),
             ..AppSettings::default()
         };
         let host = SharedHostView::default();
@@ -579,14 +584,7 @@ mod tests {
             interval: Duration::from_secs(3600),
             migration_interval: Duration::from_millis(20),
             settle: Duration::from_millis(300),
-            targets: vec![Target {
-                domain: "web".into(),
-                name: "http".into(),
-                check: crate::app_qos::targets::Check::Http {
-                    url: reqwest::Url::parse(&format!("http://{addr}/")).expect("url"),
-                    expect_status: None,
-                },
-            }],
+            targets: web_target(addr),
             ..AppSettings::default()
         };
         let host = SharedHostView::default();
