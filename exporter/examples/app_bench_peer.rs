@@ -15,9 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn usage() -> ! {
-    eprintln!(
-        "usage: app_bench_peer serve N | drive BLACKBOX_ADDR SECONDS INTERVAL_MS PORT..."
-    );
+    eprintln!("usage: app_bench_peer serve N | drive BLACKBOX_ADDR SECONDS INTERVAL_MS PORT...");
     std::process::exit(2)
 }
 
@@ -26,7 +24,10 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("serve") => {
-            let n: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| usage());
+            let n: usize = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| usage());
             serve(n).await
         }
         Some("drive") if args.len() >= 5 => {

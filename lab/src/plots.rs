@@ -64,7 +64,10 @@ fn colored_bars(
     chart
         .draw_series(rows.iter().enumerate().map(|(i, (_, v, c))| {
             let mut r = Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))],
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (*v, SegmentValue::Exact(i + 1)),
+                ],
                 c.mix(0.6).filled(),
             );
             r.set_margin(5, 5, 0, 0);
