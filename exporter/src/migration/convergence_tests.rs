@@ -530,7 +530,8 @@ fn ratio_rise_is_the_slope_per_pass() {
 }
 
 /// Passes of a recorded migration: (remainder at the pass start in MiB, λ) from pass 2 on,
-/// sampled at each pass start after a 512 MiB first pass; 100 MiB/s, 300 ms max downtime.
+/// sampled once a second at each pass start after a 512 MiB first pass, at `bps_mibs` MiB/s and
+/// 300 ms max downtime.
 fn passes(series: &[(f64, f64)], bps_mibs: f64) -> Convergence {
     let b = (bps_mibs * MIB) as u64;
     let mut c = Convergence::default();
