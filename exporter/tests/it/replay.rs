@@ -1,6 +1,7 @@
 //! Recorded traces of real migrations (exporter/tests/fixtures/traces, written by the
-//! end-to-end tests with VME_TRACE_DIR) replayed through the sampler behind the job-source
-//! seam. Expected figures are read from libvirt's own answers inside each trace.
+//! end-to-end tests with VME_TRACE_DIR, and the lab's sets, fixtures/lab-*) replayed through the
+//! sampler behind the job-source seam. Expected figures are read from libvirt's own answers
+//! inside each trace.
 
 use std::path::PathBuf;
 
