@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod migration;
 pub mod net;
+pub mod process;
 pub mod record;
 pub mod sampler;
 pub mod serve;

@@ -164,6 +164,7 @@ impl Metrics {
             m.call_errors.clone(),
         );
         reg.register_collector(Box::new(LiveCollector { state, statuses }));
+        reg.register_collector(Box::new(crate::process::ProcessCollector::default()));
         (reg, std::sync::Arc::new(m))
     }
 
