@@ -16,6 +16,7 @@ pub mod migration;
 pub mod net;
 pub mod process;
 pub mod record;
+pub mod reload;
 pub mod sampler;
 pub mod serve;
 pub mod server;

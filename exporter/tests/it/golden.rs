@@ -232,6 +232,12 @@ fn every_family() -> String {
         .register_collector(Box::new(vm_migration_exporter::store::StoreCollector(
             log.stats(),
         )));
+    // The start counts as the first successful load.
+    replay
+        .registry
+        .register_collector(Box::new(vm_migration_exporter::reload::ReloadStatus::new(
+            100.0,
+        )));
     let out = text(&replay.registry).replace(&dir.path().display().to_string(), "<dir>");
     // The moved file is named after the time it was found.
     match out.split_once("migrations.jsonl.damaged-") {

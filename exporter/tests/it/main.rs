@@ -14,6 +14,7 @@ mod migration_e2e;
 mod netns;
 mod process_metrics;
 mod records;
+mod reload;
 mod replay;
 mod support;
 mod web_config;
