@@ -12,6 +12,7 @@ mod landing;
 mod libvirt_source;
 mod migration_e2e;
 mod netns;
+mod nova_identity;
 mod process_metrics;
 mod records;
 mod reload;
