@@ -164,11 +164,20 @@ mod tests {
         for (xml, says) in [
             ("", "not XML"),
             ("<instance", "not XML"),
-            ("<nova:instance><nova:name>x</nova:name></nova:instance>", "not XML"),
+            (
+                "<nova:instance><nova:name>x</nova:name></nova:instance>",
+                "not XML",
+            ),
             (bomb, "not XML"),
             (external, "not XML"),
-            ("<instance xmlns='http://openstack.org/xmlns/libvirt/nova/1.0'/>", "expected <instance>"),
-            ("<targets xmlns='http://openstack.org/xmlns/libvirt/nova/1.1'/>", "expected <instance>"),
+            (
+                "<instance xmlns='http://openstack.org/xmlns/libvirt/nova/1.0'/>",
+                "expected <instance>",
+            ),
+            (
+                "<targets xmlns='http://openstack.org/xmlns/libvirt/nova/1.1'/>",
+                "expected <instance>",
+            ),
             ("<instance/>", "expected <instance>"),
         ] {
             let e = parse_nova(xml).expect_err(xml);

@@ -313,7 +313,10 @@ impl Collector for LiveCollector {
 /// `vm_migration_domain_info`: one series per listed domain, Nova's identity in its labels
 /// (empty where the domain has none), for joins (`* on (uuid) group_left (name, project_name)`).
 fn encode_identities(
-    domains: &[(crate::libvirt::jobs::DomainId, Option<crate::record::DomainIdentity>)],
+    domains: &[(
+        crate::libvirt::jobs::DomainId,
+        Option<crate::record::DomainIdentity>,
+    )],
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     let mut info = GaugeFamily::new(

@@ -384,11 +384,18 @@ fn nova_identity_labels_domain_info_and_the_record() {
     let st = r.state.lock();
     let id = st.records[0].identity.as_ref().expect("the record has it");
     assert_eq!(
-        (id.name.as_str(), id.project_name.as_str(), id.flavor.as_str()),
+        (
+            id.name.as_str(),
+            id.project_name.as_str(),
+            id.flavor.as_str()
+        ),
         ("web-1", "shop", "m1.small")
     );
     let json = serde_json::to_string(&st.records[0]).expect("json");
-    assert!(json.contains(r#""identity":{"name":"web-1","project_id":"p-1""#), "{json}");
+    assert!(
+        json.contains(r#""identity":{"name":"web-1","project_id":"p-1""#),
+        "{json}"
+    );
 }
 
 /// The element is read once per domain, again when libvirt says Nova's metadata changed or the
@@ -424,7 +431,11 @@ fn nova_identity_is_reread_on_metadata_change_and_redefinition() {
     };
     let ids = round(&mut r, 100.0);
     assert_eq!(name_of(&ids, &dom().uuid).as_deref(), Some("before"));
-    assert_eq!(name_of(&ids, &plain.uuid).as_deref(), Some(""), "listed, no Nova");
+    assert_eq!(
+        name_of(&ids, &plain.uuid).as_deref(),
+        Some(""),
+        "listed, no Nova"
+    );
     // Changed without an event: still the cached one (no call per round).
     r.source()
         .set_metadata(&dom().uuid, NOVA_NS, Some(&nova("after")));

@@ -120,14 +120,20 @@ fn domain_info_follows_nova_metadata() {
     // An element in Nova's namespace that is not Nova's instance: one warning, empty labels.
     daemon
         .virsh(&[
-            "metadata", "plain", "--uri", NOVA_NS, "--key", "nova", "--set", "<notes>hi</notes>",
+            "metadata",
+            "plain",
+            "--uri",
+            NOVA_NS,
+            "--key",
+            "nova",
+            "--set",
+            "<notes>hi</notes>",
         ])
         .expect("virsh metadata --set");
     assert!(
-        poll_until(WAIT, || e
-            .log()
-            .iter()
-            .any(|l| l.contains("Nova metadata ignored") && l.contains("domain=plain"))),
+        poll_until(WAIT, || e.log().iter().any(|l| l
+            .contains("Nova metadata ignored")
+            && l.contains("domain=plain"))),
         "{:#?}",
         e.log()
     );
