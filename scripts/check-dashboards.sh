@@ -72,5 +72,5 @@ if [ ! -x dashboards/check/node_modules/.bin/tsc ]; then
 fi
 python3 dashboards/check/typecheck.py && echo "dashboards: each type-checks against @grafana/schema"
 python3 dashboards/check/lint.py
-cargo build -q -p vm-migration-exporter --bin vm-migration-exporter
+cargo build -q --locked -p vm-migration-exporter --bin vm-migration-exporter
 python3 dashboards/check/live.py target/debug/vm-migration-exporter

@@ -30,6 +30,14 @@ fn nova_instance(name: &str, project: &str) -> String {
     )
 }
 
+/// The same element as `virsh metadata --key nova --set` takes it: without a namespace (virsh
+/// puts it in `--uri` under the prefix `--key`).
+fn nova_bare(name: &str, project: &str) -> String {
+    nova_instance(name, project)
+        .replace("nova:", "")
+        .replace(&format!(r#" xmlns:nova="{NOVA_NS}""#), "")
+}
+
 /// The `vm_migration_domain_info` series of `domain` (name and labels), when its value is 1.
 fn info(metrics: &str, domain: &str) -> Option<String> {
     metrics.lines().find_map(|l| {
@@ -147,7 +155,7 @@ fn domain_info_follows_nova_metadata() {
             "--key",
             "nova",
             "--set",
-            &nova_instance("web-1-renamed", "shop-2"),
+            &nova_bare("web-1-renamed", "shop-2"),
         ])
         .expect("virsh metadata --set");
     assert!(
