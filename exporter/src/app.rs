@@ -19,7 +19,7 @@ use crate::settings::Settings;
 use crate::state::{self, SharedState};
 use crate::store::RecordLog;
 use crate::trace::TraceWriter;
-use crate::web_config::{require_basic_auth, Users, WebConfig};
+use crate::web_config::{require_basic_auth, LiveWebConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -40,14 +40,24 @@ pub enum AppError {
     Serve(std::io::Error),
 }
 
-/// Run the exporter until `shutdown` resolves.
+/// Reload requests (SIGHUP in the daemon) and the command line the settings came from.
+pub struct Reloads {
+    pub requests: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// argv, argv[0] included: a reload parses it again with the config file as it is now.
+    pub args: Vec<std::ffi::OsString>,
+}
+
+/// Run the exporter until `shutdown` resolves; each reload request reads the config files
+/// again ([`crate::reload`]).
 pub async fn run(
     settings: Settings,
     source: Arc<dyn JobSource>,
     events: Receiver<SourceEvent>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    reloads: Reloads,
 ) -> Result<(), AppError> {
     let web = Web::load(&settings)?;
+    let reload_status = crate::reload::ReloadStatus::new(crate::clock::unix_now());
     let shared = state::shared();
     let records = open_records(&settings, &shared)?;
     let statuses = Statuses::default();
@@ -55,6 +65,7 @@ pub async fn run(
     if let Some(log) = &records {
         registry.register_collector(Box::new(crate::store::StoreCollector(log.stats())));
     }
+    registry.register_collector(Box::new(reload_status.clone()));
     let trace = match &settings.trace_path {
         Some(p) => Some(TraceWriter::create(p)?),
         None => None,
@@ -66,7 +77,7 @@ pub async fn run(
             source,
         })?;
     let local = listener.local_addr().map_err(AppError::Serve)?;
-    info!(address = %local, tls = web.tls.is_some(), basic_auth = !web.users.is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
+    info!(address = %local, tls = web.live.tls().is_some(), basic_auth = !web.live.users().is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
 
     let mut runner = Runner::new(statuses, registry, settings.collectors.clone());
     let sampler = Sampler::new(
@@ -76,8 +87,16 @@ pub async fn run(
         trace,
         sampler_config(&settings),
     );
-    start_collectors(&mut runner, &settings, sampler, events, records)?;
+    let peers = start_collectors(&mut runner, &settings, sampler, events, records)?;
     let (registry, running) = runner.into_parts();
+    let reloader = crate::reload::Reloader::new(
+        reloads.args,
+        settings.clone(),
+        web.live.clone(),
+        peers,
+        reload_status,
+    );
+    let reloading = tokio::spawn(serve_reloads(reloader, reloads.requests));
     if !settings.collectors.contains(&Name::Jobs) {
         // Nothing will sample libvirt: readiness must not wait for it.
         shared.lock().ready = true;
@@ -90,18 +109,33 @@ pub async fn run(
         libvirt_uri: settings.libvirt_uri.clone(),
     };
     let served = web.serve(listener, app, shutdown).await;
+    reloading.abort();
     running.stop();
     served
 }
 
-/// Every collector, in one list: what each needs from the others is wired here.
+/// Reload on each request, one at a time, off the async workers (it reads files).
+async fn serve_reloads(
+    reloader: crate::reload::Reloader,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let reloader = Arc::new(parking_lot::Mutex::new(reloader));
+    while requests.recv().await.is_some() {
+        info!("reload requested (SIGHUP)");
+        let r = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.lock().reload()).await;
+    }
+}
+
+/// Every collector, in one list: what each needs from the others is wired here. Returns the
+/// configured peers' handle (a reload replaces them) when the probe collector runs.
 fn start_collectors(
     runner: &mut Runner,
     settings: &Settings,
     sampler: Sampler,
     events: Receiver<SourceEvent>,
     records: Option<RecordLog>,
-) -> Result<(), AppError> {
+) -> Result<Option<crate::net::probe::ConfiguredPeers>, AppError> {
     let probes = &settings.probe;
     let peers = PeerState::default();
     let netdev = NetdevCollector::new(settings.netdev.clone());
@@ -146,11 +180,9 @@ fn start_collectors(
             .add_rounds(DiscoveryCollector::new(discoverer, feed))
             .map_err(AppError::Thread)?;
     }
-    runner.add_tasks(ProbeCollector::new(
-        prober,
-        probes.peers.clone(),
-        cancel.child_token(),
-    ));
+    let probe = ProbeCollector::new(prober, probes.peers.clone(), cancel.child_token());
+    let configured = runner.enabled(Name::Probe).then(|| probe.configured());
+    runner.add_tasks(probe);
     if let Some((view, hold)) = app {
         runner.add_tasks(crate::app_qos::collector::AppCollector::new(
             settings.app.clone(),
@@ -164,7 +196,7 @@ fn start_collectors(
     runner
         .add_rounds(JobsCollector::new(sampler, events))
         .map_err(AppError::Thread)?;
-    Ok(())
+    Ok(configured)
 }
 
 fn sampler_config(s: &Settings) -> SamplerConfig {
@@ -187,26 +219,17 @@ fn open_records(settings: &Settings, shared: &SharedState) -> Result<Option<Reco
     Ok(Some(log))
 }
 
-/// TLS and basic auth from `--web.config.file`; plain HTTP without it.
+/// TLS and basic auth from `--web.config.file` (plain HTTP without it), replaced on reload.
 struct Web {
-    tls: Option<Arc<rustls::ServerConfig>>,
-    users: std::collections::BTreeMap<String, String>,
+    live: LiveWebConfig,
     max_requests: usize,
     limits: crate::serve::Limits,
 }
 
 impl Web {
     fn load(settings: &Settings) -> Result<Web, AppError> {
-        let (tls, users) = match &settings.web_config_file {
-            None => (None, Default::default()),
-            Some(p) => {
-                let cfg = WebConfig::load(p)?;
-                (cfg.rustls(p)?, cfg.basic_auth_users)
-            }
-        };
         Ok(Web {
-            tls,
-            users,
+            live: LiveWebConfig::load(settings.web_config_file.as_deref())?,
             max_requests: settings.web_max_requests,
             limits: crate::serve::Limits {
                 max_connections: crate::serve::connection_cap(settings.web_max_connections),
@@ -221,15 +244,11 @@ impl Web {
         app: AppState,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let app = router(app);
-        let app = if self.users.is_empty() {
-            app
-        } else {
-            app.layer(axum::middleware::from_fn_with_state(
-                Users::new(self.users),
-                require_basic_auth,
-            ))
-        };
+        // Always in place: users may appear on a reload (without users it lets all through).
+        let app = router(app).layer(axum::middleware::from_fn_with_state(
+            self.live.clone(),
+            require_basic_auth,
+        ));
         // Outermost: a request over the cap is refused before it costs a bcrypt.
         let app = app
             .layer(axum::middleware::from_fn_with_state(
@@ -239,7 +258,7 @@ impl Web {
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::serve::MAX_HEAD_BYTES,
             ));
-        crate::serve::serve(listener, app, self.tls, self.limits, shutdown)
+        crate::serve::serve(listener, app, self.live, self.limits, shutdown)
             .await
             .map_err(AppError::Serve)
     }

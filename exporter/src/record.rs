@@ -152,3 +152,16 @@ pub struct AppMigrationRecord {
     /// App-observed outage ÷ libvirt's downtime, when both are known and the downtime is not 0.
     pub outage_to_downtime_ratio: Option<f64>,
 }
+
+/// Who a domain is to OpenStack, from Nova's metadata (`crate::identity`): the labels of
+/// `vm_migration_domain_info` besides `domain` and `uuid`; empty where Nova wrote nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DomainIdentity {
+    /// The instance's name in Nova (the libvirt name is `instance-0000…`).
+    pub name: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub flavor: String,
+}

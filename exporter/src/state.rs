@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::libvirt::jobs::DomainId;
 use crate::migration::tracker::{ActiveJob, FinishedMigration};
+use crate::record::DomainIdentity;
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -23,6 +25,8 @@ pub struct Snapshot {
     pub domains_active: Option<u64>,
     /// Unix time of the last successful sample round.
     pub last_success_at: Option<f64>,
+    /// The domains of the last successful listing, with Nova's identity where they have one.
+    pub identities: Vec<(DomainId, Option<DomainIdentity>)>,
     /// Migration jobs running now, as of the last round.
     pub active: Vec<ActiveJob>,
     /// Finished-migration records, oldest first (loaded from storage at start, bounded).

@@ -61,6 +61,8 @@ pub mod job_operation {
 
 /// `virDomainEventType` and the details we act on.
 pub mod lifecycle {
+    /// Defined or redefined (Nova rewrites its metadata this way too).
+    pub const DEFINED: i32 = 0;
     pub const SUSPENDED: i32 = 3;
     pub const RESUMED: i32 = 4;
     pub const STOPPED: i32 = 5;

@@ -132,6 +132,9 @@ pub struct FinishedMigration {
     /// What the guest's probed services saw, one entry per target (`app:` targets only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<Vec<crate::record::AppMigrationRecord>>,
+    /// Who the domain is to OpenStack (Nova's metadata), when it has that metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::record::DomainIdentity>,
 }
 
 /// What one sample round saw for one listed domain.
@@ -520,6 +523,7 @@ impl Tracker {
             network: None,
             peer: None,
             app: None,
+            identity: None,
         }
     }
 }

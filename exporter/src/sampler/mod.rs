@@ -21,7 +21,10 @@ use tracing::{debug, info, warn};
 
 use crate::clock::unix_now;
 use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
-use crate::libvirt::jobs::{Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent};
+use crate::identity::{DomainIdentity, NOVA_NS};
+use crate::libvirt::jobs::{
+    lifecycle, Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent,
+};
 use crate::metrics::Metrics;
 use crate::migration::stats::JobStats;
 use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
@@ -80,6 +83,13 @@ struct Core {
     /// whose element must be read (new, or libvirt said it changed).
     metadata: BTreeMap<String, Option<String>>,
     want_metadata: BTreeSet<String>,
+    /// Nova's identity of each listed domain (`None`: no Nova metadata), kept while the domain
+    /// is listed or its migration is tracked (its record takes it); and the domains whose
+    /// element must be read (new, or libvirt said it changed or was redefined).
+    identities: BTreeMap<String, Option<DomainIdentity>>,
+    want_identity: BTreeSet<String>,
+    /// Domains whose Nova element was bad, warned about once (until it changes).
+    bad_identity: BTreeSet<String>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -148,13 +158,18 @@ impl Core {
                 }
             }
             SourceEvent::Domain(DomainEvent::MetadataChange { domain, uri }) => {
-                // Only ours matters, and only when guest services are probed.
-                let ours = uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
-                if ours && self.app.is_some() {
-                    self.want_metadata.insert(domain.uuid);
+                // Ours (only when guest services are probed) and Nova's.
+                let app = self.app.is_some()
+                    && uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
+                let nova = uri.as_deref() == Some(NOVA_NS);
+                if app {
+                    self.want_metadata.insert(domain.uuid.clone());
+                }
+                if nova {
+                    self.want_identity.insert(domain.uuid);
                 }
                 Event::Handled {
-                    round_now: ours && self.app.is_some(),
+                    round_now: app || nova,
                 }
             }
             SourceEvent::Domain(event) => {
@@ -162,6 +177,11 @@ impl Core {
                     t: now,
                     event: event.clone(),
                 });
+                // A (re)definition may carry new Nova metadata: read it at the next round.
+                let defined = matches!(&event, DomainEvent::Lifecycle { event, .. } if *event == lifecycle::DEFINED);
+                if defined {
+                    self.want_identity.insert(event.domain().uuid.clone());
+                }
                 let (finished, wants_sample) = self.tracker.on_event(now, &event);
                 if wants_sample {
                     self.want_completed
@@ -228,6 +248,9 @@ impl Core {
         if finished.is_empty() {
             return;
         }
+        for f in &mut finished {
+            f.identity = self.identities.get(&f.domain.uuid).cloned().flatten();
+        }
         if let Some(p) = &self.peers {
             for f in &mut finished {
                 f.peer = p.summary_for_domain(&f.domain.uuid, f.started_at, f.finished_at);
@@ -293,6 +316,28 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Store what Nova's element (if any) says about `dom`; a bad element is one warning (until
+    /// it changes) and leaves the identity empty.
+    fn set_identity(&mut self, dom: &DomainId, xml: Option<String>) {
+        self.want_identity.remove(&dom.uuid);
+        let identity = match xml.as_deref().map(crate::identity::parse_nova) {
+            None => None,
+            Some(Ok(id)) => {
+                self.bad_identity.remove(&dom.uuid);
+                Some(id)
+            }
+            Some(Err(e)) => {
+                if self.bad_identity.insert(dom.uuid.clone()) {
+                    warn!(domain = %dom.name, uuid = %dom.uuid, error = %e, "Nova metadata ignored (vm_migration_domain_info has empty labels for it)");
+                }
+                Some(DomainIdentity::default())
+            }
+        };
+        self.identities.insert(dom.uuid.clone(), identity);
+    }
+}
+
 impl Drop for Sampler {
     /// Stopping: records held back for the app collector are written as they are.
     fn drop(&mut self) {
@@ -309,6 +354,8 @@ struct Reading {
     failed_calls: Vec<Call>,
     /// App metadata elements read this round, by domain UUID.
     metadata: Vec<(String, Option<String>)>,
+    /// Nova metadata elements read this round.
+    nova: Vec<(DomainId, Option<String>)>,
 }
 
 impl Sampler {
@@ -336,6 +383,9 @@ impl Sampler {
                 domains: Vec::new(),
                 metadata: BTreeMap::new(),
                 want_metadata: BTreeSet::new(),
+                identities: BTreeMap::new(),
+                want_identity: BTreeSet::new(),
+                bad_identity: BTreeSet::new(),
             })),
             last_completed_sweep: None,
             cfg,
@@ -408,8 +458,28 @@ impl Sampler {
                 }
                 core.metadata
                     .retain(|uuid, _| r.domains.iter().any(|d| &d.uuid == uuid));
+                for (dom, xml) in r.nova {
+                    core.set_identity(&dom, xml);
+                }
                 let finished = core.tracker.on_round(now, &r.round);
                 core.publish(now, finished);
+                // After the records of this round took theirs.
+                let Core {
+                    identities,
+                    bad_identity,
+                    tracker,
+                    ..
+                } = &mut *core;
+                identities.retain(|uuid, _| {
+                    r.domains.iter().any(|d| &d.uuid == uuid) || tracker.is_active(uuid)
+                });
+                bad_identity.retain(|uuid| identities.contains_key(uuid));
+                let listed: Vec<_> = r
+                    .domains
+                    .iter()
+                    .map(|d| (d.clone(), identities.get(&d.uuid).cloned().flatten()))
+                    .collect();
+                core.state.lock().identities = listed;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -468,7 +538,27 @@ impl Sampler {
             }],
             failed_calls: Vec::new(),
             metadata: Vec::new(),
+            nova: Vec::new(),
         };
+        let wanted_identity: Vec<&DomainId> = {
+            let core = self.core.lock();
+            domains
+                .iter()
+                .filter(|d| {
+                    !core.identities.contains_key(&d.uuid) || core.want_identity.contains(&d.uuid)
+                })
+                .collect()
+        };
+        for dom in wanted_identity {
+            match self.source.metadata(dom, NOVA_NS) {
+                Ok(xml) => r.nova.push((dom.clone(), xml)),
+                Err(SourceError::NoDomain(_)) => {}
+                Err(e) => {
+                    debug!(call = Call::Metadata.label(), error = %e, "libvirt call failed");
+                    r.failed_calls.push(Call::Metadata);
+                }
+            }
+        }
         let wanted_metadata: Vec<&DomainId> = {
             let core = self.core.lock();
             match core.app {

@@ -49,6 +49,12 @@ impl LogLevel {
 /// auto-converge throttle, post-copy page requests) while a job runs, and the final figures of
 /// every finished migration (outcome, duration, downtime), from libvirt's job-completed event.
 /// Scrapes never wait on libvirt: a background sampler keeps the latest state.
+///
+/// SIGHUP (`systemctl reload`) reads --config.file and --web.config.file again: a new
+/// certificate, key or basic-auth user applies from the next connection or request on, and the
+/// configured peers (`probe.peers`) follow the file. A file that fails to load keeps the
+/// previous configuration in force and is named in one error line;
+/// vm_migration_exporter_config_last_reload_successful says whether the last reload worked.
 #[derive(Debug, Parser)]
 #[command(
     name = "vm-migration-exporter",
@@ -65,6 +71,7 @@ pub struct Cli {
 
     /// TLS and basic-auth settings in the Prometheus exporter-toolkit format (tls_server_config:
     /// cert_file, key_file, min_version; basic_auth_users: name → bcrypt hash). Off: plain HTTP.
+    /// Read again on SIGHUP (certificates rotate without a restart).
     #[arg(
         long = "web.config.file",
         env = "VM_MIGRATION_EXPORTER_WEB_CONFIG_FILE",
@@ -137,7 +144,9 @@ pub struct Cli {
     /// `sample.interval`, `sample.idle_interval`, `sample.completion_grace`, `probe.interval`,
     /// `probe.timeout`, `probe.max_concurrency`, `probe.discovery`, `probe.discovery_tcp_port`,
     /// `probe.peers[]` (name, address, probes[]: type icmp|tcp, port, interval, timeout).
-    /// Flags and environment variables win over the file; unknown keys are errors.
+    /// Flags and environment variables win over the file; unknown keys are errors. Read again
+    /// on SIGHUP: `probe.peers` (with `probe.interval`, `probe.timeout`) applies at once, other
+    /// changed keys at the next restart (the reload logs which).
     #[arg(
         long = "config.file",
         env = "VM_MIGRATION_EXPORTER_CONFIG_FILE",

@@ -23,6 +23,8 @@ pub use flags::{Cli, LogFormat, LogLevel, ProbeArgs, DEFAULT_LISTEN};
 /// The settings the daemon runs with, after merging flags, environment and config file.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// `--config.file`, read again on SIGHUP.
+    pub config_file: Option<PathBuf>,
     pub listen_address: SocketAddr,
     pub web_config_file: Option<PathBuf>,
     pub web_max_connections: usize,
@@ -134,6 +136,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
         }),
     })?;
     Ok(Settings {
+        config_file: cli.config_file.clone(),
         listen_address: cli.listen_address,
         web_config_file: cli.web_config_file,
         web_max_connections: cli.web_max_connections as usize,

@@ -127,7 +127,17 @@ fn fixtures() -> std::path::PathBuf {
 
 /// `/metrics` as the daemon would serve it after the trace, with every collector's families.
 fn every_family() -> String {
-    let mut replay = Replay::new(trace(), SamplerConfig::default());
+    // g2 is an OpenStack instance (Nova's metadata); g1 and g3 are plain libvirt domains.
+    let nova = format!(
+        r#"<nova:instance xmlns:nova="{}"><nova:name>web-2</nova:name><nova:flavor name="m1.small"/><nova:owner><nova:user uuid="6d3c2b1a">alice</nova:user><nova:project uuid="a1b2c3d4">shop</nova:project></nova:owner></nova:instance>"#,
+        vm_migration_exporter::identity::NOVA_NS
+    );
+    let source = vm_migration_exporter::trace::ReplaySource::new(trace()).with_metadata(&[(
+        &dom(2).uuid,
+        vm_migration_exporter::identity::NOVA_NS,
+        &nova,
+    )]);
+    let mut replay = Replay::with_source(source, SamplerConfig::default());
     replay.run(|_, _| {});
     replay.metrics.call_error(Call::MaxDowntime);
     let statuses = replay.statuses.clone();
@@ -231,6 +241,12 @@ fn every_family() -> String {
         .registry
         .register_collector(Box::new(vm_migration_exporter::store::StoreCollector(
             log.stats(),
+        )));
+    // The start counts as the first successful load.
+    replay
+        .registry
+        .register_collector(Box::new(vm_migration_exporter::reload::ReloadStatus::new(
+            100.0,
         )));
     let out = text(&replay.registry).replace(&dir.path().display().to_string(), "<dir>");
     // The moved file is named after the time it was found.
