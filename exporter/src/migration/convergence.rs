@@ -369,7 +369,8 @@ impl Convergence {
             let p = self.passes.entry(i).or_default();
             p.sampled_max = p.sampled_max.max(rem);
             if let (Some((li, lp, lr)), None) = (last, p.boundary) {
-                if li + 1 == i {
+                // Checked: libvirt may say anything, u64::MAX included (fuzz seed).
+                if li.checked_add(1) == Some(i) {
                     p.boundary = Some(lp + lr);
                 }
             }

@@ -597,3 +597,19 @@ fn a_random_writer_that_converges_with_a_slightly_rising_ratio_still_converges()
     assert_eq!(c.current().verdict, Verdict::Converging);
     assert!(c.current().eta_seconds.is_some());
 }
+
+/// libvirt's answer is outside input: a pass number of u64::MAX followed by 0 must not overflow
+/// (the fuzz test found `iteration + 1` panicking in debug builds).
+#[test]
+fn an_absurd_pass_number_does_not_overflow() {
+    let mut c = Convergence::default();
+    c.observe(
+        0.0,
+        &sent(u64::MAX, 0.0, 0.0, 0.0, 1.0),
+        None,
+        Phase::Precopy,
+    );
+    // (Before the fix, this call panicked.) Nothing left to send: below any threshold.
+    let a = c.observe(1.0, &sent(0, 0.0, 0.0, 0.0, 1.0), None, Phase::Precopy);
+    assert_ne!(a.verdict, Verdict::NotConverging);
+}
