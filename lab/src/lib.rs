@@ -6,6 +6,7 @@
 //! guests, the link and the Prometheus helpers come from the `testkit` crate.
 
 pub mod delay;
+pub mod forecast_eval;
 pub mod plots;
 pub mod presets;
 pub mod report;

@@ -45,6 +45,11 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         rtt_ms: u32,
     },
+    /// Compare the forecasts of an earlier run with its outcomes (writes forecast.md).
+    Forecast {
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+    },
     /// Draw the plots of an earlier run again from its results.json.
     Plot {
         #[arg(long, default_value = "lab-out")]
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
             }),
         }
         .and_then(|scenarios| run(&cli.lab_dir, &scenarios, &out, exporter, &say)),
+        Cmd::Forecast { out } => read_results(&out).map(|r| forecast_report(&r, &out)),
         Cmd::Plot { out } => std::fs::read_to_string(out.join("results.json"))
             .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
             .and_then(|t| {
@@ -126,6 +132,15 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn read_results(
+    out: &std::path::Path,
+) -> Result<Vec<migration_lab::scenario::RunResult>, LabError> {
+    let t = std::fs::read_to_string(out.join("results.json"))
+        .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))?;
+    serde_json::from_str(&t)
+        .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
 }
 
 fn plot(results: &[migration_lab::scenario::RunResult], out: &std::path::Path) {
@@ -184,12 +199,25 @@ fn run(
     }
     drop(lab);
     println!("{}", report::markdown(&results));
+    forecast_report(&results, out);
     println!(
         "results: {0}/results.md, {0}/results.csv, {0}/results.json; traces: {0}/traces/",
         out.display()
     );
     plot(&results, out);
     Ok(())
+}
+
+/// The forecasts against the outcomes, printed and written to `forecast.md`.
+fn forecast_report(results: &[migration_lab::scenario::RunResult], out: &std::path::Path) {
+    let md = migration_lab::forecast_eval::markdown(results);
+    println!("{md}");
+    if let Err(e) = std::fs::write(out.join("forecast.md"), &md) {
+        eprintln!(
+            "migration-lab: {}/forecast.md not written: {e}",
+            out.display()
+        );
+    }
 }
 
 /// Hold the lab's network path up (no hosts) until stdin closes.

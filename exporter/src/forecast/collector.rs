@@ -76,6 +76,7 @@ pub struct ForecastCollector {
     seen: HashMap<String, Seen>,
     /// Unix time we last started a calculation per domain uuid.
     started: HashMap<String, f64>,
+    /// A calculation runs or the last round failed: the next round comes soon.
     measuring: bool,
     warned: bool,
 }
@@ -257,8 +258,10 @@ impl Rounds for ForecastCollector {
                     warn!(error = %e, "cannot read the domains' statistics for the forecast");
                     self.warned = true;
                 }
-                // A failed collector exports none of its series.
+                // A failed collector exports none of its series; try again soon (libvirt may
+                // just not be connected yet).
                 self.view.lock().domains.clear();
+                self.measuring = true;
                 return Err(CollectError::new(e));
             }
         };

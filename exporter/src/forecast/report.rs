@@ -165,12 +165,17 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
             forecast: d.forecast,
         })
         .collect();
+    let mut evacuation = plan::plan(&guests, w.concurrency);
+    if view.updated_at.is_none() {
+        // No round yet: nothing is known, not "nothing to migrate".
+        evacuation.total_seconds = None;
+    }
     Report {
         updated_at: view.updated_at,
         what_if: w.clone(),
         calculations: view.calculations,
         window: view.window,
-        evacuation: plan::plan(&guests, w.concurrency),
+        evacuation,
         domains,
     }
 }

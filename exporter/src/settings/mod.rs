@@ -146,19 +146,19 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
         }),
     })?;
     let f = &cli.forecast;
-    if f.libvirt_uri.is_some() && !f.enable {
+    if f.forecast_libvirt_uri.is_some() && !f.forecast_enable {
         return Err(CliError::Flag(
             "--forecast.libvirt.uri is set but --forecast.enable is not: add --forecast.enable to start dirty-rate calculations, or drop the URI".into(),
         ));
     }
-    if f.enable && !settings_collectors_has_forecast(m) {
+    if f.forecast_enable && !settings_collectors_has_forecast(m) {
         return Err(CliError::Flag(
             "--forecast.enable needs the forecast collector: drop --no-collector.forecast".into(),
         ));
     }
     let forecast = ForecastSettings {
-        calc_uri: f.enable.then(|| {
-            f.libvirt_uri.clone().unwrap_or_else(|| {
+        calc_uri: f.forecast_enable.then(|| {
+            f.forecast_libvirt_uri.clone().unwrap_or_else(|| {
                 flag_or_file(
                     m,
                     "libvirt_uri",
@@ -167,9 +167,9 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
                 )
             })
         }),
-        interval: f.interval,
-        max_concurrency: usize::from(f.max_concurrency),
-        bandwidth: f.bandwidth,
+        interval: f.forecast_interval,
+        max_concurrency: usize::from(f.forecast_max_concurrency),
+        bandwidth: f.forecast_bandwidth,
     };
     Ok(Settings {
         forecast,
