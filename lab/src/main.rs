@@ -45,6 +45,20 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         rtt_ms: u32,
     },
+    /// What the forecast's dirty-rate calculations cost: CPU of QEMU and libvirtd and the
+    /// guest's own write rate, without calculations and with them back to back (writes cost.md).
+    Cost {
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+        /// The guest's random-write rate, MiB/s.
+        #[arg(long, default_value_t = 100)]
+        dirty_mbps: u32,
+        /// Seconds of each window.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long)]
+        exporter: Option<PathBuf>,
+    },
     /// Compare the forecasts of an earlier run with its outcomes (writes forecast.md).
     Forecast {
         #[arg(long, default_value = "lab-out")]
@@ -113,6 +127,22 @@ fn main() -> ExitCode {
             }),
         }
         .and_then(|scenarios| run(&cli.lab_dir, &scenarios, &out, exporter, &say)),
+        Cmd::Cost {
+            out,
+            dirty_mbps,
+            seconds,
+            exporter,
+        } => std::fs::create_dir_all(&out)
+            .map_err(|e| LabError::Setup(format!("--out {}: {e}", out.display())))
+            .and_then(|()| Lab::up(&cli.lab_dir, exporter.as_deref(), &say))
+            .and_then(|lab| {
+                migration_lab::cost::run(&lab, &out, dirty_mbps, std::time::Duration::from_secs(seconds))
+            })
+            .map(|(a, b)| {
+                let md = migration_lab::cost::markdown(dirty_mbps, &a, &b);
+                println!("{md}");
+                let _ = std::fs::write(out.join("cost.md"), md);
+            }),
         Cmd::Forecast { out } => read_results(&out).map(|r| forecast_report(&r, &out)),
         Cmd::Plot { out } => std::fs::read_to_string(out.join("results.json"))
             .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
