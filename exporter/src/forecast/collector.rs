@@ -76,6 +76,8 @@ pub struct ForecastCollector {
     seen: HashMap<String, Seen>,
     /// Unix time we last started a calculation per domain uuid.
     started: HashMap<String, f64>,
+    /// Unix time we last tried to (started or refused): the next try is an interval later.
+    attempted: HashMap<String, f64>,
     /// A calculation runs or the last round failed: the next round comes soon.
     measuring: bool,
     warned: bool,
@@ -94,6 +96,7 @@ impl ForecastCollector {
             view: Arc::default(),
             seen: HashMap::new(),
             started: HashMap::new(),
+            attempted: HashMap::new(),
             measuring: false,
             warned: false,
         }
@@ -215,6 +218,7 @@ impl ForecastCollector {
             if *migrating || stats.measuring || !due {
                 continue;
             }
+            self.attempted.insert(d.uuid.clone(), now);
             match c.calc.start(d, CALC_SECONDS) {
                 Ok(()) => {
                     debug!(domain = %d.name, "dirty-rate calculation started");
@@ -223,7 +227,6 @@ impl ForecastCollector {
                 }
                 Err(e) => {
                     // Retried at the next interval, not every round.
-                    self.started.insert(d.uuid.clone(), now);
                     warn!(domain = %d.name, error = %e, "cannot start a dirty-rate calculation");
                 }
             }
@@ -318,6 +321,7 @@ impl Rounds for ForecastCollector {
             domains.iter().map(|(d, _, _)| d.uuid.as_str()).collect();
         self.seen.retain(|u, _| live.contains(u.as_str()));
         self.started.retain(|u, _| live.contains(u.as_str()));
+        self.attempted.retain(|u, _| live.contains(u.as_str()));
 
         let record_peers: Vec<(String, IpAddr)> =
             records.values().filter_map(|(_, _, p)| p.clone()).collect();
@@ -369,5 +373,167 @@ impl Rounds for ForecastCollector {
         } else {
             PERIOD
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::jobs::{job_operation, job_type};
+    use crate::libvirt::{ParamValue, Params, RawJob};
+    use crate::migration::stats::JobStats;
+    use crate::migration::tracker::{JobObservation, Round, Tracker};
+
+    fn dom(n: u8) -> DomainId {
+        DomainId {
+            name: format!("g{n}"),
+            uuid: format!("uuid-{n}"),
+        }
+    }
+
+    /// Three running guests; g1's dirty rate is measured once a calculation was started for it.
+    struct Fake {
+        calc_started: Mutex<Vec<String>>,
+    }
+
+    impl JobSource for Fake {
+        fn is_connected(&self) -> bool {
+            true
+        }
+        fn list_domains(&self) -> Result<Vec<DomainId>, SourceError> {
+            Ok((1..=3).map(dom).collect())
+        }
+        fn job_stats(&self, _: &DomainId) -> Result<Option<RawJob>, SourceError> {
+            Ok(None)
+        }
+        fn completed_job_stats(&self, _: &DomainId) -> Result<Option<RawJob>, SourceError> {
+            Ok(None)
+        }
+        fn max_downtime_ms(&self, _: &DomainId) -> Result<Option<u64>, SourceError> {
+            Ok(Some(500))
+        }
+        fn domain_stats(&self) -> Result<Vec<(DomainId, Params)>, SourceError> {
+            let started = self.calc_started.lock().clone();
+            Ok((1..=3)
+                .map(|n| {
+                    let d = dom(n);
+                    let mut p = Params::new();
+                    p.insert("balloon.current".into(), ParamValue::UInt(524288));
+                    p.insert("balloon.rss".into(), ParamValue::UInt(262144));
+                    if started.contains(&d.uuid) {
+                        p.insert("dirtyrate.calc_status".into(), ParamValue::Int(2));
+                        p.insert("dirtyrate.calc_start_time".into(), ParamValue::Int(77));
+                        p.insert("dirtyrate.calc_period".into(), ParamValue::Int(1));
+                        p.insert("dirtyrate.megabytes_per_second".into(), ParamValue::Int(12));
+                    }
+                    (d, p)
+                })
+                .collect())
+        }
+    }
+
+    struct Calc(Arc<Fake>);
+    impl DirtyRateCalc for Calc {
+        fn start(&self, d: &DomainId, seconds: i32) -> Result<(), SourceError> {
+            assert_eq!(seconds, CALC_SECONDS);
+            self.0.calc_started.lock().push(d.uuid.clone());
+            Ok(())
+        }
+    }
+
+    fn collector(calc: bool) -> (ForecastCollector, Arc<Fake>, SharedState) {
+        let fake = Arc::new(Fake {
+            calc_started: Mutex::new(Vec::new()),
+        });
+        let shared = crate::state::shared();
+        // g3 is migrating: the tracker's view of a running outgoing job, as the sampler keeps it.
+        let mut t = Tracker::new(5.0);
+        let p: Params = [
+            ("operation", job_operation::MIGRATION_OUT),
+            ("time_elapsed", 1000),
+            ("data_remaining", 1000),
+            ("memory_iteration", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ParamValue::UInt(v)))
+        .collect();
+        t.on_round(
+            1.0,
+            &Round {
+                observations: vec![(
+                    dom(3),
+                    JobObservation::Running {
+                        stats: Box::new(JobStats::from_params(job_type::UNBOUNDED, &p)),
+                        max_downtime_ms: Some(300),
+                    },
+                )],
+            },
+        );
+        shared.lock().active = t.active_jobs().cloned().collect();
+        let c = ForecastCollector::new(
+            fake.clone(),
+            calc.then(|| Calculations {
+                calc: Arc::new(Calc(fake.clone())),
+                interval: Duration::from_secs(300),
+                max_concurrency: 1,
+            }),
+            Sources {
+                shared: shared.clone(),
+                netdev: None,
+                peers: None,
+                configured: Vec::new(),
+                procfs: PathBuf::from("/nonexistent"),
+                sysfs: PathBuf::from("/nonexistent"),
+                fallback: Some(40.0 * 1048576.0),
+            },
+        );
+        (c, fake, shared)
+    }
+
+    #[test]
+    fn calculations_are_bounded_never_for_a_migrating_guest_and_once_per_interval() {
+        let (mut c, fake, _) = collector(true);
+        c.round().expect("round");
+        // One at a time: g1 only.
+        assert_eq!(*fake.calc_started.lock(), ["uuid-1"]);
+        assert_eq!(c.period(), PERIOD_MEASURING);
+        c.round().expect("round");
+        // g1 is measured now (its slot is free): g2 next; g3 migrates, never.
+        assert_eq!(*fake.calc_started.lock(), ["uuid-1", "uuid-2"]);
+        for _ in 0..3 {
+            c.round().expect("round");
+        }
+        assert_eq!(
+            *fake.calc_started.lock(),
+            ["uuid-1", "uuid-2"],
+            "not due again"
+        );
+        let v = c.view().lock().clone();
+        let g1 = &v.domains[0];
+        assert_eq!(g1.domain.name, "g1");
+        let rate = g1.dirty_rate.expect("measured");
+        assert_eq!(rate.bytes_per_second, 12.0 * 1048576.0);
+        assert_eq!(rate.source, dirty::DirtySource::Calculation);
+        assert_eq!(g1.first_pass_bytes, Some(256.0 * 1048576.0));
+        assert_eq!(g1.max_downtime_seconds, Some(0.5));
+        assert!(v.domains[2].migrating && !v.domains[0].migrating);
+        assert!(v.calculations);
+    }
+
+    #[test]
+    fn read_only_it_starts_nothing_and_still_forecasts_from_what_libvirt_reports() {
+        let (mut c, fake, _) = collector(false);
+        // Another tool measured g1 already.
+        fake.calc_started.lock().push("uuid-1".into());
+        c.round().expect("round");
+        assert_eq!(*fake.calc_started.lock(), ["uuid-1"], "nothing started");
+        assert_eq!(c.period(), PERIOD);
+        let v = c.view().lock().clone();
+        assert_eq!(
+            v.domains[0].dirty_rate.map(|r| r.source),
+            Some(dirty::DirtySource::Domstats)
+        );
+        assert_eq!(v.domains[1].dirty_rate, None);
+        assert!(!v.calculations);
     }
 }
