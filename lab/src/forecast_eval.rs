@@ -14,7 +14,7 @@ use crate::scenario::{Mode, RunResult, Scenario};
 
 /// How long the lab waits for the forecast to have the guest's measured dirty rate (and, on the
 /// delayed path, the peer's RTT) before migrating anyway.
-const FORECAST_WAIT: Duration = Duration::from_secs(20);
+const FORECAST_WAIT: Duration = Duration::from_secs(40);
 
 /// The transfer-rate cap of a scenario as a `bandwidth=` value (bytes/s): QEMU's cap, or the
 /// token bucket on the link, whichever is lower.
@@ -50,7 +50,9 @@ pub fn record(exporter: &Exporter, s: &Scenario, domain: &str) -> Option<serde_j
                 .as_array()
                 .and_then(|d| d.iter().find(|e| e["domain"] == domain).cloned());
             if let Some(mut e) = entry {
-                let measured = e["dirty_rate"]["source"] == "calculation";
+                // The mean of the exporter's whole first burst of calculations.
+                let measured = e["dirty_rate"]["source"] == "calculation"
+                    && e["dirty_rate"]["samples"].as_u64() >= Some(3);
                 let path_known = s.rtt_ms.is_none() || !e["path"]["window_rate"].is_null();
                 e["what_if"] = report["what_if"].clone();
                 e["window"] = report["window"].clone();

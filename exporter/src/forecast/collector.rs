@@ -420,10 +420,13 @@ impl Rounds for ForecastCollector {
                 .ours
                 .get(&d.uuid)
                 .filter(|r| !r.is_empty())
-                .map(|r| r.iter().sum::<f64>() / r.len() as f64);
+                .map(|r| (r.iter().sum::<f64>() / r.len() as f64, r.len() as u32));
             let averaged = s.measured.clone().map(|mut m| {
-                if let (Some(mean), Some(true)) = (mean, self.seen.get(&d.uuid).map(|x| x.ours)) {
+                if let (Some((mean, n)), Some(true)) =
+                    (mean, self.seen.get(&d.uuid).map(|x| x.ours))
+                {
                     m.bytes_per_second = mean;
+                    m.samples = n;
                 }
                 m
             });
@@ -613,6 +616,7 @@ mod tests {
         let rate = g1.dirty_rate.expect("measured");
         // The mean of the burst: 10, 12 and 14 MiB/s.
         assert_eq!(rate.bytes_per_second, 12.0 * 1048576.0);
+        assert_eq!(rate.samples, BURST);
         assert_eq!(rate.source, dirty::DirtySource::Calculation);
         assert_eq!(g1.first_pass_bytes, Some(256.0 * 1048576.0));
         assert_eq!(g1.max_downtime_seconds, Some(0.5));

@@ -29,6 +29,8 @@ pub struct Measured {
     pub calc_start: i64,
     pub period_s: u64,
     pub mode: Option<String>,
+    /// Calculations averaged into `bytes_per_second`.
+    pub samples: u32,
 }
 
 /// What one domain's statistics say.
@@ -59,6 +61,7 @@ impl DomainStats {
                     Some(ParamValue::Str(s)) => Some(s.clone()),
                     _ => None,
                 },
+                samples: 1,
             }),
             _ => None,
         };
@@ -126,6 +129,8 @@ pub struct DirtyRate {
     pub source: DirtySource,
     /// Unix time the reading was first seen (calculations) or the migration finished (record).
     pub seen_at: f64,
+    /// Calculations averaged (1 for libvirt's latest and for a record).
+    pub samples: u32,
 }
 
 /// The measurement when there is one, else the record's figure.
@@ -142,6 +147,7 @@ pub fn choose(
                 DirtySource::Domstats
             },
             seen_at,
+            samples: m.samples,
         });
     }
     record
@@ -150,6 +156,7 @@ pub fn choose(
             bytes_per_second,
             source: DirtySource::Record,
             seen_at: at,
+            samples: 1,
         })
 }
 
@@ -231,6 +238,7 @@ Rss:              150000 kB
             calc_start: 1,
             period_s: 1,
             mode: None,
+            samples: 1,
         };
         let d = choose(Some((&m, true, 5.0)), Some((99.0, 1.0))).expect("rate");
         assert_eq!(

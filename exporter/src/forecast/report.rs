@@ -202,6 +202,7 @@ mod tests {
                 bytes_per_second: m * MIB,
                 source: DirtySource::Calculation,
                 seen_at: 0.0,
+                samples: 1,
             }),
             max_downtime_seconds: None,
             last_peer: None,

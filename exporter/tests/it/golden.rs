@@ -230,6 +230,7 @@ fn every_family() -> String {
                 bytes_per_second: dirty_mibs * 1048576.0,
                 source: DirtySource::Calculation,
                 seen_at: 100.0,
+                samples: 1,
             }),
             max_downtime_seconds: Some(0.3),
             last_peer: None,
