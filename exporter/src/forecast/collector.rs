@@ -649,7 +649,7 @@ mod tests {
             ("17", &b"/bin/sh\0-c\0true\0"[..]),
             (
                 "4242",
-                b"/usr/bin/qemu-system-x86_64\0-name\0guest=g1\0-uuid\0UUID-1\0-m\0512\0",
+                b"/usr/bin/qemu-system-x86_64\0-name\0guest=g1\0-uuid\0UUID-1\0-m\0mem\0",
             ),
         ] {
             std::fs::create_dir_all(p.join(pid)).expect("mkdir");
