@@ -259,6 +259,16 @@ def fleet():
                target(f"max by (instance, domain, uuid) (vm_migration_last_app_outage_seconds{{{HOST}}})",
                       instant=True, fmt="table")],
               0, 28, 24, 8, unit="s", options={"showHeader": True, "cellHeight": "sm"}),
+        panel("table", "Before migrating: forecast per guest and host evacuation time",
+              "If each running guest were migrated now (one at a time, over its usual peer's path): the "
+              "predicted pre-copy verdict, total time and downtime, and per host the time to evacuate "
+              "every guest in its recommended mode (absent while a guest has no forecast). "
+              "What-ifs (peer, bandwidth, concurrency): the exporter's /api/v1/forecast.",
+              [target(f"vm_migration_forecast_verdict{{{HOST}}} == 1", instant=True, fmt="table"),
+               target(f"vm_migration_forecast_duration_seconds{{{HOST}}}", instant=True, fmt="table"),
+               target(f"vm_migration_forecast_downtime_seconds{{{HOST}}}", instant=True, fmt="table"),
+               target(f"vm_migration_forecast_evacuation_seconds{{{HOST}}}", instant=True, fmt="table")],
+              0, 36, 24, 8, unit="s", options={"showHeader": True, "cellHeight": "sm"}),
     ]
     return dashboard("vm-migration-fleet", "VM migrations: fleet overview",
                      "Migrations running and finished across hypervisors, and which will not converge.",

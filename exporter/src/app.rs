@@ -81,13 +81,21 @@ pub async fn run(
 
     let mut runner = Runner::new(statuses, registry, settings.collectors.clone());
     let sampler = Sampler::new(
-        source,
+        source.clone(),
         shared.clone(),
         metrics,
         trace,
         sampler_config(&settings),
     );
-    let peers = start_collectors(&mut runner, &settings, sampler, events, records)?;
+    let (peers, forecast) = start_collectors(
+        &mut runner,
+        &settings,
+        sampler,
+        events,
+        records,
+        source,
+        &shared,
+    )?;
     let (registry, running) = runner.into_parts();
     let reloader = crate::reload::Reloader::new(
         reloads.args,
@@ -107,6 +115,7 @@ pub async fn run(
         state: shared,
         telemetry_path: settings.telemetry_path.clone(),
         libvirt_uri: settings.libvirt_uri.clone(),
+        forecast,
     };
     let served = web.serve(listener, app, shutdown).await;
     reloading.abort();
@@ -128,14 +137,17 @@ async fn serve_reloads(
 }
 
 /// Every collector, in one list: what each needs from the others is wired here. Returns the
-/// configured peers' handle (a reload replaces them) when the probe collector runs.
+/// configured peers' handle (a reload replaces them) when the probe collector runs, and what the
+/// forecast collector publishes when it runs (the API reads it).
 fn start_collectors(
     runner: &mut Runner,
     settings: &Settings,
     sampler: Sampler,
     events: Receiver<SourceEvent>,
     records: Option<RecordLog>,
-) -> Result<Option<crate::net::probe::ConfiguredPeers>, AppError> {
+    source: Arc<dyn JobSource>,
+    shared: &SharedState,
+) -> Result<(Option<crate::net::probe::ConfiguredPeers>, Option<ForecastView>), AppError> {
     let probes = &settings.probe;
     let peers = PeerState::default();
     let netdev = NetdevCollector::new(settings.netdev.clone());
@@ -160,6 +172,31 @@ fn start_collectors(
     if let Some((view, hold)) = &app {
         sampler = sampler.with_app(view.clone(), hold.clone());
     }
+    let forecast = runner.enabled(Name::Forecast).then(|| {
+        crate::forecast::collector::ForecastCollector::new(
+            source,
+            settings.forecast.calc_uri.as_deref().map(|uri| {
+                crate::forecast::collector::Calculations {
+                    calc: Arc::new(crate::libvirt::calc::ReadWriteCalc::new(uri)),
+                    interval: settings.forecast.interval,
+                    max_concurrency: settings.forecast.max_concurrency,
+                }
+            }),
+            crate::forecast::collector::Sources {
+                shared: shared.clone(),
+                netdev: runner.enabled(Name::Netdev).then(|| netdev.history()),
+                peers: runner.enabled(Name::Probe).then(|| peers.clone()),
+                configured: probes
+                    .peers
+                    .iter()
+                    .map(|p| (p.name.clone(), p.address))
+                    .collect(),
+                procfs: settings.netdev.procfs.clone(),
+                sysfs: settings.netdev.sysfs.clone(),
+                fallback: settings.forecast.bandwidth,
+            },
+        )
+    });
     let prober = Prober::new(
         peers,
         runner.task_rounds(Name::Probe),
@@ -192,12 +229,19 @@ fn start_collectors(
             cancel.child_token(),
         ));
     }
+    let forecast_view = forecast.as_ref().map(|f| f.view());
+    if let Some(f) = forecast {
+        runner.add_rounds(f).map_err(AppError::Thread)?;
+    }
     // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
     runner
         .add_rounds(JobsCollector::new(sampler, events))
         .map_err(AppError::Thread)?;
-    Ok(configured)
+    Ok((configured, forecast_view))
 }
+
+/// What the forecast collector publishes.
+type ForecastView = Arc<parking_lot::Mutex<crate::forecast::report::HostView>>;
 
 fn sampler_config(s: &Settings) -> SamplerConfig {
     SamplerConfig {

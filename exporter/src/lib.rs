@@ -9,6 +9,7 @@ pub mod app_qos;
 pub mod clock;
 pub mod collector;
 pub mod exposition;
+pub mod forecast;
 pub mod identity;
 pub mod libvirt;
 pub mod logging;

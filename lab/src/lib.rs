@@ -6,7 +6,9 @@
 //! guests, the link and the Prometheus helpers come from the `testkit` crate.
 
 pub mod app_view;
+pub mod cost;
 pub mod delay;
+pub mod forecast_eval;
 pub mod plots;
 pub mod presets;
 pub mod report;

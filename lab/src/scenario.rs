@@ -117,6 +117,11 @@ pub struct RunResult {
     /// Average RTT `ping` measured over the migration's path just before it (delayed path only).
     #[serde(default)]
     pub ping_rtt_ms: Option<f64>,
+    /// The exporter's forecast for this domain just before the migration started
+    /// (`/api/v1/forecast?peer=dst&bandwidth=<the scenario's cap>`), with dirty-rate
+    /// calculations on the source's read-write URI.
+    #[serde(default)]
+    pub forecast: Option<serde_json::Value>,
     /// The guest's HTTP service before the migration (on the source) ...
     #[serde(default)]
     pub app_before: Option<guest::AppReply>,
@@ -273,13 +278,25 @@ impl Lab {
             }
             None => None,
         };
-        let exporter = Exporter::start(
+        // The forecast: one dirty-rate calculation per guest (the interval outlasts the run, so
+        // none runs during the migration), the migration's path as a configured peer.
+        let forecast_flags: Vec<String> = vec![
+            "--forecast.enable".into(),
+            "--forecast.libvirt.uri".into(),
+            self.src.uri().into(),
+            "--forecast.interval".into(),
+            "1h".into(),
+            "--probe.peer".into(),
+            format!("dst={dest_addr}"),
+        ];
+        let exporter = Exporter::start_with(
             &self.exporter_bin,
             self.src.uri(),
             &storage,
             &trace,
             self.exporter_listen,
             config.as_deref(),
+            &forecast_flags,
         )?;
         eprintln!(
             "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",
@@ -289,6 +306,7 @@ impl Lab {
         while exporter.get("/-/ready").is_none() && Instant::now() < ready_by {
             std::thread::sleep(Duration::from_millis(100));
         }
+        let forecast = crate::forecast_eval::record(&exporter, s, name);
         let events = EventWatch::start(self.src.uri())?;
 
         let mut args: Vec<String> = vec![
@@ -454,6 +472,7 @@ impl Lab {
             guest_status,
             integrity: Some(integrity.as_str()),
             ping_rtt_ms,
+            forecast,
             app_before,
             app_after,
             ended_s: Some(ended_s),

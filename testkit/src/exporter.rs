@@ -53,6 +53,19 @@ impl Exporter {
         listen: Option<SocketAddr>,
         config: Option<&Path>,
     ) -> Result<Exporter, LabError> {
+        Self::start_with(bin, uri, storage, trace, listen, config, &[])
+    }
+
+    /// [`Exporter::start`] with `extra` flags (e.g. the forecast's).
+    pub fn start_with(
+        bin: &Path,
+        uri: &str,
+        storage: &Path,
+        trace: &Path,
+        listen: Option<SocketAddr>,
+        config: Option<&Path>,
+        extra: &[String],
+    ) -> Result<Exporter, LabError> {
         let listen = listen
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:0".into());
@@ -76,6 +89,7 @@ impl Exporter {
                 }),
             ])
             .args(["--log.format", "logfmt"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -143,6 +143,8 @@ pub enum Call {
     CompletedJobStats,
     MaxDowntime,
     Metadata,
+    DomainStats,
+    StartDirtyRateCalc,
 }
 
 impl Call {
@@ -153,6 +155,8 @@ impl Call {
             Call::CompletedJobStats => "completed_job_stats",
             Call::MaxDowntime => "migrate_get_max_downtime",
             Call::Metadata => "get_metadata",
+            Call::DomainStats => "get_all_domain_stats",
+            Call::StartDirtyRateCalc => "start_dirty_rate_calc",
         }
     }
 
@@ -163,6 +167,8 @@ impl Call {
             Call::JobStats | Call::CompletedJobStats => "virDomainGetJobStats",
             Call::MaxDowntime => "virDomainMigrateGetMaxDowntime",
             Call::Metadata => "virDomainGetMetadata",
+            Call::DomainStats => "virConnectGetAllDomainStats",
+            Call::StartDirtyRateCalc => "virDomainStartDirtyRateCalc",
         }
     }
 }
@@ -218,6 +224,12 @@ pub trait JobSource: Send + Sync {
     fn metadata(&self, _domain: &DomainId, _uri: &str) -> Result<Option<String>, SourceError> {
         Ok(None)
     }
+    /// Dirty-rate and balloon statistics of the running domains
+    /// (`virConnectGetAllDomainStats(DIRTYRATE | BALLOON)`), as typed parameters. Sources
+    /// without them (recorded traces) have none.
+    fn domain_stats(&self) -> Result<Vec<(DomainId, Params)>, SourceError> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +244,8 @@ mod tests {
             Call::CompletedJobStats,
             Call::MaxDowntime,
             Call::Metadata,
+            Call::DomainStats,
+            Call::StartDirtyRateCalc,
         ] {
             let e = SourceError::Call {
                 call,

@@ -45,18 +45,18 @@ pub const DEFAULT_MAX_DOWNTIME_S: f64 = 0.3;
 /// page dirtied twice in a pass once, so with a working set rewritten every pass the measured
 /// dirty rate saturates just under the transfer rate (the lab's 150 MiB/s random writer over a
 /// 30 MiB/s link measured 0.82 at pass 2, then 0.96, 1.0).
-const CAUTIOUS_RATIO: f64 = 0.75;
+pub const CAUTIOUS_RATIO: f64 = 0.75;
 /// A falling remainder counts as converging only while λ is below this.
-const FALLING_CONVERGES_BELOW: f64 = 0.9;
+pub const FALLING_CONVERGES_BELOW: f64 = 0.9;
 /// A change of the remainder smaller than this between passes is "flat".
-const TREND_MARGIN: f64 = 0.05;
+pub const TREND_MARGIN: f64 = 0.05;
 /// Passes of history that decide the trend.
 const TREND_PASSES: usize = 4;
 /// Weight of a new transfer-rate sample in its moving average (KubeVirt's stall detector
 /// uses the same).
 const RATE_EWMA_ALPHA: f64 = 0.4;
 /// At most this many passes are projected (λ close to 1 converges very slowly).
-const MAX_PROJECTED_PASSES: usize = 10_000;
+pub const MAX_PROJECTED_PASSES: usize = 10_000;
 /// Falling passes in a row that turn a `not_converging` verdict back to `converging`.
 const RECOVERY_FALLS: usize = 2;
 /// A falling remainder reads `converging` only if it fell about as λ predicts (observed pass

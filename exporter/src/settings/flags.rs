@@ -213,6 +213,52 @@ pub struct Cli {
 
     #[command(flatten)]
     pub probe: ProbeArgs,
+
+    #[command(flatten)]
+    pub forecast: ForecastArgs,
+}
+
+/// The forecast flags, flattened into [`Cli`].
+#[derive(Debug, Args)]
+pub struct ForecastArgs {
+    /// Start dirty-rate calculations (virDomainStartDirtyRateCalc, page sampling: QEMU hashes
+    /// a sample of pages, the guest runs on) for the forecast, on a read-write connection to
+    /// --forecast.libvirt.uri. Off: the exporter stays read-only and uses the dirty rates
+    /// libvirt already reports and the domains' past migrations.
+    #[arg(long = "forecast.enable", env = "VM_MIGRATION_EXPORTER_FORECAST_ENABLE", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub forecast_enable: bool,
+
+    /// The read-write libvirt URI used only to start dirty-rate calculations (default: the
+    /// --libvirt.uri daemon). Needs --forecast.enable.
+    #[arg(
+        long = "forecast.libvirt.uri",
+        env = "VM_MIGRATION_EXPORTER_FORECAST_LIBVIRT_URI",
+        value_name = "URI"
+    )]
+    pub forecast_libvirt_uri: Option<String>,
+
+    /// How often each domain's dirty rate is calculated (at least 10s).
+    #[arg(long = "forecast.interval", env = "VM_MIGRATION_EXPORTER_FORECAST_INTERVAL", default_value = "5m", value_parser = parse_forecast_interval, value_name = "DURATION")]
+    pub forecast_interval: Duration,
+
+    /// Most dirty-rate calculations running at once.
+    #[arg(long = "forecast.max-concurrency", env = "VM_MIGRATION_EXPORTER_FORECAST_MAX_CONCURRENCY", default_value = "2", value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub forecast_max_concurrency: u16,
+
+    /// The transfer rate to assume when no path figure is known (no link speed, cap or RTT to
+    /// the peer), per second, e.g. 40MiB. Unset: such forecasts are unknown.
+    #[arg(long = "forecast.bandwidth", env = "VM_MIGRATION_EXPORTER_FORECAST_BANDWIDTH", value_parser = crate::forecast::api::parse_bandwidth, value_name = "RATE")]
+    pub forecast_bandwidth: Option<f64>,
+}
+
+fn parse_forecast_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if d < Duration::from_secs(10) {
+        return Err(format!(
+            "'{s}' is too short: at least 10s (a calculation samples the guest for 1 s)"
+        ));
+    }
+    Ok(d)
 }
 
 /// The peer-probe flags, flattened into [`Cli`].

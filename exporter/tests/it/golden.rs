@@ -227,6 +227,45 @@ fn every_family() -> String {
     registry.register_collector(Box::new(
         vm_migration_exporter::app_qos::metrics::AppFamilies::new(app),
     ));
+    // The forecast of two guests (one converging, one not) over the configured peer's path.
+    {
+        use vm_migration_exporter::forecast::dirty::{DirtyRate, DirtySource};
+        use vm_migration_exporter::forecast::report::{DomainView, HostView, PeerPath};
+        let guest = |n: u8, dirty_mibs: f64| DomainView {
+            domain: dom(n),
+            migrating: false,
+            memory_bytes: Some(512.0 * 1048576.0),
+            first_pass_bytes: Some(256.0 * 1048576.0),
+            dirty_rate: Some(DirtyRate {
+                bytes_per_second: dirty_mibs * 1048576.0,
+                source: DirtySource::Calculation,
+                seen_at: 100.0,
+                samples: 1,
+            }),
+            max_downtime_seconds: Some(0.3),
+            last_peer: None,
+        };
+        let view = HostView {
+            updated_at: Some(100.0),
+            domains: vec![guest(1, 16.0), guest(2, 150.0)],
+            peers: vec![PeerPath {
+                name: "dst".into(),
+                address: dst,
+                device: Some("eth0".into()),
+                link_speed_bytes: Some(128.0 * 1048576.0),
+                link_used_bytes: Some(0.0),
+                rtt_seconds: Some(0.0005),
+            }],
+            window: None,
+            fallback_bytes: None,
+            calculations: true,
+        };
+        registry.register_collector(Box::new(
+            vm_migration_exporter::forecast::metrics::ForecastFamilies::new(std::sync::Arc::new(
+                parking_lot::Mutex::new(view),
+            )),
+        ));
+    }
     // The record file: found damaged at start (moved aside), its two valid records kept.
     let dir = tempfile::tempdir().expect("tempdir");
     let one = serde_json::to_string(&replay.state.lock().records[0]).expect("record");

@@ -5,6 +5,7 @@ mod alerting;
 mod app_metadata;
 mod app_qos;
 mod binary;
+mod forecast;
 mod fuzz;
 mod golden;
 mod http_limits;
