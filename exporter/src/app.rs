@@ -147,7 +147,7 @@ fn start_collectors(
     records: Option<RecordLog>,
     source: Arc<dyn JobSource>,
     shared: &SharedState,
-) -> Result<(Option<crate::net::probe::ConfiguredPeers>, Option<ForecastView>), AppError> {
+) -> Result<Started, AppError> {
     let probes = &settings.probe;
     let peers = PeerState::default();
     let netdev = NetdevCollector::new(settings.netdev.clone());
@@ -239,6 +239,12 @@ fn start_collectors(
         .map_err(AppError::Thread)?;
     Ok((configured, forecast_view))
 }
+
+/// What the running collectors hand back: the configured peers and the forecast's view.
+type Started = (
+    Option<crate::net::probe::ConfiguredPeers>,
+    Option<ForecastView>,
+);
 
 /// What the forecast collector publishes.
 type ForecastView = Arc<parking_lot::Mutex<crate::forecast::report::HostView>>;

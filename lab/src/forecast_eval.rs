@@ -240,6 +240,9 @@ mod tests {
             forecast: Some(forecast),
             app_before: None,
             app_after: None,
+            ended_s: None,
+            switchover_s: None,
+            app_probes: Vec::new(),
         }
     }
 
