@@ -2,8 +2,16 @@
 """Generates the Grafana dashboards in this folder: python3 dashboards/generate.py
 
 The JSON files are committed; CI regenerates them and fails if they differ, so edit this file,
-not the JSON. Every panel reads the `datasource`, `host` and (where it applies) `domain` variables.
+not the JSON. Every query selects by the `cluster` (optional: `.*` when Prometheus has no such
+label), `job` and `host` variables, and (where it applies) `uuid`, the domain picker, which shows
+`name (uuid)` (Nova's instance name, or the libvirt name of a domain without Nova metadata).
+
+Panel ids come from a stable key (the dashboard's uid and the panel's `key`, by default its
+title), not from its position: adding a panel leaves every other panel's id (and links to it)
+alone. Every target declares its unit; a panel whose targets have two units puts the second on
+the right axis (more than two is an error: split the panel).
 """
+import hashlib
 import json
 import os
 
@@ -12,44 +20,92 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # does not export, so they can be switched off together.
 PEER_PROBES = True
 DS = {"type": "prometheus", "uid": "${datasource}"}
-HOST = 'instance=~"$host"'
-DOM = 'instance=~"$host",domain=~"$domain"'
+# Which exporter: every query carries these (the rules' selector is job="vm-migration-exporter").
+SCOPE = 'cluster=~"$cluster",job=~"$job"'
+HOST = SCOPE + ',instance=~"$host"'
+DOM = HOST + ',uuid=~"$uuid"'
 RATE = "$__rate_interval"
 ALL = {"selected": True, "text": "All", "value": "$__all"}
 # Replace with a metric of your application (request rate, error ratio, latency quantile ...).
-APP_QUERY_DEFAULT = 'avg by (domain, target) (vm_migration_app_up{instance=~"$host",domain=~"$domain"})'
+APP_QUERY_DEFAULT = f'avg by (domain, target) (vm_migration_app_up{{{DOM}}})'
 
 
-def target(expr, legend="", ref="A", instant=False, fmt=None):
+def target(expr, legend="", ref="A", instant=False, fmt=None, unit=None):
     t = {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto"}
     if instant:
         t["instant"] = True
         t["range"] = False
     if fmt:
         t["format"] = fmt
+    if unit:
+        t["_unit"] = unit  # the panel turns it into fieldConfig; not written to the JSON
     return t
 
 
-def panel(kind, title, description, targets, x, y, w, h, unit=None, options=None, field=None, overrides=None):
-    defaults = {"unit": unit} if unit else {}
+def panel(kind, title, description, targets, x, y, w, h, unit=None, options=None, field=None, overrides=None,
+          key=None):
+    targets = [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)]
+    # Units: each target's own, else the panel's. The first unit is the panel's (left axis), a
+    # second goes on the right axis for the targets that have it.
+    units = [t.pop("_unit", None) or unit for t in targets]
+    distinct = list(dict.fromkeys(u for u in units if u))
+    if len(distinct) > 2:
+        raise SystemExit(f"panel {title!r}: {len(distinct)} units {distinct}; split it")
+    overrides = list(overrides or [])
+    if len(distinct) == 2:
+        if kind != "timeseries":
+            raise SystemExit(f"panel {title!r}: two units on a {kind}")
+        for t, u in zip(targets, units):
+            if u == distinct[1]:
+                overrides.append({"matcher": {"id": "byFrameRefID", "options": t["refId"]},
+                                  "properties": [{"id": "unit", "value": u},
+                                                 {"id": "custom.axisPlacement", "value": "right"}]})
+    defaults = {"unit": distinct[0]} if distinct else {}
     defaults.update(field or {})
     return {
+        "_key": key or title,
         "type": kind,
         "title": title,
         "description": description,
         "datasource": DS,
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
-        "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
-        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": overrides},
         "options": options or {},
     }
 
 
-def timeseries(title, description, targets, x, y, w=12, h=8, unit=None, overrides=None):
+def timeseries(title, description, targets, x, y, w=12, h=8, unit=None, overrides=None, key=None):
     return panel("timeseries", title, description, targets, x, y, w, h, unit,
                  {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                   "tooltip": {"mode": "multi", "sort": "none"}},
-                 overrides=overrides)
+                 overrides=overrides, key=key)
+
+
+def row(title, y, key=None):
+    return {"_key": key or title, "type": "row", "title": title, "collapsed": False, "panels": [],
+            "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}}
+
+
+def panel_id(uid, key):
+    """A panel's id from its dashboard and key: the same every time it is generated, whatever
+    other panels come and go."""
+    return int(hashlib.sha256(f"{uid}/{key}".encode()).hexdigest()[:8], 16) % 1_000_000 + 1
+
+
+def with_ids(uid, panels):
+    """The panels with their `id`s (their `_key`s dropped); two panels with one id are an error."""
+    seen = {}
+    out = []
+    for p in panels:
+        p = dict(p)
+        key = p.pop("_key")
+        pid = panel_id(uid, key)
+        if pid in seen:
+            raise SystemExit(f"{uid}: panels {seen[pid]!r} and {key!r} get the same id {pid}: give one a key=")
+        seen[pid] = key
+        out.append({"id": pid, **p})
+    return out
 
 
 def stat(title, description, expr, x, y, w=6, h=4, unit=None, thresholds=None):
@@ -63,22 +119,41 @@ def stat(title, description, expr, x, y, w=6, h=4, unit=None, thresholds=None):
                   "orientation": "auto", "justifyMode": "auto"}, field)
 
 
+def query_variable(name, label, query, regex=None):
+    v = {"name": name, "label": label, "type": "query", "datasource": DS,
+         "query": {"query": query, "refId": name},
+         "includeAll": True, "multi": True, "allValue": ".*", "current": ALL, "refresh": 2, "sort": 1,
+         "hide": 0, "options": []}
+    if regex:
+        v["regex"] = regex
+    return v
+
+
+def domain_picker_query():
+    """Every domain seen on the selected hosts in the time range, as a `picker` label
+    `name (uuid)`: Nova's instance name, or the libvirt name where Nova wrote none."""
+    def info(name_matcher):
+        return (f"max by (domain, uuid, name) (max_over_time(vm_migration_domain_info{{{HOST},{name_matcher}}}"
+                f"[$__range]))")
+    empty, given = info('name=""'), info('name!=""')
+    named = f'label_replace({empty}, "name", "$1", "domain", "(.*)") or {given}'
+    picker = f'label_replace(label_join({named}, "picker", " (", "name", "uuid"), "picker", "$1)", "picker", "(.*)")'
+    return f"query_result({picker})"
+
+
 def variables(with_domain):
     v = [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "hide": 0, "refresh": 1, "options": []},
-        {"name": "host", "label": "Host", "type": "query", "datasource": DS,
-         "query": {"query": "label_values(vm_migration_exporter_build_info, instance)", "refId": "host"},
-         "includeAll": True, "multi": True, "allValue": ".*", "current": ALL, "refresh": 2, "sort": 1,
-         "hide": 0, "options": []},
+        # Optional: Prometheus without a cluster label has no values here, and `.*` matches all.
+        query_variable("cluster", "Cluster", "label_values(vm_migration_exporter_build_info, cluster)"),
+        query_variable("job", "Job", 'label_values(vm_migration_exporter_build_info{cluster=~"$cluster"}, job)'),
+        query_variable("host", "Host", f"label_values(vm_migration_exporter_build_info{{{SCOPE}}}, instance)"),
     ]
     if with_domain:
-        q = ('label_values({__name__=~"vm_migration_job_active|vm_migration_last_finished_timestamp_seconds",'
-             'instance=~"$host"}, domain)')
-        v.append({"name": "domain", "label": "Domain", "type": "query", "datasource": DS,
-                  "query": {"query": q, "refId": "domain"},
-                  "includeAll": True, "multi": True, "allValue": ".*", "current": ALL, "refresh": 2,
-                  "sort": 1, "hide": 0, "options": []})
+        # Shows `name (uuid)`, selects by uuid (a libvirt name is not unique across hosts).
+        v.append(query_variable("uuid", "Domain", domain_picker_query(),
+                                regex='/picker="(?<text>[^"]*)".*uuid="(?<value>[^"]*)"/'))
         # Any PromQL of the user's own, drawn on the migration's time axis ("Your application").
         v.append({"name": "app_query", "label": "Your application (PromQL)", "type": "textbox",
                   "query": APP_QUERY_DEFAULT, "current": {"text": APP_QUERY_DEFAULT, "value": APP_QUERY_DEFAULT},
@@ -89,7 +164,7 @@ def variables(with_domain):
 # Migration start, post-copy switch-over and end as annotations, on every board (copy them to your
 # own boards: they need only the exporter's series). Start and switch-over are the first sample of
 # a running job or a post-copy phase; the end is the finish time the exporter recorded.
-SEL = 'instance=~"$host"'
+SEL = HOST
 ANNOTATIONS = [
     ("Migration start", "blue",
      f'(max by (instance, domain) (vm_migration_job_active{{{SEL},operation=~"migration_.*"}}) == 1)'
@@ -129,7 +204,7 @@ def dashboard(uid, title, description, panels, with_domain, links):
         "links": [{"title": t, "type": "link", "url": f"/d/{u}", "asDropdown": False, "icon": "dashboard",
                    "includeVars": True, "keepTime": True, "tags": [], "targetBlank": False, "tooltip": ""}
                   for t, u in links],
-        "panels": panels,
+        "panels": with_ids(uid, panels),
     }
 
 
@@ -184,6 +259,16 @@ def fleet():
                target(f"max by (instance, domain, uuid) (vm_migration_last_app_outage_seconds{{{HOST}}})",
                       instant=True, fmt="table")],
               0, 28, 24, 8, unit="s", options={"showHeader": True, "cellHeight": "sm"}),
+        panel("table", "Before migrating: forecast per guest and host evacuation time",
+              "If each running guest were migrated now (one at a time, over its usual peer's path): the "
+              "predicted pre-copy verdict, total time and downtime, and per host the time to evacuate "
+              "every guest in its recommended mode (absent while a guest has no forecast). "
+              "What-ifs (peer, bandwidth, concurrency): the exporter's /api/v1/forecast.",
+              [target(f"vm_migration_forecast_verdict{{{HOST}}} == 1", instant=True, fmt="table"),
+               target(f"vm_migration_forecast_duration_seconds{{{HOST}}}", instant=True, fmt="table"),
+               target(f"vm_migration_forecast_downtime_seconds{{{HOST}}}", instant=True, fmt="table"),
+               target(f"vm_migration_forecast_evacuation_seconds{{{HOST}}}", instant=True, fmt="table")],
+              0, 36, 24, 8, unit="s", options={"showHeader": True, "cellHeight": "sm"}),
     ]
     return dashboard("vm-migration-fleet", "VM migrations: fleet overview",
                      "Migrations running and finished across hypervisors, and which will not converge.",
@@ -220,13 +305,15 @@ def detail():
                        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}),
         timeseries("Dirty / transfer ratio and ETA", "λ = dirty rate ÷ transfer rate (below 1 converges) and "
                    "the time to switch-over if the trend holds.",
-                   [target(f"vm_migration_dirty_to_transfer_ratio{{{DOM}}}", "ratio {{domain}}"),
-                    target(f"vm_migration_eta_seconds{{{DOM}}}", "ETA s {{domain}}")], 0, 22, unit="short"),
+                   [target(f"vm_migration_dirty_to_transfer_ratio{{{DOM}}}", "ratio {{domain}}", unit="none"),
+                    target(f"vm_migration_eta_seconds{{{DOM}}}", "ETA {{domain}}", unit="s")], 0, 22),
         timeseries("Auto-converge throttle and post-copy page requests", "CPU throttle applied to the guest "
                    "(0..1) and pages faulted over the network per second in post-copy.",
-                   [target(f"vm_migration_auto_converge_throttle_ratio{{{DOM}}}", "throttle {{domain}}"),
-                    target(f"deriv(vm_migration_postcopy_page_requests{{{DOM}}}[1m])", "page requests/s {{domain}}")],
-                   12, 22, unit="short"),
+                   [target(f"vm_migration_auto_converge_throttle_ratio{{{DOM}}}", "throttle {{domain}}",
+                           unit="percentunit"),
+                    target(f"deriv(vm_migration_postcopy_page_requests{{{DOM}}}[1m])", "page requests/s {{domain}}",
+                           unit="reqps")],
+                   12, 22),
         timeseries("NIC transmit throughput", "Bytes per second sent by each NIC of the host, on the same "
                    "time axis as the migration.",
                    [target(f"rate(vm_migration_network_transmit_bytes_total{{{HOST}}}[{RATE}])", "{{device}}")],
@@ -240,8 +327,7 @@ def detail():
                                     "{{peer}}")], 0, 30, unit="s"))
     # Application QoS: what the guest's users saw, on the same time axis as the rows above.
     p += [
-        {"type": "row", "title": "Application QoS", "collapsed": False, "panels": [],
-         "gridPos": {"x": 0, "y": 38, "w": 24, "h": 1}},
+        row("Application QoS", 38),
         timeseries("App latency (p50, p99)", "Time the guest's probed services took to answer, from the "
                    "probe duration histogram (probed every 20 ms while the guest migrates).",
                    [target(f"histogram_quantile(0.5, sum by (le, domain, target) (rate(vm_migration_app_probe_duration_seconds_bucket{{{DOM}}}[{RATE}])))",

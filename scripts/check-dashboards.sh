@@ -3,7 +3,11 @@
 #  1. the JSON is what dashboards/generate.py makes (edit the generator, not the JSON);
 #  2. every panel query parses (promtool, with Grafana's variables filled in);
 #  3. every metric a query names is one the exporter exports (names from its source);
-#  4. each dashboard type-checks against @grafana/schema (npm, pinned in dashboards/check).
+#  4. each dashboard type-checks against @grafana/schema (npm, pinned in dashboards/check);
+#  5. dashboards/check/lint.py: every query selected by the job and cluster variables, one unit
+#     per axis fitting each query, panel ids unique and stable when panels are added;
+#  6. dashboards/check/live.py: every query evaluates on a real Prometheus scraping the exporter
+#     (libvirt's test driver), and the domain picker offers `name (uuid)`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -47,11 +51,14 @@ for i, (path, where, e) in enumerate(exprs):
     if e.startswith("label_values("):
         m = re.match(r"label_values\((.*),\s*\w+\)$", e)
         e = m.group(1) if m else e
+    elif e.startswith("query_result("):
+        e = e[len("query_result("):-1]
     for name in set(re.findall(r"\b(vm_migration_[a-z0-9_]+)\b", e)):
         if not exported(name):
             unknown.append(f"{path}: {where}: {name} is not exported by vm-migration-exporter")
     filled = (e.replace("$__rate_interval", "1m").replace("$__range", "1h")
-               .replace("$host", ".*").replace("$domain", ".*"))
+               .replace("$host", ".*").replace("$uuid", ".*").replace("$cluster", ".*")
+               .replace("$job", ".*"))
     rules.append(f"      - record: dashboard_check_{i}\n        expr: {json.dumps(filled)}")
 if unknown:
     print("\n".join(unknown)); sys.exit(1)
@@ -64,3 +71,6 @@ if [ ! -x dashboards/check/node_modules/.bin/tsc ]; then
   (cd dashboards/check && npm ci --no-audit --no-fund --silent)
 fi
 python3 dashboards/check/typecheck.py && echo "dashboards: each type-checks against @grafana/schema"
+python3 dashboards/check/lint.py
+cargo build -q --locked -p vm-migration-exporter --bin vm-migration-exporter
+python3 dashboards/check/live.py target/debug/vm-migration-exporter

@@ -129,6 +129,16 @@ echo "check-deb: running as $user (uid $(id -u "$user")), capabilities $eff, NoN
 curl -fs -H 'Accept: application/openmetrics-text' "http://127.0.0.1:$port/metrics" >/dev/null
 curl -fs "http://127.0.0.1:$port/" >/dev/null
 curl -fs "http://127.0.0.1:$port/api/v1/migrations" >/dev/null
+# systemctl reload runs the unit's ExecReload= with $MAINPID: the exporter reloads, not exits.
+reload=$(sed -n 's/^ExecReload=//p' "$unit")
+# shellcheck disable=SC2016
+[ "$reload" = '/bin/kill -HUP $MAINPID' ] || fail "unexpected ExecReload=$reload"
+MAINPID=$pid; eval "$reload"
+for _ in $(seq 1 50); do grep -q 'message="configuration reloaded"' "$tmp/log" && break; sleep 0.1; done
+grep -q 'message="configuration reloaded"' "$tmp/log" || fail "ExecReload did not reload: $(tail -3 "$tmp/log")"
+curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^vm_migration_exporter_config_last_reload_successful 1' \
+  || fail "vm_migration_exporter_config_last_reload_successful is not 1 after ExecReload"
+echo "check-deb: ExecReload= reloads the running exporter (SIGHUP), which keeps serving"
 kill "$pid"
 for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 kill -KILL "$pid" 2>/dev/null || true

@@ -44,6 +44,16 @@ for values in "$chart"/ci/*-values.yaml; do
     echo "check-helm: $name: PrometheusRule groups pass promtool check rules"
   fi
 done
+# prometheusRule.selector and .runbookBaseUrl reach every rule (full values set both; the
+# monitors' job there is the selector's).
+read -r full_selector full_base < <(python3 -c 'import sys, yaml
+v = yaml.safe_load(open(sys.argv[1]))["prometheusRule"]
+print(v["selector"], v["runbookBaseUrl"])' "$chart/ci/full-values.yaml")
+python3 alerts/check_rules.py "$out/full.rules.yml" "$full_selector" "$full_base" \
+  || { echo "check-helm: the full values' PrometheusRule lacks prometheusRule.selector or .runbookBaseUrl somewhere"; exit 1; }
+grep -q 'targetLabel: job' "$out/full.yaml" && grep -q 'replacement: vmx' "$out/full.yaml" \
+  || { echo "check-helm: serviceMonitor.job/podMonitor.job did not become a job relabeling"; exit 1; }
+echo "check-helm: full values: selector $full_selector on every exporter series, runbook_url from $full_base, monitors set job"
 (cd "$check" && node_modules/.bin/tsc -p tsconfig.json) \
   && echo "check-helm: prometheus-operator objects have no unknown fields (tsc)"
 

@@ -238,11 +238,18 @@ fn serve(addr: &str, storage: &str, soak: bool) {
         .expect("runtime");
     let (tx, rx) = std::sync::mpsc::channel();
     let source = Arc::new(Synthetic::new(soak, tx));
+    // No reloads in the bench: the sender stays alive, nothing is ever sent.
+    let (_reload_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    let reloads = vm_migration_exporter::app::Reloads {
+        requests,
+        args: std::env::args_os().collect(),
+    };
     let r = runtime.block_on(vm_migration_exporter::app::run(
         settings,
         source,
         rx,
         std::future::pending(),
+        reloads,
     ));
     eprintln!("load: exporter ended: {r:?}");
     std::process::exit(1);

@@ -19,7 +19,7 @@ use crate::settings::Settings;
 use crate::state::{self, SharedState};
 use crate::store::RecordLog;
 use crate::trace::TraceWriter;
-use crate::web_config::{require_basic_auth, Users, WebConfig};
+use crate::web_config::{require_basic_auth, LiveWebConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -40,14 +40,24 @@ pub enum AppError {
     Serve(std::io::Error),
 }
 
-/// Run the exporter until `shutdown` resolves.
+/// Reload requests (SIGHUP in the daemon) and the command line the settings came from.
+pub struct Reloads {
+    pub requests: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// argv, argv[0] included: a reload parses it again with the config file as it is now.
+    pub args: Vec<std::ffi::OsString>,
+}
+
+/// Run the exporter until `shutdown` resolves; each reload request reads the config files
+/// again ([`crate::reload`]).
 pub async fn run(
     settings: Settings,
     source: Arc<dyn JobSource>,
     events: Receiver<SourceEvent>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    reloads: Reloads,
 ) -> Result<(), AppError> {
     let web = Web::load(&settings)?;
+    let reload_status = crate::reload::ReloadStatus::new(crate::clock::unix_now());
     let shared = state::shared();
     let records = open_records(&settings, &shared)?;
     let statuses = Statuses::default();
@@ -55,6 +65,7 @@ pub async fn run(
     if let Some(log) = &records {
         registry.register_collector(Box::new(crate::store::StoreCollector(log.stats())));
     }
+    registry.register_collector(Box::new(reload_status.clone()));
     let trace = match &settings.trace_path {
         Some(p) => Some(TraceWriter::create(p)?),
         None => None,
@@ -66,18 +77,34 @@ pub async fn run(
             source,
         })?;
     let local = listener.local_addr().map_err(AppError::Serve)?;
-    info!(address = %local, tls = web.tls.is_some(), basic_auth = !web.users.is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
+    info!(address = %local, tls = web.live.tls().is_some(), basic_auth = !web.live.users().is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
 
     let mut runner = Runner::new(statuses, registry, settings.collectors.clone());
     let sampler = Sampler::new(
-        source,
+        source.clone(),
         shared.clone(),
         metrics,
         trace,
         sampler_config(&settings),
     );
-    start_collectors(&mut runner, &settings, sampler, events, records)?;
+    let (peers, forecast) = start_collectors(
+        &mut runner,
+        &settings,
+        sampler,
+        events,
+        records,
+        source,
+        &shared,
+    )?;
     let (registry, running) = runner.into_parts();
+    let reloader = crate::reload::Reloader::new(
+        reloads.args,
+        settings.clone(),
+        web.live.clone(),
+        peers,
+        reload_status,
+    );
+    let reloading = tokio::spawn(serve_reloads(reloader, reloads.requests));
     if !settings.collectors.contains(&Name::Jobs) {
         // Nothing will sample libvirt: readiness must not wait for it.
         shared.lock().ready = true;
@@ -88,20 +115,39 @@ pub async fn run(
         state: shared,
         telemetry_path: settings.telemetry_path.clone(),
         libvirt_uri: settings.libvirt_uri.clone(),
+        forecast,
     };
     let served = web.serve(listener, app, shutdown).await;
+    reloading.abort();
     running.stop();
     served
 }
 
-/// Every collector, in one list: what each needs from the others is wired here.
+/// Reload on each request, one at a time, off the async workers (it reads files).
+async fn serve_reloads(
+    reloader: crate::reload::Reloader,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let reloader = Arc::new(parking_lot::Mutex::new(reloader));
+    while requests.recv().await.is_some() {
+        info!("reload requested (SIGHUP)");
+        let r = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.lock().reload()).await;
+    }
+}
+
+/// Every collector, in one list: what each needs from the others is wired here. Returns the
+/// configured peers' handle (a reload replaces them) when the probe collector runs, and what the
+/// forecast collector publishes when it runs (the API reads it).
 fn start_collectors(
     runner: &mut Runner,
     settings: &Settings,
     sampler: Sampler,
     events: Receiver<SourceEvent>,
     records: Option<RecordLog>,
-) -> Result<(), AppError> {
+    source: Arc<dyn JobSource>,
+    shared: &SharedState,
+) -> Result<Started, AppError> {
     let probes = &settings.probe;
     let peers = PeerState::default();
     let netdev = NetdevCollector::new(settings.netdev.clone());
@@ -126,6 +172,31 @@ fn start_collectors(
     if let Some((view, hold)) = &app {
         sampler = sampler.with_app(view.clone(), hold.clone());
     }
+    let forecast = runner.enabled(Name::Forecast).then(|| {
+        crate::forecast::collector::ForecastCollector::new(
+            source,
+            settings.forecast.calc_uri.as_deref().map(|uri| {
+                crate::forecast::collector::Calculations {
+                    calc: Arc::new(crate::libvirt::calc::ReadWriteCalc::new(uri)),
+                    interval: settings.forecast.interval,
+                    max_concurrency: settings.forecast.max_concurrency,
+                }
+            }),
+            crate::forecast::collector::Sources {
+                shared: shared.clone(),
+                netdev: runner.enabled(Name::Netdev).then(|| netdev.history()),
+                peers: runner.enabled(Name::Probe).then(|| peers.clone()),
+                configured: probes
+                    .peers
+                    .iter()
+                    .map(|p| (p.name.clone(), p.address))
+                    .collect(),
+                procfs: settings.netdev.procfs.clone(),
+                sysfs: settings.netdev.sysfs.clone(),
+                fallback: settings.forecast.bandwidth,
+            },
+        )
+    });
     let prober = Prober::new(
         peers,
         runner.task_rounds(Name::Probe),
@@ -147,11 +218,9 @@ fn start_collectors(
             .add_rounds(DiscoveryCollector::new(discoverer, feed))
             .map_err(AppError::Thread)?;
     }
-    runner.add_tasks(ProbeCollector::new(
-        prober,
-        probes.peers.clone(),
-        cancel.child_token(),
-    ));
+    let probe = ProbeCollector::new(prober, probes.peers.clone(), cancel.child_token());
+    let configured = runner.enabled(Name::Probe).then(|| probe.configured());
+    runner.add_tasks(probe);
     if let Some((view, hold)) = app {
         runner.add_tasks(crate::app_qos::collector::AppCollector::new(
             settings.app.clone(),
@@ -161,12 +230,25 @@ fn start_collectors(
             cancel.child_token(),
         ));
     }
+    let forecast_view = forecast.as_ref().map(|f| f.view());
+    if let Some(f) = forecast {
+        runner.add_rounds(f).map_err(AppError::Thread)?;
+    }
     // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
     runner
         .add_rounds(JobsCollector::new(sampler, events))
         .map_err(AppError::Thread)?;
-    Ok(())
+    Ok((configured, forecast_view))
 }
+
+/// What the running collectors hand back: the configured peers and the forecast's view.
+type Started = (
+    Option<crate::net::probe::ConfiguredPeers>,
+    Option<ForecastView>,
+);
+
+/// What the forecast collector publishes.
+type ForecastView = Arc<parking_lot::Mutex<crate::forecast::report::HostView>>;
 
 fn sampler_config(s: &Settings) -> SamplerConfig {
     SamplerConfig {
@@ -188,26 +270,17 @@ fn open_records(settings: &Settings, shared: &SharedState) -> Result<Option<Reco
     Ok(Some(log))
 }
 
-/// TLS and basic auth from `--web.config.file`; plain HTTP without it.
+/// TLS and basic auth from `--web.config.file` (plain HTTP without it), replaced on reload.
 struct Web {
-    tls: Option<Arc<rustls::ServerConfig>>,
-    users: std::collections::BTreeMap<String, String>,
+    live: LiveWebConfig,
     max_requests: usize,
     limits: crate::serve::Limits,
 }
 
 impl Web {
     fn load(settings: &Settings) -> Result<Web, AppError> {
-        let (tls, users) = match &settings.web_config_file {
-            None => (None, Default::default()),
-            Some(p) => {
-                let cfg = WebConfig::load(p)?;
-                (cfg.rustls(p)?, cfg.basic_auth_users)
-            }
-        };
         Ok(Web {
-            tls,
-            users,
+            live: LiveWebConfig::load(settings.web_config_file.as_deref())?,
             max_requests: settings.web_max_requests,
             limits: crate::serve::Limits {
                 max_connections: crate::serve::connection_cap(settings.web_max_connections),
@@ -222,15 +295,11 @@ impl Web {
         app: AppState,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let app = router(app);
-        let app = if self.users.is_empty() {
-            app
-        } else {
-            app.layer(axum::middleware::from_fn_with_state(
-                Users::new(self.users),
-                require_basic_auth,
-            ))
-        };
+        // Always in place: users may appear on a reload (without users it lets all through).
+        let app = router(app).layer(axum::middleware::from_fn_with_state(
+            self.live.clone(),
+            require_basic_auth,
+        ));
         // Outermost: a request over the cap is refused before it costs a bcrypt.
         let app = app
             .layer(axum::middleware::from_fn_with_state(
@@ -240,7 +309,7 @@ impl Web {
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::serve::MAX_HEAD_BYTES,
             ));
-        crate::serve::serve(listener, app, self.tls, self.limits, shutdown)
+        crate::serve::serve(listener, app, self.live, self.limits, shutdown)
             .await
             .map_err(AppError::Serve)
     }

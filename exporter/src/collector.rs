@@ -31,16 +31,18 @@ pub enum Name {
     Discovery,
     Probe,
     App,
+    Forecast,
 }
 
 impl Name {
     /// In the order the runner starts them.
-    pub const ALL: [Name; 5] = [
+    pub const ALL: [Name; 6] = [
         Name::Jobs,
         Name::Netdev,
         Name::Discovery,
         Name::Probe,
         Name::App,
+        Name::Forecast,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +52,7 @@ impl Name {
             Name::Discovery => "discovery",
             Name::Probe => "probe",
             Name::App => "app",
+            Name::Forecast => "forecast",
         }
     }
 
@@ -63,6 +66,7 @@ impl Name {
             }
             Name::Probe => "ICMP/TCP probes of configured and discovered peers",
             Name::App => "HTTP/TCP probes of guest services (the config file's app: section), fast while the guest migrates",
+            Name::Forecast => "per-domain migratability forecast and host evacuation plan (dirty rates: libvirt's domain statistics and records; calculations only with --forecast.enable)",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! vm-migration-exporter: parse flags, set up logging, run until SIGINT/SIGTERM.
+//! vm-migration-exporter: parse flags, set up logging, run until SIGINT/SIGTERM; SIGHUP
+//! reloads the config files.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -16,7 +17,8 @@ const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8)
 const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let settings = match settings::parse(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let settings = match settings::parse(args.clone()) {
         Ok(s) => s,
         Err(CliError::Display(e)) => {
             let _ = e.print();
@@ -34,7 +36,7 @@ fn main() -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
-    match run(settings) {
+    match run(settings, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
@@ -49,16 +51,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: settings::Settings) -> anyhow::Result<()> {
+fn run(settings: settings::Settings, args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // First: SIGHUP's default action ends the process.
+    let requests = runtime.block_on(async { reload_signal() })?;
     let (tx, rx) = mpsc::channel();
     let source = LibvirtSource::start(&settings.libvirt_uri, settings.reconnect_max_backoff, tx);
-    let result = runtime.block_on(app::run(settings, source.clone(), rx, shutdown_signal()));
+    let reloads = app::Reloads { requests, args };
+    let result = runtime.block_on(app::run(
+        settings,
+        source.clone(),
+        rx,
+        shutdown_signal(),
+        reloads,
+    ));
     source.shutdown();
     Ok(result?)
+}
+
+/// SIGHUP, as reload requests (`systemctl reload`, `kill -HUP`).
+fn reload_signal() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn shutdown_signal() {

@@ -163,6 +163,7 @@ impl Metrics {
             m.call_errors.clone(),
         );
         reg.register_collector(Box::new(LiveCollector { state, statuses }));
+        reg.register_collector(Box::new(crate::process::ProcessCollector::default()));
         (reg, std::sync::Arc::new(m))
     }
 
@@ -308,13 +309,47 @@ impl Collector for LiveCollector {
             f.encode(&mut encoder)?;
         }
 
-        // Jobs are only shown while libvirt answers and the sampler keeps up: a job we cannot
-        // see is not presented as live.
+        // Jobs (and the domains' identities) are only shown while libvirt answers and the
+        // sampler keeps up: what we cannot see now is not presented as current.
         if snap.libvirt_up && jobs_current {
+            encode_identities(&snap.identities, &mut encoder)?;
             encode_jobs(&snap.active, &mut encoder)?;
         }
         Ok(())
     }
+}
+
+/// `vm_migration_domain_info`: one series per listed domain, Nova's identity in its labels
+/// (empty where the domain has none), for joins (`* on (uuid) group_left (name, project_name)`).
+fn encode_identities(
+    domains: &[(
+        crate::libvirt::jobs::DomainId,
+        Option<crate::record::DomainIdentity>,
+    )],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let mut info = GaugeFamily::new(
+        "vm_migration_domain_info",
+        "Active domains on this host with who they are to OpenStack (Nova's instance metadata: name, project, user, flavor; empty where absent); always 1.",
+    );
+    let none = crate::record::DomainIdentity::default();
+    for (d, id) in domains {
+        let id = id.as_ref().unwrap_or(&none);
+        info.push(
+            vec![
+                ("domain", d.name.clone()),
+                ("uuid", d.uuid.clone()),
+                ("name", id.name.clone()),
+                ("project_id", id.project_id.clone()),
+                ("project_name", id.project_name.clone()),
+                ("user_id", id.user_id.clone()),
+                ("user_name", id.user_name.clone()),
+                ("flavor", id.flavor.clone()),
+            ],
+            Some(1.0),
+        );
+    }
+    info.encode(encoder)
 }
 
 type Extract = fn(&ActiveJob) -> Option<f64>;

@@ -139,9 +139,29 @@ pub struct AppMigrationRecord {
     /// When that outage began, relative to the switch-over (negative: before it); absent when
     /// there was no outage or no switch-over was seen.
     pub outage_start_from_switchover_seconds: Option<f64>,
+    /// Unix time that outage began (absent when there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_started_at: Option<f64>,
     pub latency_before: LatencySummary,
     pub latency_during: LatencySummary,
     pub latency_after: LatencySummary,
+    /// Of the "during" probes, those sent from the switch-over (or the switch to post-copy) to
+    /// the end: what users saw while the guest ran on the destination faulting pages in.
+    #[serde(default)]
+    pub latency_after_switchover: LatencySummary,
     /// App-observed outage ÷ libvirt's downtime, when both are known and the downtime is not 0.
     pub outage_to_downtime_ratio: Option<f64>,
+}
+
+/// Who a domain is to OpenStack, from Nova's metadata (`crate::identity`): the labels of
+/// `vm_migration_domain_info` besides `domain` and `uuid`; empty where Nova wrote nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DomainIdentity {
+    /// The instance's name in Nova (the libvirt name is `instance-0000…`).
+    pub name: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub flavor: String,
 }

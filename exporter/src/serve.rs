@@ -29,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::web_config::LiveWebConfig;
+
 /// Time allowed for a request's headers, from when the connection starts waiting for them
 /// (so also the longest a keep-alive connection stays idle). Prometheus scrapes send their
 /// request at once; 10 s is Go's exporter-toolkit-style bound asked for in issue 16.
@@ -109,17 +111,16 @@ pub async fn limit_requests(
     }
 }
 
-/// Serve `app` on `listener` (TLS when `tls` is set) until `shutdown` resolves, then give
+/// Serve `app` on `listener` (TLS while `tls` holds a TLS configuration) until `shutdown` resolves, then give
 /// in-flight requests [`DRAIN`] to finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: LiveWebConfig,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
@@ -158,13 +159,9 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (app, acceptor, watcher, h1, h2) = (
-            app.clone(),
-            acceptor.clone(),
-            graceful.watcher(),
-            h1.clone(),
-            h2.clone(),
-        );
+        // The TLS configuration in force now: a reload applies from the next connection on.
+        let acceptor = tls.tls().map(tokio_rustls::TlsAcceptor::from);
+        let (app, watcher, h1, h2) = (app.clone(), graceful.watcher(), h1.clone(), h2.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let svc = TowerToHyperService::new(app);
@@ -249,7 +246,13 @@ mod tests {
         let limits = Limits {
             max_connections: 16,
         };
-        tokio::spawn(serve(l, app, None, limits, std::future::pending()));
+        tokio::spawn(serve(
+            l,
+            app,
+            LiveWebConfig::default(),
+            limits,
+            std::future::pending(),
+        ));
         let slow = tokio::spawn(reqwest::get(format!("http://{addr}/slow")));
         entered.notified().await;
         let status = |path: &'static str| async move {

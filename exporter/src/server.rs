@@ -23,6 +23,8 @@ pub struct AppState {
     pub state: SharedState,
     pub telemetry_path: String,
     pub libvirt_uri: String,
+    /// The forecast collector's inputs; `None` when it is off.
+    pub forecast: Option<Arc<parking_lot::Mutex<crate::forecast::report::HostView>>>,
 }
 
 /// `/api/v1/migrations` calls served at once: each may copy and encode up to [`MAX_LIMIT`]
@@ -35,6 +37,7 @@ pub fn router(app: AppState) -> Router {
 
 fn router_with(app: AppState, api_concurrency: usize) -> Router {
     let api = Arc::new(Semaphore::new(api_concurrency));
+    let forecast = app.forecast.clone();
     Router::new()
         .route("/", get(landing))
         .route(&app.telemetry_path.clone(), get(metrics))
@@ -49,6 +52,10 @@ fn router_with(app: AppState, api_concurrency: usize) -> Router {
                     axum::extract::rejection::QueryRejection,
                 >| migrations(state, query, api.clone()),
             ),
+        )
+        .route(
+            "/api/v1/forecast",
+            get(move |query| crate::forecast::api::forecast(forecast.clone(), query)),
         )
         .with_state(app)
 }
@@ -240,6 +247,10 @@ td:first-child{{text-align:left}}.converging,.completed{{color:#1a7f37}}\
         }
         h.push_str("</table>");
     }
+    if let Some(f) = &app.forecast {
+        let view = f.lock().clone();
+        h.push_str(&crate::forecast::api::landing_section(&view));
+    }
     let shown = snap.records.len().min(LANDING_RECORDS);
     let _ = write!(
         h,
@@ -285,6 +296,7 @@ mod tests {
                 state: crate::state::shared(),
                 telemetry_path: "/metrics".into(),
                 libvirt_uri: "test:///default".into(),
+                forecast: None,
             },
             api_concurrency,
         );

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::libvirt::jobs::DomainId;
 use crate::migration::tracker::{ActiveJob, FinishedMigration};
+use crate::record::DomainIdentity;
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -24,6 +26,8 @@ pub struct Snapshot {
     /// Monotonic time (`clock::mono_now`) of the last successful sample round: its age is
     /// what the stuck-sampler alert reads, and an NTP step must not move it.
     pub last_success_mono: Option<f64>,
+    /// The domains of the last successful listing, with Nova's identity where they have one.
+    pub identities: Vec<(DomainId, Option<DomainIdentity>)>,
     /// Migration jobs running now, as of the last round.
     pub active: Vec<ActiveJob>,
     /// Finished-migration records, oldest first (loaded from storage at start, bounded).

@@ -565,6 +565,7 @@ mod tests {
             network: None,
             peer: None,
             app: None,
+            identity: None,
         }
     }
 

@@ -146,6 +146,8 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRecord>, TraceError> {
 pub struct ReplaySource {
     records: Vec<TraceRecord>,
     now: Mutex<f64>,
+    /// Metadata elements by (domain UUID, namespace): traces hold none, tests add them.
+    metadata: Mutex<std::collections::BTreeMap<(String, String), String>>,
 }
 
 impl ReplaySource {
@@ -154,7 +156,26 @@ impl ReplaySource {
         ReplaySource {
             records,
             now: Mutex::new(start),
+            metadata: Default::default(),
         }
+    }
+
+    /// Answer `metadata(domain, ns)` with `xml` for these (UUID, namespace, xml) triples.
+    pub fn with_metadata(self, elements: &[(&str, &str, &str)]) -> Self {
+        for (uuid, ns, xml) in elements {
+            self.set_metadata(uuid, ns, Some(xml));
+        }
+        self
+    }
+
+    /// Set (or with `None` remove) a domain's element, as `virsh metadata` would.
+    pub fn set_metadata(&self, uuid: &str, ns: &str, xml: Option<&str>) {
+        let key = (uuid.to_string(), ns.to_string());
+        let mut m = self.metadata.lock();
+        match xml {
+            Some(x) => m.insert(key, x.to_string()),
+            None => m.remove(&key),
+        };
     }
 
     pub fn set_time(&self, t: f64) {
@@ -232,5 +253,12 @@ impl JobSource for ReplaySource {
                 _ => None,
             })
             .flatten())
+    }
+    fn metadata(&self, domain: &DomainId, uri: &str) -> Result<Option<String>, SourceError> {
+        Ok(self
+            .metadata
+            .lock()
+            .get(&(domain.uuid.clone(), uri.to_string()))
+            .cloned())
     }
 }

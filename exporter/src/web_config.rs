@@ -289,9 +289,90 @@ impl Users {
     }
 }
 
-/// Middleware: every route needs a valid user when users are configured.
-pub async fn require_basic_auth(State(users): State<Users>, req: Request, next: Next) -> Response {
-    if users.check(req.headers().get(header::AUTHORIZATION)).await {
+/// The TLS configuration and users in force: set at start, replaced whole on a reload (SIGHUP).
+/// A connection takes the TLS configuration current when it is accepted, a request the users
+/// current when it arrives; nothing already in flight changes.
+#[derive(Clone, Debug)]
+pub struct LiveWebConfig(Arc<parking_lot::RwLock<Current>>);
+
+/// A web config file, read and checked.
+#[derive(Debug, Default)]
+pub struct WebState {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub users: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Current {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    users: Users,
+}
+
+impl Default for LiveWebConfig {
+    fn default() -> Self {
+        Self::new(None, BTreeMap::new())
+    }
+}
+
+impl LiveWebConfig {
+    pub fn new(tls: Option<Arc<rustls::ServerConfig>>, users: BTreeMap<String, String>) -> Self {
+        LiveWebConfig(Arc::new(parking_lot::RwLock::new(Current {
+            tls,
+            users: Users::new(users),
+        })))
+    }
+
+    /// Read `path` (and the certificate and key it names) into a TLS configuration and users.
+    pub fn load(path: Option<&Path>) -> Result<Self, WebConfigError> {
+        let s = Self::read(path)?;
+        Ok(Self::new(s.tls, s.users))
+    }
+
+    /// Read and check `path` (and the certificate and key it names) without changing what is
+    /// in force; [`Self::put`] applies it.
+    pub fn read(path: Option<&Path>) -> Result<WebState, WebConfigError> {
+        match path {
+            None => Ok(WebState::default()),
+            Some(p) => {
+                let cfg = WebConfig::load(p)?;
+                Ok(WebState {
+                    tls: cfg.rustls(p)?,
+                    users: cfg.basic_auth_users,
+                })
+            }
+        }
+    }
+
+    pub fn put(&self, s: WebState) {
+        self.set(s.tls, s.users);
+    }
+
+    pub fn set(&self, tls: Option<Arc<rustls::ServerConfig>>, users: BTreeMap<String, String>) {
+        *self.0.write() = Current {
+            tls,
+            users: Users::new(users),
+        };
+    }
+
+    /// The TLS configuration for a new connection; `None`: plain HTTP.
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.0.read().tls.clone()
+    }
+
+    pub fn users(&self) -> Users {
+        self.0.read().users.clone()
+    }
+}
+
+/// Middleware: every route needs a valid user when users are configured (at the time the
+/// request arrives: a reload applies to the next request).
+pub async fn require_basic_auth(
+    State(live): State<LiveWebConfig>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let users = live.users();
+    if users.is_empty() || users.check(req.headers().get(header::AUTHORIZATION)).await {
         next.run(req).await
     } else {
         (

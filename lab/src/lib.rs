@@ -5,7 +5,10 @@
 //! library; `migration-lab` is its command line (with plots, reports and progress). Hosts,
 //! guests, the link and the Prometheus helpers come from the `testkit` crate.
 
+pub mod app_view;
+pub mod cost;
 pub mod delay;
+pub mod forecast_eval;
 pub mod plots;
 pub mod presets;
 pub mod report;

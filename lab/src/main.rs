@@ -45,16 +45,35 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         rtt_ms: u32,
     },
+    /// What the forecast's dirty-rate calculations cost: CPU of QEMU and libvirtd and the
+    /// guest's own write rate, without calculations and with them back to back (writes cost.md).
+    Cost {
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+        /// The guest's random-write rate, MiB/s.
+        #[arg(long, default_value_t = 100)]
+        dirty_mbps: u32,
+        /// Seconds of each window.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long)]
+        exporter: Option<PathBuf>,
+    },
+    /// Compare the forecasts of an earlier run with its outcomes (writes forecast.md).
+    Forecast {
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+    },
     /// Draw the plots of an earlier run again from its results.json.
     Plot {
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
     },
-    /// Run a preset (smoke, ci, paper, convergence) or your own scenarios (--scenario FILE): one
+    /// Run a preset (smoke, ci, paper, convergence, app) or your own scenarios (--scenario FILE): one
     /// migration at a time, the exporter watching each; writes results.md, results.csv,
     /// results.json and per-migration traces to --out.
     Run {
-        /// A named set: smoke, ci, paper or convergence (docs/lab.md).
+        /// A named set: smoke, ci, paper, convergence or app (docs/lab.md).
         #[arg(long, default_value = "smoke", conflicts_with = "scenario")]
         preset: String,
         /// YAML or JSON file with a list under `scenarios:` (fields and defaults: docs/lab.md).
@@ -103,11 +122,28 @@ fn main() -> ExitCode {
             Some(file) => migration_lab::scenario_file::load(&file),
             None => presets::by_name(&preset).ok_or_else(|| {
                 LabError::Setup(format!(
-                    "unknown --preset {preset}: use smoke, ci, paper or convergence, or --scenario FILE"
+                    "unknown --preset {preset}: use smoke, ci, paper, convergence or app, or --scenario FILE"
                 ))
             }),
         }
         .and_then(|scenarios| run(&cli.lab_dir, &scenarios, &out, exporter, &say)),
+        Cmd::Cost {
+            out,
+            dirty_mbps,
+            seconds,
+            exporter,
+        } => std::fs::create_dir_all(&out)
+            .map_err(|e| LabError::Setup(format!("--out {}: {e}", out.display())))
+            .and_then(|()| Lab::up(&cli.lab_dir, exporter.as_deref(), &say))
+            .and_then(|lab| {
+                migration_lab::cost::run(&lab, &out, dirty_mbps, std::time::Duration::from_secs(seconds))
+            })
+            .map(|(a, b)| {
+                let md = migration_lab::cost::markdown(dirty_mbps, &a, &b);
+                println!("{md}");
+                let _ = std::fs::write(out.join("cost.md"), md);
+            }),
+        Cmd::Forecast { out } => read_results(&out).map(|r| forecast_report(&r, &out)),
         Cmd::Plot { out } => std::fs::read_to_string(out.join("results.json"))
             .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
             .and_then(|t| {
@@ -126,6 +162,15 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn read_results(
+    out: &std::path::Path,
+) -> Result<Vec<migration_lab::scenario::RunResult>, LabError> {
+    let t = std::fs::read_to_string(out.join("results.json"))
+        .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))?;
+    serde_json::from_str(&t)
+        .map_err(|e| LabError::Setup(format!("{}/results.json: {e}", out.display())))
 }
 
 fn plot(results: &[migration_lab::scenario::RunResult], out: &std::path::Path) {
@@ -184,12 +229,25 @@ fn run(
     }
     drop(lab);
     println!("{}", report::markdown(&results));
+    forecast_report(&results, out);
     println!(
         "results: {0}/results.md, {0}/results.csv, {0}/results.json; traces: {0}/traces/",
         out.display()
     );
     plot(&results, out);
     Ok(())
+}
+
+/// The forecasts against the outcomes, printed and written to `forecast.md`.
+fn forecast_report(results: &[migration_lab::scenario::RunResult], out: &std::path::Path) {
+    let md = migration_lab::forecast_eval::markdown(results);
+    println!("{md}");
+    if let Err(e) = std::fs::write(out.join("forecast.md"), &md) {
+        eprintln!(
+            "migration-lab: {}/forecast.md not written: {e}",
+            out.display()
+        );
+    }
 }
 
 /// Hold the lab's network path up (no hosts) until stdin closes.

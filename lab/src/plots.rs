@@ -1,5 +1,6 @@
-//! PNG plots of a lab run: total time and downtime per scenario, and data remaining over time
-//! per migration (with the exporter's verdict changes marked).
+//! PNG plots of a lab run: total time (completed and aborted runs told apart) and downtime per
+//! scenario, data remaining over time per migration (verdict changes, the switch-over and the
+//! end marked), and for guests with a service, each probe's latency around the migration.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,18 @@ fn register_font() -> Result<(), String> {
 }
 
 fn bars(path: &Path, title: &str, unit: &str, rows: &[(String, f64)]) -> Result<(), String> {
+    let rows: Vec<(String, f64, RGBColor)> =
+        rows.iter().map(|(n, v)| (n.clone(), *v, BLUE)).collect();
+    colored_bars(path, title, unit, &rows)
+}
+
+/// Horizontal bars, each in its own colour.
+fn colored_bars(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    rows: &[(String, f64, RGBColor)],
+) -> Result<(), String> {
     let root = BitMapBackend::new(path, (1000, 120 + 34 * rows.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-9) * 1.15;
@@ -33,20 +46,30 @@ fn bars(path: &Path, title: &str, unit: &str, rows: &[(String, f64)]) -> Result<
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(330)
-        .build_cartesian_2d(0.0..max, 0..rows.len())
+        // Segments: each label sits at the middle of its bar.
+        .build_cartesian_2d(0.0..max, (0..rows.len()).into_segmented())
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .x_desc(unit)
         .y_labels(rows.len())
-        .y_label_formatter(&|i| rows.get(*i).map(|r| r.0.clone()).unwrap_or_default())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => rows.get(*i).map(|r| r.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| e.to_string())?;
     chart
-        .draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
-            let mut r = Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled());
+        .draw_series(rows.iter().enumerate().map(|(i, (_, v, c))| {
+            let mut r = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (*v, SegmentValue::Exact(i + 1)),
+                ],
+                c.mix(0.6).filled(),
+            );
             r.set_margin(5, 5, 0, 0);
             r
         }))
@@ -54,15 +77,55 @@ fn bars(path: &Path, title: &str, unit: &str, rows: &[(String, f64)]) -> Result<
     root.present().map_err(|e| e.to_string())
 }
 
+/// Colour of a run's outcome: completed blue, aborted (at the deadline) orange, failed red.
+fn outcome_color(outcome: &str) -> RGBColor {
+    match outcome {
+        "completed" => BLUE,
+        "aborted" => RGBColor(230, 130, 0),
+        _ => RED,
+    }
+}
+
+/// A labelled vertical line at `t` from `bottom` to `top` (any y axis: linear or log).
+#[allow(clippy::too_many_arguments)]
+fn mark<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    t: f64,
+    bottom: f64,
+    top: f64,
+    label_at: f64,
+    label: &str,
+    color: RGBColor,
+) -> Result<(), String> {
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(t, bottom), (t, top)],
+            color.stroke_width(1),
+        )))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(std::iter::once(Text::new(
+            label.to_string(),
+            (t, label_at),
+            ("sans-serif", 14).into_font().color(&color),
+        )))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
-    let pts: Vec<(f64, f64)> = r
+    // Only what the job showed while it ran: nothing after the migration's end (the exporter's
+    // last figures are not "still remaining" then).
+    let end = r.ended_s.unwrap_or(f64::INFINITY);
+    let mut pts: Vec<(f64, f64)> = r
         .observations
         .iter()
+        .filter(|o| o.t <= end)
         .filter_map(|o| o.data_remaining.map(|d| (o.t, d / 1048576.0)))
         .collect();
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let tmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let tmax = pts.iter().map(|p| p.0).chain(r.ended_s).fold(1.0, f64::max) * 1.04;
     let ymax = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let title = format!(
         "{}: data remaining ({}), verdicts {}",
@@ -84,12 +147,26 @@ fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
+    // A completed migration has nothing left at its end.
+    let done = match (r.outcome.as_str(), r.ended_s) {
+        ("completed", Some(e)) => Some((e, 0.0)),
+        _ => None,
+    };
+    if let (Some(d), Some(last)) = (done, pts.last().copied()) {
+        chart
+            .draw_series(LineSeries::new(vec![last, d], RED.mix(0.5).stroke_width(1)))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(std::iter::once(Circle::new(d, 4, RED.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    pts.dedup();
     chart
         .draw_series(LineSeries::new(pts, RED.stroke_width(2)))
         .map_err(|e| e.to_string())?;
     // Verdict changes as vertical marks.
     let mut last: Option<&str> = None;
-    for o in &r.observations {
+    for o in r.observations.iter().filter(|o| o.t <= end) {
         if let Some(v) = o.verdict.as_deref() {
             if last != Some(v) {
                 let color = match v {
@@ -97,23 +174,119 @@ fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
                     "not_converging" | "postcopy_failed" => RED,
                     _ => BLACK,
                 };
-                chart
-                    .draw_series(std::iter::once(PathElement::new(
-                        vec![(o.t, 0.0), (o.t, ymax)],
-                        color.stroke_width(1),
-                    )))
-                    .map_err(|e| e.to_string())?;
-                chart
-                    .draw_series(std::iter::once(Text::new(
-                        v.to_string(),
-                        (o.t, ymax * 0.95),
-                        ("sans-serif", 14).into_font().color(&color),
-                    )))
-                    .map_err(|e| e.to_string())?;
+                mark(&mut chart, o.t, 0.0, ymax, ymax * 0.95, v, color)?;
                 last = Some(v);
             }
         }
     }
+    if let Some(t) = r.switchover_s {
+        let what = if r
+            .observations
+            .iter()
+            .any(|o| o.phase.as_deref() == Some("postcopy"))
+        {
+            "post-copy"
+        } else {
+            "switch-over"
+        };
+        mark(&mut chart, t, 0.0, ymax, ymax * 0.85, what, MAGENTA)?;
+    }
+    if let Some(e) = r.ended_s {
+        mark(
+            &mut chart,
+            e,
+            0.0,
+            ymax,
+            ymax * 0.75,
+            &r.outcome,
+            outcome_color(&r.outcome),
+        )?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Each probe of the guest's service around the migration: latency of good answers, failures
+/// at the top; migration start, switch-over and end marked.
+fn app_latency(path: &Path, r: &RunResult) -> Result<(), String> {
+    let probes = &r.app_probes;
+    let t0 = probes.iter().map(|p| p.t).fold(0.0, f64::min);
+    let t1 = probes
+        .iter()
+        .map(|p| p.t + p.latency_s)
+        .chain(r.ended_s)
+        .fold(1.0, f64::max);
+    let top_ms = probes
+        .iter()
+        .map(|p| p.latency_s * 1e3)
+        .fold(10.0, f64::max)
+        * 2.0;
+    let failures = probes.iter().filter(|p| !p.good).count();
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let outage = r
+        .exporter_record
+        .as_ref()
+        .and_then(|x| x["app"][0]["outage_seconds"].as_f64());
+    let title = format!(
+        "{}: app probes ({} sent, {} failed; outage {}; libvirt downtime {})",
+        r.scenario.name,
+        probes.len(),
+        failures,
+        outage.map_or("-".into(), |o| format!("{:.0} ms", o * 1e3)),
+        r.libvirt_number("downtime")
+            .map_or("-".into(), |d| format!("{d:.0} ms")),
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(t0..t1, (0.3..top_ms).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since virsh migrate")
+        .y_desc("latency, ms (log)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(
+            probes
+                .iter()
+                .filter(|p| p.good)
+                .map(|p| Circle::new((p.t, (p.latency_s * 1e3).max(0.3)), 2, BLUE.filled())),
+        )
+        .map_err(|e| e.to_string())?
+        .label("answered")
+        .legend(|(x, y)| Circle::new((x + 8, y), 3, BLUE.filled()));
+    chart
+        .draw_series(
+            probes
+                .iter()
+                .filter(|p| !p.good)
+                .map(|p| Cross::new((p.t, top_ms * 0.8), 5, RED.stroke_width(2))),
+        )
+        .map_err(|e| e.to_string())?
+        .label("failed (sent at)")
+        .legend(|(x, y)| Cross::new((x + 8, y), 4, RED.stroke_width(2)));
+    let marks = [
+        Some((0.0, "migrate", BLACK)),
+        r.switchover_s.map(|t| (t, "switch-over", MAGENTA)),
+        r.ended_s.map(|t| (t, "end", outcome_color(&r.outcome))),
+    ];
+    // Labels at different heights: start and switch-over are often close together.
+    for (i, (t, label, color)) in marks.into_iter().flatten().enumerate() {
+        let at = top_ms * [0.5, 0.2, 0.5][i.min(2)];
+        mark(&mut chart, t, 0.3, top_ms, at, label, color)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
 }
 
@@ -123,17 +296,29 @@ pub fn write(out: &Path, results: &[RunResult]) -> Result<Vec<PathBuf>, String> 
     let dir = out.join("plots");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut files = Vec::new();
-    let total: Vec<(String, f64)> = results
+    let total: Vec<(String, f64, RGBColor)> = results
         .iter()
         .filter_map(|r| {
-            r.libvirt_number("time_elapsed")
+            let v = r
+                .libvirt_number("time_elapsed")
                 .map(|ms| ms / 1000.0)
                 .or_else(|| r.exporter_record.as_ref()?["duration_seconds"].as_f64())
-                .map(|v| (r.scenario.name.clone(), v))
+                .or(r.ended_s)?;
+            let name = match r.outcome.as_str() {
+                "completed" => r.scenario.name.clone(),
+                "aborted" => format!("{} (aborted at deadline)", r.scenario.name),
+                o => format!("{} ({o})", r.scenario.name),
+            };
+            Some((name, v, outcome_color(&r.outcome)))
         })
         .collect();
     let p = dir.join("total-time.png");
-    bars(&p, "Total migration time per scenario", "seconds", &total)?;
+    colored_bars(
+        &p,
+        "Total migration time (blue: completed, orange: aborted at the deadline, red: failed)",
+        "seconds",
+        &total,
+    )?;
     files.push(p);
     let down: Vec<(String, f64)> = results
         .iter()
@@ -154,6 +339,11 @@ pub fn write(out: &Path, results: &[RunResult]) -> Result<Vec<PathBuf>, String> 
         let p = dir.join(format!("remaining-{}.png", r.scenario.name));
         remaining(&p, r)?;
         files.push(p);
+        if !r.app_probes.is_empty() {
+            let p = dir.join(format!("app-{}.png", r.scenario.name));
+            app_latency(&p, r)?;
+            files.push(p);
+        }
     }
     Ok(files)
 }

@@ -171,8 +171,45 @@ pub fn convergence() -> Vec<Scenario> {
     out
 }
 
+/// The application's view of migrations (docs/lab.md, "Finding 2 with the application's view"):
+/// post-copy switched at once on a 30 MiB/s link, so the guest runs on the destination while
+/// most of its memory is still on the source, for the three write patterns at 0, 10 and 80 ms;
+/// and pre-copy of an idle and a lightly loaded guest at the same paths. Every guest serves HTTP
+/// on the provider network and the exporter probes it every 20 ms through the migration.
+pub fn app() -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for rtt in [None, Some(RTT_METRO_MS), Some(RTT_TRANSATLANTIC_MS)] {
+        let path = rtt
+            .map(|r| format!("rtt{r}"))
+            .unwrap_or_else(|| "rtt0".into());
+        for pattern in [Pattern::Seq, Pattern::Random, Pattern::Hot] {
+            let mut s = Scenario::stressed(
+                &format!("app-post-early-150mbps-{}-cap30-{path}", pattern.as_str()),
+                150,
+                pattern,
+                30,
+            );
+            s.mode = Mode::Postcopy;
+            s.postcopy_after = Some(Duration::ZERO);
+            s.rtt_ms = rtt;
+            s.deadline = Duration::from_secs(120);
+            s.guest.app_port = Some(CI_APP_PORT);
+            out.push(s);
+        }
+        let mut idle = Scenario::idle(&format!("app-pre-idle-{path}"));
+        idle.rtt_ms = rtt;
+        idle.guest.app_port = Some(CI_APP_PORT);
+        out.push(idle);
+    }
+    let mut loaded = Scenario::stressed("app-pre-10mbps-seq-cap30-rtt0", 10, Pattern::Seq, 30);
+    loaded.guest.app_port = Some(CI_APP_PORT);
+    out.push(loaded);
+    out
+}
+
 pub fn by_name(name: &str) -> Option<Vec<Scenario>> {
     match name {
+        "app" => Some(app()),
         "smoke" => Some(smoke()),
         "ci" => Some(ci()),
         "paper" => Some(paper()),

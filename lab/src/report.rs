@@ -9,6 +9,7 @@ fn cells(r: &RunResult) -> Vec<String> {
     let s = &r.scenario;
     let rec = r.exporter_record.as_ref();
     let num = |k: &str| rec.and_then(|v| v[k].as_f64());
+    let app = rec.and_then(|v| v["app"].get(0));
     vec![
         s.name.clone(),
         match s.mode {
@@ -50,10 +51,22 @@ fn cells(r: &RunResult) -> Vec<String> {
         rec.and_then(|v| v["peer"]["rtt_median_seconds"].as_f64())
             .map(|s| format!("{:.2}", s * 1000.0))
             .unwrap_or_default(),
+        r.libvirt_number("memory_postcopy_requests")
+            .or_else(|| num("postcopy_requests"))
+            .map(|n| format!("{n:.0}"))
+            .unwrap_or_default(),
+        // What the guest's service showed (app guests): the longest outage, and the p99 latency
+        // from the switch-over (or the switch to post-copy) to the end.
+        app.and_then(|a| a["outage_seconds"].as_f64())
+            .map(|s| format!("{:.0}", s * 1000.0))
+            .unwrap_or_default(),
+        app.and_then(|a| a["latency_after_switchover"]["p99_seconds"].as_f64())
+            .map(|s| format!("{:.1}", s * 1000.0))
+            .unwrap_or_default(),
     ]
 }
 
-const HEAD: [&str; 15] = [
+const HEAD: [&str; 18] = [
     "scenario",
     "mode",
     "dirty MiB/s",
@@ -69,6 +82,9 @@ const HEAD: [&str; 15] = [
     "exporter verdicts",
     "guest memory after",
     "exporter peer RTT ms",
+    "post-copy page requests",
+    "app outage ms",
+    "app p99 after switch ms",
 ];
 
 pub fn markdown(results: &[RunResult]) -> String {

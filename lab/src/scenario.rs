@@ -117,12 +117,26 @@ pub struct RunResult {
     /// Average RTT `ping` measured over the migration's path just before it (delayed path only).
     #[serde(default)]
     pub ping_rtt_ms: Option<f64>,
+    /// The exporter's forecast for this domain just before the migration started
+    /// (`/api/v1/forecast?peer=dst&bandwidth=<the scenario's cap>`), with dirty-rate
+    /// calculations on the source's read-write URI.
+    #[serde(default)]
+    pub forecast: Option<serde_json::Value>,
     /// The guest's HTTP service before the migration (on the source) ...
     #[serde(default)]
     pub app_before: Option<guest::AppReply>,
     /// ... and after it, where the guest then runs.
     #[serde(default)]
     pub app_after: Option<guest::AppReply>,
+    /// Seconds from `virsh migrate` to its return (the migration's end, as the lab saw it).
+    #[serde(default)]
+    pub ended_s: Option<f64>,
+    /// Seconds from `virsh migrate` to the source pausing the guest (switch-over or post-copy).
+    #[serde(default)]
+    pub switchover_s: Option<f64>,
+    /// Every probe the exporter made of the guest's service (app guests only).
+    #[serde(default)]
+    pub app_probes: Vec<crate::app_view::AppProbe>,
 }
 
 impl RunResult {
@@ -233,12 +247,16 @@ impl Lab {
         };
         let serial = self.src.dir().join(format!("log/qemu/{name}.serial"));
         guest::wait_running(&serial, Duration::from_secs(90))?;
-        // The guest's HTTP service, when it has one, answers on the source before migrating.
-        let app_before = match s.guest.app_port {
-            Some(port) => Some(guest::app_wait(
-                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_secs(60),
-            )?),
+        // The guest's HTTP service, when it has one, answers on the source before migrating, at
+        // the provider-network address it keeps wherever it runs.
+        let app_addr: Option<std::net::SocketAddr> = s.guest.app_port.map(|_| {
+            std::net::SocketAddr::new(
+                std::net::IpAddr::from(crate::net::PROVIDER_GUEST_IP),
+                guest::APP_GUEST_PORT,
+            )
+        });
+        let app_before = match app_addr {
+            Some(a) => Some(guest::app_wait(a, Duration::from_secs(60))?),
             None => None,
         };
 
@@ -247,11 +265,11 @@ impl Lab {
         let storage = out.join("records").join(name);
         let _ = std::fs::remove_dir_all(&storage);
         // A guest with an HTTP service: the exporter probes it (the app collector).
-        let config = match s.guest.app_port {
-            Some(port) => {
+        let config = match app_addr {
+            Some(addr) => {
                 let path = out.join("records").join(format!("{name}.config.yml"));
                 let yaml = format!(
-                    "app:\n  targets:\n    - domain: {name}\n      name: http\n      http: {{url: \"http://127.0.0.1:{port}/\"}}\n"
+                    "app:\n  targets:\n    - domain: {name}\n      name: http\n      http: {{url: \"http://{addr}/\"}}\n"
                 );
                 std::fs::create_dir_all(out.join("records"))
                     .and_then(|()| std::fs::write(&path, yaml))
@@ -260,13 +278,25 @@ impl Lab {
             }
             None => None,
         };
-        let exporter = Exporter::start(
+        // The forecast: one dirty-rate calculation per guest (the interval outlasts the run, so
+        // none runs during the migration), the migration's path as a configured peer.
+        let forecast_flags: Vec<String> = vec![
+            "--forecast.enable".into(),
+            "--forecast.libvirt.uri".into(),
+            self.src.uri().into(),
+            "--forecast.interval".into(),
+            "1h".into(),
+            "--probe.peer".into(),
+            format!("dst={dest_addr}"),
+        ];
+        let exporter = Exporter::start_with(
             &self.exporter_bin,
             self.src.uri(),
             &storage,
             &trace,
             self.exporter_listen,
             config.as_deref(),
+            &forecast_flags,
         )?;
         eprintln!(
             "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",
@@ -276,6 +306,7 @@ impl Lab {
         while exporter.get("/-/ready").is_none() && Instant::now() < ready_by {
             std::thread::sleep(Duration::from_millis(100));
         }
+        let forecast = crate::forecast_eval::record(&exporter, s, name);
         let events = EventWatch::start(self.src.uri())?;
 
         let mut args: Vec<String> = vec![
@@ -289,6 +320,11 @@ impl Lab {
         }
         if s.mode == Mode::Postcopy {
             args.push("--postcopy".into());
+            // The cap holds after the switch too: QEMU's post-copy phase is uncapped otherwise,
+            // and a capped run would finish its post-copy in a blink.
+            if let Some(b) = s.bandwidth_mibs {
+                args.extend(["--postcopy-bandwidth".into(), b.to_string()]);
+            }
         }
         if s.auto_converge {
             args.push("--auto-converge".into());
@@ -299,6 +335,7 @@ impl Lab {
             format!("tcp://{dest_addr}"),
         ]);
         let started = Instant::now();
+        let started_unix = unix_now();
         let mut child = Command::new("virsh")
             .args(&args)
             .stdout(Stdio::piped())
@@ -307,6 +344,7 @@ impl Lab {
             .map_err(|e| LabError::Migration(format!("virsh migrate: {e}")))?;
 
         let (mut switched, mut raised, mut restarted, mut aborted) = (false, false, false, false);
+        let mut ended_s: Option<f64> = None;
         let mut observations = Vec::new();
         let status = loop {
             if let Some(st) = child
@@ -348,8 +386,17 @@ impl Lab {
             if !aborted && el >= s.deadline {
                 aborted = self.src.virsh(&["domjobabort", name]).is_ok();
             }
-            std::thread::sleep(Duration::from_millis(500));
+            // Half a second to the next observation, watching for virsh's return meanwhile:
+            // the migration's end is then known to 20 ms.
+            let next = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < next && ended_s.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+                if child.try_wait().ok().flatten().is_some() {
+                    ended_s = Some(started.elapsed().as_secs_f64());
+                }
+            }
         };
+        let ended_s = ended_s.unwrap_or_else(|| started.elapsed().as_secs_f64());
         let output = child
             .wait_with_output()
             .map_err(|e| LabError::Migration(e.to_string()))?;
@@ -399,21 +446,19 @@ impl Lab {
         };
         let integrity = guest::integrity_after(&serial, lines_at_end, INTEGRITY_WAIT);
         let guest_status = guest::last_status(&serial);
-        // ... and afterwards wherever the guest runs: the destination's namespace after a
-        // completed migration (the same port, forwarded by the destination's QEMU).
-        let app_after = s.guest.app_port.and_then(|port| {
-            let host: std::net::IpAddr = if outcome == "completed" {
-                crate::net::DEST_ADDR.parse().ok()?
-            } else {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            };
-            guest::app_wait(
-                std::net::SocketAddr::new(host, port),
-                Duration::from_secs(30),
-            )
-            .ok()
-        });
+        // ... and afterwards wherever the guest runs, at the same address.
+        let app_after = app_addr.and_then(|a| guest::app_wait(a, Duration::from_secs(30)).ok());
         drop(cleanup);
+        let switchover_s = std::fs::read_to_string(&trace)
+            .ok()
+            .and_then(|t| crate::app_view::switchover_from_trace(&t))
+            .map(|t| t - started_unix);
+        let app_probes = match app_addr {
+            Some(_) => std::fs::read_to_string(trace.with_extension("log"))
+                .map(|l| crate::app_view::probes_from_log(&l, started_unix))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         Ok(RunResult {
             scenario: s.clone(),
             outcome: outcome.to_string(),
@@ -427,8 +472,18 @@ impl Lab {
             guest_status,
             integrity: Some(integrity.as_str()),
             ping_rtt_ms,
+            forecast,
             app_before,
             app_after,
+            ended_s: Some(ended_s),
+            switchover_s,
+            app_probes,
         })
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -9,7 +9,7 @@
 //! | `guest.pattern` | `seq` (`seq`, `random`, `hot`) |
 //! | `guest.hot_mb` | 32 (the hot set of `pattern: hot`) |
 //! | `mode` | `precopy` (`precopy`, `postcopy`) |
-//! | `bandwidth_mibs` | none: QEMU's cap, `virsh migrate --bandwidth` (MiB/s) |
+//! | `bandwidth_mibs` | none: QEMU's cap, `virsh migrate --bandwidth` (MiB/s; post-copy runs also `--postcopy-bandwidth`) |
 //! | `link_mbit` | none: a token-bucket cap on the link (Mbit/s) |
 //! | `rtt_ms` | none: added round-trip time over the lab's delay link |
 //! | `auto_converge` | false |

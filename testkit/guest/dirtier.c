@@ -164,8 +164,12 @@ static int net_up(void) {
         struct timespec ts = {0, 50000000};
         nanosleep(&ts, NULL);
     }
-    if (rc == 0) rc = set_addr(s, SIOCSIFADDR, "eth0", GUEST_ADDR, "SIOCSIFADDR");
-    if (rc == 0) rc = set_addr(s, SIOCSIFNETMASK, "eth0", GUEST_MASK, "SIOCSIFNETMASK");
+    /* app_addr/app_mask/app_gw on the kernel command line: a bridged provider network. */
+    const char *addr = getenv("app_addr") ? getenv("app_addr") : GUEST_ADDR;
+    const char *netmask = getenv("app_mask") ? getenv("app_mask") : GUEST_MASK;
+    const char *gateway = getenv("app_gw") ? getenv("app_gw") : GUEST_GW;
+    if (rc == 0) rc = set_addr(s, SIOCSIFADDR, "eth0", addr, "SIOCSIFADDR");
+    if (rc == 0) rc = set_addr(s, SIOCSIFNETMASK, "eth0", netmask, "SIOCSIFNETMASK");
     if (rc == 0) rc = link_up(s, "eth0");
     if (rc == 0) {
         /* Only replies to forwarded connections need no route; a default route is a courtesy. */
@@ -175,10 +179,10 @@ static int net_up(void) {
         struct sockaddr_in *gw = (struct sockaddr_in *)&rt.rt_gateway;
         struct sockaddr_in *mask = (struct sockaddr_in *)&rt.rt_genmask;
         dst->sin_family = gw->sin_family = mask->sin_family = AF_INET;
-        inet_pton(AF_INET, GUEST_GW, &gw->sin_addr);
+        inet_pton(AF_INET, gateway, &gw->sin_addr);
         rt.rt_flags = RTF_UP | RTF_GATEWAY;
         if (ioctl(s, SIOCADDRT, &rt) != 0)
-            printf("app: warning: default route via %s: %s\n", GUEST_GW, strerror(errno));
+            printf("app: warning: default route via %s: %s\n", gateway, strerror(errno));
     }
     close(s);
     return rc;

@@ -1,6 +1,6 @@
 //! vm-migration-exporter as a child process of the lab, scraped while migrations run.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,17 +58,24 @@ impl Exporter {
         listen: Option<SocketAddr>,
         config: Option<&Path>,
     ) -> Result<Exporter, LabError> {
+        Self::start_with(bin, uri, storage, trace, listen, config, &[])
+    }
+
+    /// [`Exporter::start`] with `extra` flags (e.g. the forecast's).
+    pub fn start_with(
+        bin: &Path,
+        uri: &str,
+        storage: &Path,
+        trace: &Path,
+        listen: Option<SocketAddr>,
+        config: Option<&Path>,
+        extra: &[String],
+    ) -> Result<Exporter, LabError> {
         let listen = listen
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:0".into());
         let mut child = Command::new(bin)
             .args(["--web.listen-address", &listen, "--libvirt.uri", uri])
-            // VME_EXPORTER_LOG_LEVEL=debug: more to read when a lab test fails.
-            .args(
-                std::env::var("VME_EXPORTER_LOG_LEVEL")
-                    .map(|l| vec!["--log.level".to_string(), l])
-                    .unwrap_or_default(),
-            )
             .args(["--sample.interval", "500ms", "--sample.idle-interval", "2s"])
             // Probe each migration's peer four times a second: short ci migrations still get
             // several RTT samples into their records.
@@ -78,6 +85,17 @@ impl Exporter {
             .arg("--trace.path")
             .arg(trace)
             .args(config.iter().flat_map(|c| [Path::new("--config.file"), c]))
+            // Debug level logs every probe of a guest's service (the lab plots them) when there
+            // is a config (the lab gives one only for app guests); VME_EXPORTER_LOG_LEVEL=debug
+            // wins (more to read when a lab test fails).
+            .args([
+                "--log.level".to_string(),
+                std::env::var("VME_EXPORTER_LOG_LEVEL").unwrap_or_else(|_| {
+                    if config.is_some() { "debug" } else { "info" }.to_string()
+                }),
+            ])
+            .args(["--log.format", "logfmt"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -86,6 +104,10 @@ impl Exporter {
             .stderr
             .take()
             .ok_or_else(|| LabError::Exporter("no stderr".into()))?;
+        // Its log goes next to the trace, for looking into a run afterwards.
+        let log_path = trace.with_extension("log");
+        let mut log_file = std::fs::File::create(&log_path)
+            .map_err(|e| LabError::Exporter(format!("{}: {e}", log_path.display())))?;
         let (tx, rx) = mpsc::channel();
         let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let kept = log.clone();
@@ -97,6 +119,7 @@ impl Exporter {
                     }
                     k.push_back(line.clone());
                 }
+                let _ = writeln!(log_file, "{line}");
                 if line.contains("message=listening") {
                     let addr = line
                         .split_whitespace()

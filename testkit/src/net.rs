@@ -9,6 +9,18 @@ use crate::LabError;
 pub const SOURCE_ADDR: &str = "10.77.0.1";
 pub const DEST_ADDR: &str = "10.77.0.2";
 
+/// The guests' provider network: a bridge of this name in each host's namespace, joined by a
+/// veth pair, so a guest keeps its address wherever it runs (as on a real provider network).
+pub const PROVIDER_BRIDGE: &str = "vmlabbr0";
+/// The root namespace's (the source host's, and the exporter's) address on it.
+pub const PROVIDER_HOST_ADDR: &str = "10.79.0.1";
+/// The app guest's address on it.
+pub const PROVIDER_GUEST_ADDR: &str = "10.79.0.10";
+/// The same, as octets.
+pub const PROVIDER_GUEST_IP: [u8; 4] = [10, 79, 0, 10];
+/// The veth pair joining the two bridges (source side, destination side).
+const PROVIDER_VETH: (&str, &str) = ("vmlabps0", "vmlabpd0");
+
 /// A network namespace and the veth pair into it; removed on drop.
 #[derive(Debug)]
 pub struct Link {
@@ -65,6 +77,40 @@ impl Link {
         ])?;
         ip(&["-n", netns, "link", "set", "vmlabd0", "up"])?;
         ip(&["-n", netns, "link", "set", "lo", "up"])?;
+        // The provider network: a bridge on each side, the veth pair between them.
+        let (ps, pd) = PROVIDER_VETH;
+        ip(&["link", "add", PROVIDER_BRIDGE, "type", "bridge"])?;
+        ip(&[
+            "-n",
+            netns,
+            "link",
+            "add",
+            PROVIDER_BRIDGE,
+            "type",
+            "bridge",
+        ])?;
+        ip(&["link", "add", ps, "type", "veth", "peer", "name", pd])?;
+        ip(&["link", "set", pd, "netns", netns])?;
+        ip(&["link", "set", ps, "master", PROVIDER_BRIDGE])?;
+        ip(&["-n", netns, "link", "set", pd, "master", PROVIDER_BRIDGE])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{PROVIDER_HOST_ADDR}/24"),
+            "dev",
+            PROVIDER_BRIDGE,
+        ])?;
+        for dev in [ps, PROVIDER_BRIDGE] {
+            ip(&["link", "set", dev, "up"])?;
+            ip(&[
+                "-n",
+                netns,
+                "link",
+                "set",
+                if dev == ps { pd } else { dev },
+                "up",
+            ])?;
+        }
         Ok(link)
     }
 
@@ -105,10 +151,12 @@ pub fn remove(netns: &str, source_dev: &str) {
         .args(["netns", "del", netns])
         .stderr(Stdio::null())
         .status();
-    let _ = Command::new("ip")
-        .args(["link", "del", source_dev])
-        .stderr(Stdio::null())
-        .status();
+    for dev in [source_dev, PROVIDER_VETH.0, PROVIDER_BRIDGE] {
+        let _ = Command::new("ip")
+            .args(["link", "del", dev])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Drop for Link {

@@ -24,7 +24,9 @@ fn fill(expr: &str) -> String {
     expr.replace("$__rate_interval", "15s")
         .replace("$__range", "5m")
         .replace("$host", ".*")
-        .replace("$domain", ".*")
+        .replace("$uuid", ".*")
+        .replace("$cluster", ".*")
+        .replace("$job", ".*")
 }
 
 fn series(result: &[serde_json::Value]) -> Vec<(String, Vec<(f64, f64)>)> {

@@ -145,6 +145,31 @@ fn idle_precopy_converges_and_the_exporter_matches_libvirt() {
         after.uptime_s > before.uptime_s,
         "{before:?} then {after:?}"
     );
+    // The exporter probed that service every 20 ms through the migration, at the address the
+    // guest kept: the record carries libvirt's downtime and the outage the service showed, which
+    // is at least the downtime less one fast probe interval and lies inside the migration.
+    let rec = r.exporter_record.as_ref().expect("record");
+    let app = &rec["app"][0];
+    assert_eq!(app["target"], "http", "{rec}");
+    let downtime = rec["downtime_seconds"].as_f64().expect("downtime");
+    let outage = app["outage_seconds"].as_f64().expect("outage");
+    assert!(
+        outage >= downtime - 0.02,
+        "outage {outage} s, downtime {downtime} s: {app}"
+    );
+    let began = app["outage_started_at"].as_f64().expect("outage start");
+    let (start, end) = (
+        rec["started_at"].as_f64().expect("start"),
+        rec["finished_at"].as_f64().expect("end"),
+    );
+    assert!(
+        began >= start && began + outage <= end + 1.0,
+        "outage {began}+{outage} outside the migration {start}..{end}: {app}"
+    );
+    assert!(
+        app["latency_during"]["probes"].as_u64().unwrap_or(0) > 10,
+        "{app}"
+    );
     assert!(
         !r.verdicts_seen().iter().any(|v| v == "not_converging"),
         "{:?}",
@@ -155,6 +180,10 @@ fn idle_precopy_converges_and_the_exporter_matches_libvirt() {
 #[test]
 fn loaded_precopy_converges_without_a_false_alarm() {
     let r = run(&ci("ci-loaded-precopy"));
+    assert!(
+        !r.exporter_metrics.contains("vm_migration_app_"),
+        "a guest without targets has no app series"
+    );
     assert_eq!(r.outcome, "completed", "{}", r.virsh_output);
     assert_matches_libvirt(&r);
     let after_pass_2: Vec<_> = r

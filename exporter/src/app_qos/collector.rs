@@ -36,8 +36,31 @@ pub struct HostView {
     pub jobs: Vec<(DomainId, f64, bool)>,
 }
 
-/// The sampler publishes, the app collector reads.
-pub type SharedHostView = Arc<Mutex<HostView>>;
+/// The sampler publishes, the app collector reads; a change wakes the collector at once (a
+/// switch-over may last only tens of milliseconds).
+#[derive(Debug, Default)]
+pub struct HostViewCell {
+    view: Mutex<HostView>,
+    changed: tokio::sync::Notify,
+}
+
+impl HostViewCell {
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, HostView> {
+        self.view.lock()
+    }
+
+    /// Replace the view; wakes the collector when it differs.
+    pub fn publish(&self, view: HostView) {
+        let mut v = self.view.lock();
+        if *v != view {
+            *v = view;
+            drop(v);
+            self.changed.notify_one();
+        }
+    }
+}
+
+pub type SharedHostView = Arc<HostViewCell>;
 
 /// Probe duration buckets: 1 ms .. ~16 s.
 pub fn duration_buckets() -> impl Iterator<Item = f64> {
@@ -73,10 +96,16 @@ pub struct AppStats {
 
 pub type SharedAppStats = Arc<Mutex<AppStats>>;
 
+/// A target whose domain left is dropped at the latest this long after twice the settle period,
+/// even if the migration's record never came (libvirt lost the event, the holdback gave up).
+const LEFT_MAX_EXTRA_S: f64 = 30.0;
+
 struct Probing {
     target: Target,
     track: Arc<Mutex<TargetTrack>>,
     cancel: CancellationToken,
+    /// Cuts the probe loop's wait short: its domain's migration started or switched over.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 pub struct AppCollector {
@@ -182,6 +211,8 @@ async fn supervise(c: AppCollector) {
     let mut probing: BTreeMap<(String, String), Probing> = BTreeMap::new();
     // Domains (uuid) migrating at the last look.
     let mut running: BTreeSet<String> = BTreeSet::new();
+    // Of those, the ones whose guest was paused (switch-over or post-copy).
+    let mut paused_seen: BTreeSet<String> = BTreeSet::new();
     // Targets whose domain is no longer listed here, since when: they are probed through the
     // settle period (the migration's record wants the "after" window), then dropped.
     let mut left: BTreeMap<(String, String), f64> = BTreeMap::new();
@@ -193,6 +224,7 @@ async fn supervise(c: AppCollector) {
         tokio::select! {
             _ = c.cancel.cancelled() => break,
             _ = tick.tick() => {}
+            _ = c.host.changed.notified() => {}
         }
         let now = unix_now();
         let view = c.host.lock().clone();
@@ -206,13 +238,6 @@ async fn supervise(c: AppCollector) {
                 targets.push(t);
             }
         }
-        let watched: BTreeSet<String> = targets
-            .iter()
-            .filter_map(|t| domain_of(t, &view.domains))
-            .map(|d| d.uuid.clone())
-            .collect();
-        c.holdback.set_watched(watched);
-
         // Start probing targets whose domain is here; stop those whose domain left.
         let mut here = BTreeSet::new();
         for t in &targets {
@@ -231,6 +256,7 @@ async fn supervise(c: AppCollector) {
                 target: t.clone(),
                 track: Arc::new(Mutex::new(TargetTrack::default())),
                 cancel: c.cancel.child_token(),
+                wake: Arc::new(tokio::sync::Notify::new()),
             };
             c.stats.lock().targets.insert(
                 key.clone(),
@@ -258,6 +284,7 @@ async fn supervise(c: AppCollector) {
                     ended: Arc::new(Mutex::new(None)),
                 },
                 p.cancel.clone(),
+                p.wake.clone(),
             ));
             probing.insert(key, p);
         }
@@ -267,9 +294,18 @@ async fn supervise(c: AppCollector) {
         for k in probing.keys().filter(|k| !here.contains(*k)) {
             left.entry(k.clone()).or_insert(mono);
         }
+        // A target whose domain left is kept until its migration's record took what it saw
+        // (the record waits `settle` after libvirt's completion, which may come later than the
+        // domain left), and at most a bounded time.
         let gone: Vec<_> = left
             .iter()
-            .filter(|(_, since)| mono - **since > settle + 1.0)
+            .filter(|(k, since)| {
+                let waited = mono - **since;
+                let record_taken = probing
+                    .get(*k)
+                    .is_none_or(|p| !p.track.lock().in_migration());
+                (waited > settle + 1.0 && record_taken) || waited > 2.0 * settle + LEFT_MAX_EXTRA_S
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
@@ -280,6 +316,11 @@ async fn supervise(c: AppCollector) {
             c.rounds.leave(&k);
             c.stats.lock().targets.remove(&k);
         }
+
+        // Records of the domains probed here wait for what their application saw, also after
+        // the domain left (its probes go on through the settle period).
+        c.holdback
+            .set_watched(probing.keys().map(|(uuid, _)| uuid.clone()).collect());
 
         // Migration starts, switch-overs and ends, for every probed target of the domain.
         let jobs: BTreeMap<&str, (f64, bool)> = view
@@ -293,9 +334,13 @@ async fn supervise(c: AppCollector) {
                 Some((start, paused)) => {
                     if !running.contains(uuid) && !track.in_migration() {
                         track.migration_started(*start);
+                        // Probe at the fast rate now, not after the slow interval's wait.
+                        p.wake.notify_one();
                     }
-                    if *paused {
+                    if *paused && !paused_seen.contains(uuid) {
                         track.switchover(now);
+                        // A probe now sees the pause, however short.
+                        p.wake.notify_one();
                     }
                 }
                 None if running.contains(uuid) => track.migration_ended(now),
@@ -303,6 +348,11 @@ async fn supervise(c: AppCollector) {
             }
         }
         running = jobs.keys().map(|u| u.to_string()).collect();
+        paused_seen = jobs
+            .iter()
+            .filter(|(_, (_, paused))| *paused)
+            .map(|(u, _)| u.to_string())
+            .collect();
 
         // Held records whose settle period is over: add what the application saw.
         // The holdback waits on the monotonic clock (the sampler's too): an NTP step neither
@@ -376,6 +426,7 @@ async fn probe_loop(
     rounds: TaskRounds<(String, String)>,
     rates: Rates,
     cancel: CancellationToken,
+    wake: Arc<tokio::sync::Notify>,
 ) {
     loop {
         // The settle window after a migration is waited out on the monotonic clock.
@@ -390,6 +441,14 @@ async fn probe_loop(
             r = probe(&client, &target.check, timeout, unix_now) => r,
         };
         rounds.end(&key, true);
+        tracing::debug!(
+            domain = %key.0,
+            target = %key.1,
+            sent = result.sent,
+            latency_ms = result.latency() * 1e3,
+            result = outcome.as_str(),
+            "app probe"
+        );
         let secs = interval.as_secs_f64();
         let current = {
             let mut t = track.lock();
@@ -407,6 +466,177 @@ async fn probe_loop(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
+            _ = wake.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::Statuses;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loopback HTTP server that counts the requests it answered.
+    async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let n = Arc::new(AtomicUsize::new(0));
+        let count = n.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        });
+        (addr, n)
+    }
+
+    async fn wait_for(mut what: impl FnMut() -> bool) -> bool {
+        for _ in 0..2000 {
+            if what() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    /// One `http` target of domain `web` on `addr`.
+    fn web_target(addr: std::net::SocketAddr) -> Vec<Target> {
+        vec![Target {
+            domain: "web".into(),
+            name: "http".into(),
+            check: crate::app_qos::targets::Check::Http {
+                url: reqwest::Url::parse(&format!("http://{addr}/")).expect("url"),
+                expect_status: None,
+            },
+        }]
+    }
+
+    /// With an hour between baseline probes, only the wake-ups can make the probes that follow
+    /// the first one: the migration's start and its switch-over each get a probe at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_migration_start_and_a_switch_over_are_probed_at_once() {
+        let (addr, served) = counting_server().await;
+        let dom = DomainId {
+            name: "web".into(),
+            uuid: "00000000-0000-0000-0000-000000000001".into(),
+        };
+        let settings = AppSettings {
+            interval: Duration::from_secs(3600),
+            // Slower than the test waits: a probe it sees came from a wake-up, not the rate.
+            migration_interval: Duration::from_secs(600),
+            targets: web_target(addr),
+            ..AppSettings::default()
+        };
+        let host = SharedHostView::default();
+        let cancel = CancellationToken::new();
+        let c = AppCollector::new(
+            settings,
+            host.clone(),
+            Holdback::new(10.0),
+            TaskRounds::new(Statuses::default(), Name::App),
+            cancel.clone(),
+        );
+        Box::new(c).start();
+        host.publish(HostView {
+            domains: vec![dom.clone()],
+            ..HostView::default()
+        });
+        assert!(wait_for(|| served.load(Ordering::SeqCst) == 1).await);
+        host.publish(HostView {
+            domains: vec![dom.clone()],
+            jobs: vec![(dom.clone(), unix_now(), false)],
+            ..HostView::default()
+        });
+        assert!(
+            wait_for(|| served.load(Ordering::SeqCst) == 2).await,
+            "the migration's start was not probed at once"
+        );
+        host.publish(HostView {
+            domains: vec![dom.clone()],
+            jobs: vec![(dom.clone(), unix_now(), true)],
+            ..HostView::default()
+        });
+        assert!(
+            wait_for(|| served.load(Ordering::SeqCst) == 3).await,
+            "the switch-over was not probed at once"
+        );
+        cancel.cancel();
+    }
+
+    /// A domain that migrated away leaves this host before libvirt reports the migration
+    /// complete: its record still waits for, and gets, what the application saw.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_record_of_a_domain_that_left_gets_its_app_view() {
+        let (addr, served) = counting_server().await;
+        let uuid = "00000000-0000-0000-0000-000000000002";
+        let dom = DomainId {
+            name: "web".into(),
+            uuid: uuid.into(),
+        };
+        let settings = AppSettings {
+            interval: Duration::from_secs(3600),
+            migration_interval: Duration::from_millis(20),
+            settle: Duration::from_millis(300),
+            targets: web_target(addr),
+            ..AppSettings::default()
+        };
+        let host = SharedHostView::default();
+        let holdback = Holdback::new(0.3);
+        let cancel = CancellationToken::new();
+        Box::new(AppCollector::new(
+            settings,
+            host.clone(),
+            holdback.clone(),
+            TaskRounds::new(Statuses::default(), Name::App),
+            cancel.clone(),
+        ))
+        .start();
+        host.publish(HostView {
+            domains: vec![dom.clone()],
+            jobs: vec![(dom.clone(), unix_now(), false)],
+            ..HostView::default()
+        });
+        assert!(wait_for(|| served.load(Ordering::SeqCst) >= 3).await);
+        // Gone from the listing, job and all; libvirt's completion comes after.
+        host.publish(HostView::default());
+        let before = served.load(Ordering::SeqCst);
+        assert!(wait_for(|| served.load(Ordering::SeqCst) > before).await);
+        assert!(
+            holdback
+                .hold(
+                    super::super::holdback::tests::finished(uuid),
+                    crate::clock::mono_now()
+                )
+                .is_none(),
+            "the record of a probed domain that left is held"
+        );
+        let mut ready = Vec::new();
+        assert!(
+            wait_for(|| {
+                ready.extend(holdback.take_ready(crate::clock::mono_now(), false));
+                !ready.is_empty()
+            })
+            .await
+        );
+        let app = ready[0]
+            .app
+            .as_ref()
+            .expect("the record carries the app view");
+        assert_eq!(app.len(), 1);
+        assert_eq!(app[0].target, "http");
+        assert!(app[0].probes >= 3, "{app:?}");
+        cancel.cancel();
     }
 }

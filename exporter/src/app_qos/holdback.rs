@@ -84,10 +84,10 @@ impl Holdback {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn finished(uuid: &str) -> FinishedMigration {
+    pub(crate) fn finished(uuid: &str) -> FinishedMigration {
         let line = format!(
             r#"{{"domain":{{"name":"g","uuid":"{uuid}"}},"direction":"out","outcome":"completed","mode":"precopy","started_at":1.0,"finished_at":2.0,"duration_seconds":1.0,"downtime_seconds":0.05,"data_processed_bytes":null,"data_total_bytes":null,"memory_total_bytes":null,"iterations":null,"postcopy_requests":null,"setup_time_seconds":null,"dirty_rate_max_bytes":null,"dirty_rate_mean_bytes":null,"transfer_rate_mean_bytes":null,"auto_converge_throttle_max_ratio":null,"verdicts":[],"figures":"event"}}"#
         );

@@ -91,6 +91,7 @@ struct MigrationView {
     longest: Option<Outage>,
     before: Window,
     during: Window,
+    after_switchover: Window,
     after: Window,
 }
 
@@ -150,6 +151,10 @@ impl TargetTrack {
                 _ => &mut m.during,
             };
             w.push(p.latency());
+            let switched = m.switchover.is_some_and(|s| p.sent >= s);
+            if switched && m.ended.is_none_or(|e| p.sent < e) {
+                m.after_switchover.push(p.latency());
+            }
             if let Some(o) = ended.filter(|o| m.overlaps(o)) {
                 if m.longest.is_none_or(|l| o.seconds > l.seconds) {
                     m.longest = Some(o);
@@ -190,6 +195,7 @@ impl TargetTrack {
             longest: None,
             before,
             during: Window::default(),
+            after_switchover: Window::default(),
             after: Window::default(),
         });
     }
@@ -236,6 +242,7 @@ impl TargetTrack {
             probes: m.probes,
             failures: m.failures,
             outage_seconds: outage,
+            outage_started_at: longest.map(|o| o.start),
             outage_start_from_switchover_seconds: match (longest, m.switchover) {
                 (Some(o), Some(s)) => Some(o.start - s),
                 _ => None,
@@ -243,6 +250,7 @@ impl TargetTrack {
             latency_before: m.before.summary(),
             latency_during: m.during.summary(),
             latency_after: m.after.summary(),
+            latency_after_switchover: m.after_switchover.summary(),
             outage_to_downtime_ratio: downtime.filter(|d| *d > 0.0).map(|d| outage / d),
         })
     }

@@ -146,14 +146,26 @@ fn latency_windows_before_during_and_after() {
     let mut t = TargetTrack::default();
     probe_run(&mut t, 0.0, 50.0, SLOW, |_| Some(0.001));
     t.migration_started(50.0);
-    probe_run(&mut t, 50.0, 60.0, FAST, |_| Some(0.010));
+    probe_run(&mut t, 50.0, 55.0, FAST, |_| Some(0.010));
+    // From the switch (to post-copy) on, answers take 30 ms.
+    t.switchover(55.0);
+    probe_run(&mut t, 55.0, 60.0, FAST, |_| Some(0.030));
     t.migration_ended(60.0);
     probe_run(&mut t, 60.0, 65.0, FAST, |_| Some(0.004));
     let r = t.take_record("http", 65.0, Some(0.05)).expect("record");
     let near = |v: Option<f64>, want: f64| v.is_some_and(|v| (v - want).abs() < 1e-9);
     assert_eq!(r.latency_before.probes, 50);
     assert!(near(r.latency_before.p50_seconds, 0.001), "{r:?}");
-    assert!(near(r.latency_during.p99_seconds, 0.010), "{r:?}");
+    assert!(near(r.latency_during.p50_seconds, 0.010), "{r:?}");
+    assert!(near(r.latency_during.p99_seconds, 0.030), "{r:?}");
+    assert!(near(r.latency_after_switchover.p50_seconds, 0.030), "{r:?}");
+    // Only the "during" probes sent from the switch on: the 30 ms ones, none of the 10 ms ones.
+    assert!(near(r.latency_after_switchover.p99_seconds, 0.030), "{r:?}");
+    assert!(
+        r.latency_after_switchover.probes > 100
+            && r.latency_after_switchover.probes < r.latency_during.probes,
+        "{r:?}"
+    );
     assert!(near(r.latency_after.p50_seconds, 0.004), "{r:?}");
     assert!(r.latency_after.probes > 200);
     assert!(!t.in_migration(), "the record closes the migration");

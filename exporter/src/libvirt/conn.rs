@@ -44,7 +44,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 use super::ffi::{self, Conn, Dom, EventKind, LvError};
-use super::jobs::{job_type, Call, DomainId, JobSource, RawJob, SourceError, SourceEvent};
+use super::jobs::{job_type, Call, DomainId, JobSource, Params, RawJob, SourceError, SourceEvent};
 
 /// First retry delay after a failure; doubled per failed attempt up to the cap.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -290,6 +290,25 @@ impl JobSource for LibvirtSource {
             Ok(v) => Ok(v),
             Err(e) if e.is_refusal() => Ok(None),
             Err(e) => Err(self.error(&live, Call::Metadata, e, domain)),
+        }
+    }
+
+    fn domain_stats(&self) -> Result<Vec<(DomainId, Params)>, SourceError> {
+        let live = self.live()?;
+        match live.conn.dirty_rate_stats() {
+            Ok(v) => Ok(v),
+            Err(e) if !live.conn.is_alive() => {
+                live.report_dead(&e.message);
+                Err(SourceError::NotConnected(e.message))
+            }
+            Err(e) if e.is_unsupported() => Err(SourceError::Unsupported {
+                call: Call::DomainStats,
+                message: e.to_string(),
+            }),
+            Err(e) => Err(SourceError::Call {
+                call: Call::DomainStats,
+                message: e.to_string(),
+            }),
         }
     }
 }

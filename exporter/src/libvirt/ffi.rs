@@ -310,6 +310,63 @@ impl Conn {
         self.ptr.as_ptr()
     }
 
+    /// `virConnectOpen(uri)`: a read-write connection, after [`init`]. Only the forecast's
+    /// opt-in dirty-rate calculations use one (`--forecast.libvirt.uri`).
+    pub fn open_read_write(uri: &str) -> Result<Conn, LvError> {
+        init().map_err(LvError::plain)?;
+        let curi = CString::new(uri).map_err(|_| LvError::plain("URI contains a NUL byte"))?;
+        // SAFETY: `curi` is a valid NUL-terminated string that outlives the call.
+        let ptr = unsafe { sys::virConnectOpen(curi.as_ptr()) };
+        NonNull::new(ptr)
+            .map(|ptr| Conn { ptr })
+            .ok_or_else(|| LvError::last("virConnectOpen"))
+    }
+
+    /// `virConnectGetAllDomainStats(DIRTYRATE | BALLOON)` of the running domains: the dirty
+    /// rate libvirt measured last (whoever started the calculation) and the memory figures.
+    /// Read-only; a domain that cannot name itself (it just went away) is left out.
+    pub fn dirty_rate_stats(&self) -> Result<Vec<(DomainId, Params)>, LvError> {
+        let mut records: *mut sys::virDomainStatsRecordPtr = ptr::null_mut();
+        let stats = sys::VIR_DOMAIN_STATS_DIRTYRATE | sys::VIR_DOMAIN_STATS_BALLOON;
+        // SAFETY: valid connection; `records` receives a libvirt-allocated, NULL-terminated
+        // array that is freed below with virDomainStatsRecordListFree.
+        let n = unsafe {
+            sys::virConnectGetAllDomainStats(
+                self.raw(),
+                stats as c_uint,
+                &mut records,
+                sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING as c_uint,
+            )
+        };
+        if n < 0 {
+            return Err(LvError::last("virConnectGetAllDomainStats"));
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        if !records.is_null() {
+            for i in 0..n as usize {
+                // SAFETY: libvirt returned `n` record pointers at `records`.
+                let rec = unsafe { *records.add(i) };
+                if rec.is_null() {
+                    continue;
+                }
+                // SAFETY: `rec` is a valid record owned by the list until it is freed; its
+                // domain is valid as long as the record, and its `nparams` parameters are
+                // initialised typed parameters (strings NUL-terminated).
+                let (id, params) = unsafe {
+                    let r = &*rec;
+                    (domain_id_of(r.dom), params_from_raw(r.params, r.nparams))
+                };
+                if let Ok(id) = id {
+                    out.push((id, params));
+                }
+            }
+            // SAFETY: the list came from virConnectGetAllDomainStats and is freed exactly once
+            // (this also frees every record, its parameters and its domain reference).
+            unsafe { sys::virDomainStatsRecordListFree(records) };
+        }
+        Ok(out)
+    }
+
     /// `virConnectSetKeepAlive`. `Ok(false)` when the connection has no keepalive (local
     /// drivers such as `test:///`, or a peer that does not support it).
     pub fn set_keepalive(&self, interval_s: i32, count: u32) -> Result<bool, LvError> {
@@ -730,6 +787,23 @@ impl Dom {
         // SAFETY: freed exactly once, with free(3) as libvirt documents.
         unsafe { libc::free(xml.cast()) };
         Ok(Some(text))
+    }
+
+    /// `virDomainStartDirtyRateCalc` in page-sampling mode over `seconds` (needs a read-write
+    /// connection): QEMU hashes a sample of pages at the start and the end, the guest runs on.
+    pub fn start_dirty_rate_calc(&self, seconds: i32) -> Result<(), LvError> {
+        // SAFETY: valid domain; plain integer arguments.
+        let rc = unsafe {
+            sys::virDomainStartDirtyRateCalc(
+                self.ptr.as_ptr(),
+                seconds as c_int,
+                sys::VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING as c_uint,
+            )
+        };
+        if rc < 0 {
+            return Err(LvError::last("virDomainStartDirtyRateCalc"));
+        }
+        Ok(())
     }
 
     /// `virDomainMigrateGetMaxDowntime` in milliseconds.

@@ -61,6 +61,8 @@ pub mod job_operation {
 
 /// `virDomainEventType` and the details we act on.
 pub mod lifecycle {
+    /// Defined or redefined (Nova rewrites its metadata this way too).
+    pub const DEFINED: i32 = 0;
     pub const SUSPENDED: i32 = 3;
     pub const RESUMED: i32 = 4;
     pub const STOPPED: i32 = 5;
@@ -141,6 +143,8 @@ pub enum Call {
     CompletedJobStats,
     MaxDowntime,
     Metadata,
+    DomainStats,
+    StartDirtyRateCalc,
 }
 
 impl Call {
@@ -151,6 +155,8 @@ impl Call {
             Call::CompletedJobStats => "completed_job_stats",
             Call::MaxDowntime => "migrate_get_max_downtime",
             Call::Metadata => "get_metadata",
+            Call::DomainStats => "get_all_domain_stats",
+            Call::StartDirtyRateCalc => "start_dirty_rate_calc",
         }
     }
 
@@ -161,6 +167,8 @@ impl Call {
             Call::JobStats | Call::CompletedJobStats => "virDomainGetJobStats",
             Call::MaxDowntime => "virDomainMigrateGetMaxDowntime",
             Call::Metadata => "virDomainGetMetadata",
+            Call::DomainStats => "virConnectGetAllDomainStats",
+            Call::StartDirtyRateCalc => "virDomainStartDirtyRateCalc",
         }
     }
 }
@@ -216,6 +224,12 @@ pub trait JobSource: Send + Sync {
     fn metadata(&self, _domain: &DomainId, _uri: &str) -> Result<Option<String>, SourceError> {
         Ok(None)
     }
+    /// Dirty-rate and balloon statistics of the running domains
+    /// (`virConnectGetAllDomainStats(DIRTYRATE | BALLOON)`), as typed parameters. Sources
+    /// without them (recorded traces) have none.
+    fn domain_stats(&self) -> Result<Vec<(DomainId, Params)>, SourceError> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +244,8 @@ mod tests {
             Call::CompletedJobStats,
             Call::MaxDowntime,
             Call::Metadata,
+            Call::DomainStats,
+            Call::StartDirtyRateCalc,
         ] {
             let e = SourceError::Call {
                 call,

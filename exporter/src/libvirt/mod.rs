@@ -1,5 +1,6 @@
 //! Everything that talks to libvirt. `ffi` holds the only unsafe code in the crate.
 
+pub mod calc;
 pub mod conn;
 #[allow(unsafe_code)]
 mod ffi;

@@ -26,6 +26,11 @@
 //!   say `not_converging` (λ ≥ 0.75): QEMU's dirty rate counts a page written many times in a
 //!   pass once, so a low λ at pass 2 proves nothing about a rewritten working set.
 //! - Hysteresis: once `not_converging`, it takes two falling passes in a row to come back.
+//! - A ratio that rises pass after pass is a writer re-dirtying pages within a pass (a random
+//!   writer over a bounded working set): QEMU counts each page once per sync, so the shorter the
+//!   passes get the closer the measured rate comes to the real one, and the remainder falls
+//!   toward a floor, not to zero. Such a run reads `converging` only if the series, projected
+//!   with the ratio still rising as it did, reaches the switch-over threshold.
 
 use std::collections::BTreeMap;
 
@@ -40,24 +45,26 @@ pub const DEFAULT_MAX_DOWNTIME_S: f64 = 0.3;
 /// page dirtied twice in a pass once, so with a working set rewritten every pass the measured
 /// dirty rate saturates just under the transfer rate (the lab's 150 MiB/s random writer over a
 /// 30 MiB/s link measured 0.82 at pass 2, then 0.96, 1.0).
-const CAUTIOUS_RATIO: f64 = 0.75;
+pub const CAUTIOUS_RATIO: f64 = 0.75;
 /// A falling remainder counts as converging only while λ is below this.
-const FALLING_CONVERGES_BELOW: f64 = 0.9;
+pub const FALLING_CONVERGES_BELOW: f64 = 0.9;
 /// A change of the remainder smaller than this between passes is "flat".
-const TREND_MARGIN: f64 = 0.05;
+pub const TREND_MARGIN: f64 = 0.05;
 /// Passes of history that decide the trend.
 const TREND_PASSES: usize = 4;
 /// Weight of a new transfer-rate sample in its moving average (KubeVirt's stall detector
 /// uses the same).
 const RATE_EWMA_ALPHA: f64 = 0.4;
 /// At most this many passes are projected (λ close to 1 converges very slowly).
-const MAX_PROJECTED_PASSES: usize = 10_000;
+pub const MAX_PROJECTED_PASSES: usize = 10_000;
 /// Falling passes in a row that turn a `not_converging` verdict back to `converging`.
 const RECOVERY_FALLS: usize = 2;
 /// A falling remainder reads `converging` only if it fell about as λ predicts (observed pass
 /// ratio ≤ λ + this). A fall much smaller than λ predicts means QEMU under-reads the dirty rate:
 /// wait for the passes to agree.
 const CONSISTENT_WITHIN: f64 = 0.15;
+/// A rise of the per-pass ratio (least squares over the window, per pass) below this is noise.
+const RISE_NOISE: f64 = 0.05;
 /// Verdict changes kept per migration.
 const MAX_HISTORY: usize = 200;
 
@@ -225,17 +232,32 @@ pub fn verdict(ratio: Option<f64>, trend: Option<Trend>) -> Verdict {
 /// Returns (remainder at switch-over, seconds of further passes until then), or `None` when it
 /// never gets there (λ ≥ 1) within the projection limit.
 pub fn project(start: f64, ratio: f64, rate: f64, max_downtime_s: f64) -> Option<(f64, f64)> {
+    project_rising(start, ratio, 0.0, rate, max_downtime_s)
+}
+
+/// [`project`] with the ratio growing by `rise` each pass (up to 1): a remainder falling toward
+/// a floor, as a random writer's does once its passes are short enough to be re-dirtied
+/// whole. `None` when the ratio gets to 1 before the remainder gets under the threshold.
+pub fn project_rising(
+    start: f64,
+    ratio: f64,
+    rise: f64,
+    rate: f64,
+    max_downtime_s: f64,
+) -> Option<(f64, f64)> {
     // NaN and non-positive rates have no projection.
-    if rate.is_nan() || rate <= 0.0 || ratio.is_nan() || ratio < 0.0 {
+    if rate.is_nan() || rate <= 0.0 || ratio.is_nan() || ratio < 0.0 || rise.is_nan() {
         return None;
     }
     let threshold = rate * max_downtime_s;
+    let mut ratio = ratio;
     let mut v = start * ratio;
     let mut secs = 0.0;
     for _ in 0..MAX_PROJECTED_PASSES {
         if v < threshold {
             return Some((v, secs));
         }
+        ratio = (ratio + rise.max(0.0)).min(1.0);
         if ratio >= 1.0 {
             return None;
         }
@@ -243,6 +265,23 @@ pub fn project(start: f64, ratio: f64, rate: f64, max_downtime_s: f64) -> Option
         v *= ratio;
     }
     None
+}
+
+/// How fast the per-pass ratio rises, per pass: the least-squares slope of (pass, ratio) over
+/// the window. `None` with fewer than two passes.
+pub fn ratio_rise(ratios: &[(u64, f64)]) -> Option<f64> {
+    let v = &ratios[ratios.len().saturating_sub(TREND_PASSES)..];
+    if v.len() < 2 {
+        return None;
+    }
+    let n = v.len() as f64;
+    let xm = v.iter().map(|(x, _)| *x as f64).sum::<f64>() / n;
+    let ym = v.iter().map(|(_, y)| y).sum::<f64>() / n;
+    let (num, den) = v.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
+        let dx = *x as f64 - xm;
+        (num + dx * (y - ym), den + dx * dx)
+    });
+    (den > 0.0).then(|| num / den)
 }
 
 /// What the samples of one memory pass say about the remainder when it began.
@@ -257,6 +296,9 @@ struct Pass {
     /// remaining + bytes sent since `boundary`: the start, less what QEMU carried over unsent
     /// from the previous pass (under its switch-over threshold).
     from_sent: Option<f64>,
+    /// The ratio the model used (larger of λ and the observed pass ratio) at the pass's latest
+    /// sample.
+    effective: Option<f64>,
 }
 
 impl Pass {
@@ -327,7 +369,8 @@ impl Convergence {
             let p = self.passes.entry(i).or_default();
             p.sampled_max = p.sampled_max.max(rem);
             if let (Some((li, lp, lr)), None) = (last, p.boundary) {
-                if li + 1 == i {
+                // Checked: libvirt may say anything, u64::MAX included (fuzz seed).
+                if li.checked_add(1) == Some(i) {
                     p.boundary = Some(lp + lr);
                 }
             }
@@ -381,6 +424,22 @@ impl Convergence {
             (Some(l), Some(r)) => Some(l.max(r)),
             (l, r) => l.or(r),
         };
+        if let Some(p) = s.memory_iteration.and_then(|i| self.passes.get_mut(&i)) {
+            p.effective = effective;
+        }
+        // The ratio rising pass after pass: a remainder falling toward a floor. Converging only
+        // if the series still reaches the threshold with the ratio rising as it did.
+        let ratios: Vec<(u64, f64)> = self
+            .passes
+            .range(2..)
+            .filter_map(|(n, p)| p.effective.map(|e| (*n, e)))
+            .collect();
+        let saturating = match (ratio_rise(&ratios), starts.last(), effective, rate) {
+            (Some(rise), Some(start), Some(l), Some(b)) if rise > RISE_NOISE => {
+                project_rising(*start, l, rise, b, max_dt).is_none()
+            }
+            _ => false,
+        };
         let candidate = if below_threshold {
             Verdict::Converging
         } else {
@@ -391,6 +450,7 @@ impl Convergence {
             matches!((observed, ratio), (Some(r), Some(l)) if r <= l + CONSISTENT_WITHIN);
         let settled = below_threshold
             || (consistent
+                && !saturating
                 && (falls_in_a_row(window(&starts)) >= RECOVERY_FALLS
                     || previous != Some(Verdict::NotConverging)));
         let v = match (candidate, previous) {
@@ -418,7 +478,7 @@ impl Convergence {
             (Some(start), Some(l), Some(b), Some(rem)) => match project(start, l, b, max_dt) {
                 // While still unknown (pass 2, low λ) the projection stands as a provisional ETA.
                 Some((at_switch, further))
-                    if matches!(v, Verdict::Converging | Verdict::Unknown) =>
+                    if v == Verdict::Converging || (v == Verdict::Unknown && !saturating) =>
                 {
                     (Some(at_switch / b), Some(rem / b + further))
                 }

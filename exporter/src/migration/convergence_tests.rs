@@ -493,3 +493,123 @@ fn a_fall_that_the_ratio_does_not_explain_is_not_convergence() {
     }
     assert_eq!(c.current().verdict, Verdict::NotConverging);
 }
+
+#[test]
+fn a_rising_ratio_is_projected_rising() {
+    let mb = |v: f64| v * MIB;
+    // No rise: the geometric series.
+    assert_eq!(
+        project_rising(mb(100.0), 0.5, 0.0, mb(10.0), 0.3),
+        project(mb(100.0), 0.5, mb(10.0), 0.3)
+    );
+    // The lab's 150 MiB/s random writer at pass 4 (QEMU 10): 141 MiB at λ 0.88 rising ~0.1 a
+    // pass over 100 MiB/s would switch over in 21 passes at a steady λ; rising, λ reaches 1
+    // at 135 MiB, far above the 30 MiB threshold.
+    assert!(project(mb(141.0), 0.88, mb(100.0), 0.3).is_some());
+    assert_eq!(project_rising(mb(141.0), 0.88, 0.1, mb(100.0), 0.3), None);
+    // A small rise from a short remainder still gets there, later than at a steady ratio.
+    let (_, steady) = project(mb(64.0), 0.45, mb(30.0), 0.3).expect("steady");
+    let (at, rising) = project_rising(mb(64.0), 0.45, 0.03, mb(30.0), 0.3).expect("rising");
+    assert!(at < mb(9.0) && rising > steady, "{at} {rising} {steady}");
+    assert_eq!(
+        project_rising(mb(31.0), 0.48, f64::NAN, mb(30.0), 0.3),
+        None
+    );
+}
+
+#[test]
+fn ratio_rise_is_the_slope_per_pass() {
+    assert_eq!(ratio_rise(&[(2, 0.65)]), None);
+    let r = ratio_rise(&[(2, 0.65), (3, 0.80)]).expect("two passes");
+    assert!((r - 0.15).abs() < 1e-9, "{r}");
+    // Per pass, not per sample: a skipped pass halves the step.
+    let r = ratio_rise(&[(2, 0.6), (4, 0.8)]).expect("two passes");
+    assert!((r - 0.1).abs() < 1e-9, "{r}");
+    let r = ratio_rise(&[(2, 0.6), (3, 0.6), (4, 0.6)]).expect("flat");
+    assert!(r.abs() < 1e-9, "{r}");
+}
+
+/// Passes of a recorded migration: (remainder at the pass start in MiB, λ) from pass 2 on,
+/// sampled once a second at each pass start after a 512 MiB first pass, at `bps_mibs` MiB/s and
+/// 300 ms max downtime.
+fn passes(series: &[(f64, f64)], bps_mibs: f64) -> Convergence {
+    let b = (bps_mibs * MIB) as u64;
+    let mut c = Convergence::default();
+    c.observe(0.5, &sample(1, 512 << 20, 0, b), Some(300), Phase::Precopy);
+    for (n, (mib, lambda)) in series.iter().enumerate() {
+        let dirty_pages = (lambda * bps_mibs * 256.0) as u64;
+        c.observe(
+            5.0 + n as f64,
+            &sample(n as u64 + 2, (mib * MIB) as u64, dirty_pages, b),
+            Some(300),
+            Phase::Precopy,
+        );
+    }
+    c
+}
+
+#[test]
+fn a_random_writer_falling_toward_a_floor_is_not_called_converging() {
+    // The QEMU 10 lab's 150 MiB/s random writer over a 256 MiB working set at a 100 MiB/s cap:
+    // the remainder falls 205 → 161 → 141 → 130 MiB, then plateaus near 120 MiB (the working
+    // set re-dirtied within each pass), far above the 30 MiB threshold, while QEMU's dirty rate
+    // climbs 65 → 100 MiB/s as the passes get shorter. At passes 3 and 4 the fall agreed with λ
+    // (0.78 vs 0.80, 0.88 vs 0.88): the steady-ratio model said `converging`.
+    let c = passes(
+        &[
+            (205.0, 0.65),
+            (161.0, 0.80),
+            (141.0, 0.88),
+            (130.0, 0.92),
+            (124.0, 0.95),
+            (115.0, 0.95),
+            (118.0, 0.98),
+            (120.0, 1.0),
+            (120.0, 1.0),
+        ],
+        100.0,
+    );
+    let changes: Vec<Verdict> = c.history().iter().map(|h| h.verdict).collect();
+    assert_eq!(
+        changes,
+        vec![Verdict::Unknown, Verdict::NotConverging],
+        "{:?}",
+        c.history()
+    );
+}
+
+#[test]
+fn a_random_writer_that_converges_with_a_slightly_rising_ratio_still_converges() {
+    // The lab's 15 MiB/s random writer over 300 MiB at 30 MiB/s (9 MiB threshold): λ creeps
+    // 0.45 → 0.50 as the passes shorten, the remainder halves each pass.
+    let c = passes(
+        &[(64.0, 0.45), (31.0, 0.48), (14.0, 0.48), (8.0, 0.5)],
+        30.0,
+    );
+    let changes: Vec<Verdict> = c.history().iter().map(|h| h.verdict).collect();
+    assert_eq!(changes, vec![Verdict::Unknown, Verdict::Converging]);
+    assert_eq!(c.history()[1].t, 6.0, "converging from pass 3");
+    // And a sequential writer's steady λ is not a rise.
+    let c = passes(
+        &[(134.0, 0.66), (86.0, 0.67), (56.0, 0.66), (38.0, 0.67)],
+        30.0,
+    );
+    assert_eq!(c.current().verdict, Verdict::Converging);
+    assert!(c.current().eta_seconds.is_some());
+}
+
+/// libvirt's answer is outside input: a pass number of u64::MAX followed by 0 must not overflow
+/// (the fuzz test found `iteration + 1` panicking in debug builds).
+#[test]
+fn an_absurd_pass_number_does_not_overflow() {
+    let mut c = Convergence::default();
+    c.observe(
+        0.0,
+        &sent(u64::MAX, 0.0, 0.0, 0.0, 1.0),
+        None,
+        Phase::Precopy,
+    );
+    // (Before the fix, this call panicked.) Nothing left to send: below any threshold.
+    let a = c.observe(1.0, &sent(0, 0.0, 0.0, 0.0, 1.0), None, Phase::Precopy);
+    assert_ne!(a.verdict, Verdict::NotConverging);
+}

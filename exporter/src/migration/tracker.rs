@@ -136,6 +136,9 @@ pub struct FinishedMigration {
     /// What the guest's probed services saw, one entry per target (`app:` targets only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<Vec<crate::record::AppMigrationRecord>>,
+    /// Who the domain is to OpenStack (Nova's metadata), when it has that metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::record::DomainIdentity>,
 }
 
 /// What one sample round saw for one listed domain.
@@ -388,7 +391,9 @@ impl Tracker {
                         }
                         (Vec::new(), false)
                     }
-                    None => (Vec::new(), postcopy || incoming_done),
+                    // A pause for a job not seen yet (a short migration between idle rounds):
+                    // sample now, so the job and its switch-over are known at once.
+                    None => (Vec::new(), postcopy || incoming_done || paused_to_switch),
                 }
             }
         }
@@ -587,6 +592,7 @@ impl Tracker {
             network: None,
             peer: None,
             app: None,
+            identity: None,
         }
     }
 }

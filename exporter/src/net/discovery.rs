@@ -190,11 +190,31 @@ pub fn cmdline_has_uuid(procfs: &Path, pid: u32, uuid: &str) -> bool {
     false
 }
 
-/// The peer of the migration of the QEMU process `pid`, from its sockets.
-pub fn peer_of_pid(procfs: &Path, pid: u32) -> Option<IpAddr> {
-    let inodes = socket_inodes(procfs, pid).ok()?;
+/// A QEMU process's fd table exists but cannot be read: without CAP_SYS_PTRACE and
+/// CAP_DAC_READ_SEARCH (or root) another user's `/proc/<pid>/fd` answers EACCES.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct FdTableError {
+    pub path: std::path::PathBuf,
+    pub source: std::io::Error,
+}
+
+/// The peer of the migration of the QEMU process `pid`, from its sockets; `Ok(None)` when it
+/// has none (yet) or exited meanwhile, an error when its fd table cannot be read.
+pub fn peer_of_pid(procfs: &Path, pid: u32) -> Result<Option<IpAddr>, FdTableError> {
+    let inodes = match socket_inodes(procfs, pid) {
+        Ok(i) => i,
+        // Exited between the listing and now.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(FdTableError {
+                path: procfs.join(pid.to_string()).join("fd"),
+                source,
+            })
+        }
+    };
     if inodes.is_empty() {
-        return None;
+        return Ok(None);
     }
     let base = procfs.join(pid.to_string()).join("net");
     let mut sockets = Vec::new();
@@ -203,7 +223,7 @@ pub fn peer_of_pid(procfs: &Path, pid: u32) -> Option<IpAddr> {
             sockets.extend(parse_proc_net_tcp(&t));
         }
     }
-    pick_peer(&sockets, &inodes)
+    Ok(pick_peer(&sockets, &inodes))
 }
 
 #[cfg(test)]
@@ -286,9 +306,12 @@ mod tests {
             find_qemu_pid(p, "00000000-0000-0000-0000-000000000000", &trust),
             None
         );
-        assert_eq!(peer_of_pid(p, 4242), Some("10.77.0.2".parse().expect("ip")));
+        assert_eq!(
+            peer_of_pid(p, 4242).expect("readable"),
+            Some("10.77.0.2".parse().expect("ip"))
+        );
         // The process exited between the listing and the fd read.
-        assert_eq!(peer_of_pid(p, 4243), None);
+        assert_eq!(peer_of_pid(p, 4243).expect("gone is not an error"), None);
     }
 
     /// A process as `/proc` shows it: exe link, command line and uids.

@@ -347,6 +347,17 @@ impl TxHistory {
         self.by_device.len().max(self.speed.len())
     }
 
+    /// The mean transmit rate of `device` over the last `window` seconds before `now`, and its
+    /// link speed (bytes/s), for forecasts.
+    pub fn recent(&self, device: &str, now: f64, window: f64) -> (Option<f64>, Option<f64>) {
+        let speed = self.speed.get(device).copied().flatten().map(|s| s as f64);
+        let rate = self.by_device.get(device).and_then(|h| {
+            self.device_summary(device, h, now - window, now)
+                .map(|(_, s)| s.mean_tx_bytes_per_second)
+        });
+        (rate, speed)
+    }
+
     /// The device that sent the most between `from` and `to`, with its peak and mean rate.
     pub fn summary(&self, from: f64, to: f64) -> Option<NetworkSummary> {
         self.summary_via(from, to, None)

@@ -218,6 +218,30 @@ impl PeerState {
     }
 }
 
+impl PeerState {
+    /// The median RTT of the probes of `peer` (a configured name, or a discovered address)
+    /// answered since `since` (unix seconds), ICMP preferred; for forecasts.
+    pub fn rtt_median(&self, peer: &str, since: f64) -> Option<f64> {
+        let g = self.inner.lock();
+        let mut best: Option<Vec<f64>> = None;
+        let mut best_icmp = false;
+        for (k, s) in g.probes.iter().filter(|(k, _)| k.peer == peer) {
+            let rtts: Vec<f64> = s
+                .samples
+                .iter()
+                .filter(|(at, _)| *at >= since)
+                .filter_map(|(_, rtt)| *rtt)
+                .collect();
+            let icmp = k.probe == "icmp";
+            if !rtts.is_empty() && (best.is_none() || (icmp && !best_icmp)) {
+                best = Some(rtts);
+                best_icmp = icmp;
+            }
+        }
+        median(&mut best?)
+    }
+}
+
 fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;

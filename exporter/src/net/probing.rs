@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use super::discovery;
 use super::peers::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
@@ -49,14 +49,7 @@ impl Rounds for DiscoveryCollector {
             .into_iter()
             .map(|d| (d.name, d.uuid))
             .collect();
-        if self.discoverer.tick(&jobs) {
-            Ok(())
-        } else {
-            Err(CollectError::new(format!(
-                "{} is not readable (check --path.procfs)",
-                self.discoverer.procfs.display()
-            )))
-        }
+        self.discoverer.tick(&jobs).map_err(CollectError::new)
     }
 
     fn period(&self) -> Duration {
@@ -71,6 +64,16 @@ struct Running {
     uuids: HashSet<String>,
 }
 
+/// Why a discovery pass could not look at every running migration: the collector reports
+/// `collector_success 0` instead of finding nothing silently.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("{0} is not readable (check --path.procfs)")]
+    Procfs(String),
+    #[error("{0} (discovery needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read QEMU's fd table; see the README's privileges section)")]
+    FdTable(#[from] discovery::FdTableError),
+}
+
 /// Finds the peers of running migrations and probes them while they run.
 pub struct Discoverer {
     procfs: PathBuf,
@@ -83,6 +86,8 @@ pub struct Discoverer {
     /// QEMU pid by domain uuid.
     pids: HashMap<String, u32>,
     running: HashMap<IpAddr, Running>,
+    /// An unreadable fd table was logged (once, until one is readable again).
+    fd_warned: bool,
 }
 
 impl Discoverer {
@@ -102,13 +107,18 @@ impl Discoverer {
             cancel,
             pids: HashMap::new(),
             running: HashMap::new(),
+            fd_warned: false,
         }
     }
 
     /// One pass over the running jobs `(name, uuid)`: start probing the peers of new ones, stop
-    /// probing peers nobody migrates to any more. Returns false when procfs is unreadable.
-    pub fn tick(&mut self, jobs: &[(String, String)]) -> bool {
-        let ok = std::fs::metadata(&self.procfs).is_ok();
+    /// probing peers nobody migrates to any more. An error when procfs or a QEMU process's fd
+    /// table could not be read (the other jobs are still handled).
+    pub fn tick(&mut self, jobs: &[(String, String)]) -> Result<(), DiscoveryError> {
+        let mut failure = match std::fs::metadata(&self.procfs) {
+            Ok(_) => None,
+            Err(_) => Some(DiscoveryError::Procfs(self.procfs.display().to_string())),
+        };
         let live: HashSet<&str> = jobs.iter().map(|(_, u)| u.as_str()).collect();
         for (name, uuid) in jobs {
             let known = self
@@ -133,7 +143,26 @@ impl Discoverer {
             };
             let Some(pid) = pid else { continue };
             self.pids.insert(uuid.clone(), pid);
-            let Some(address) = discovery::peer_of_pid(&self.procfs, pid) else {
+            let address = match discovery::peer_of_pid(&self.procfs, pid) {
+                Ok(a) => {
+                    if std::mem::take(&mut self.fd_warned) {
+                        info!(domain = %name, "QEMU's fd table is readable again; discovery works");
+                    }
+                    a
+                }
+                Err(e) => {
+                    let e = DiscoveryError::from(e);
+                    // One line, not one per round: a missing capability stays missing.
+                    if std::mem::replace(&mut self.fd_warned, true) {
+                        debug!(domain = %name, error = %e, "migration peer not discoverable");
+                    } else {
+                        warn!(domain = %name, error = %e, "migration peers cannot be discovered");
+                    }
+                    failure = Some(e);
+                    None
+                }
+            };
+            let Some(address) = address else {
                 continue;
             };
             let device = routes::device_for(&self.procfs, address);
@@ -193,7 +222,7 @@ impl Discoverer {
                 }
             }
         }
-        ok
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -267,7 +296,7 @@ mod tests {
         let dir = procfs(true);
         let mut d = discoverer(dir.path(), &rt);
         let jobs = vec![("g".to_string(), UUID.to_string())];
-        assert!(d.tick(&jobs));
+        d.tick(&jobs).expect("readable");
         let peer = d.peers.discovered_peer(UUID).expect("discovered");
         assert_eq!(peer.address, "10.77.0.2".parse::<IpAddr>().expect("ip"));
         assert!(peer.active);
@@ -280,7 +309,7 @@ mod tests {
             d.peers.lock().probes.contains_key(&key),
             "probe series exported"
         );
-        assert!(d.tick(&[]));
+        d.tick(&[]).expect("readable");
         assert!(!d.peers.discovered_peer(UUID).expect("kept").active);
         assert!(d.peers.lock().probes.is_empty(), "series retired");
         assert!(d.running.is_empty() && d.pids.is_empty());
@@ -310,7 +339,8 @@ mod tests {
         .expect("write");
         std::os::unix::fs::symlink("socket:[7001]", fake.join("fd/3")).expect("symlink");
         let mut d = discoverer(dir.path(), &rt);
-        assert!(d.tick(&[("g".to_string(), UUID.to_string())]));
+        d.tick(&[("g".to_string(), UUID.to_string())])
+            .expect("readable");
         let peer = d.peers.discovered_peer(UUID).expect("discovered");
         assert_eq!(
             peer.address,
@@ -326,10 +356,122 @@ mod tests {
         let dir = procfs(false);
         let mut d = discoverer(dir.path(), &rt);
         let jobs = vec![("g".to_string(), UUID.to_string())];
-        assert!(d.tick(&jobs));
+        d.tick(&jobs).expect("readable");
         assert_eq!(d.peers.discovered_peer(UUID), None);
         assert_eq!(d.pids.get(UUID), Some(&4242), "the QEMU pid is remembered");
-        assert!(d.tick(&[]));
+        d.tick(&[]).expect("readable");
         assert!(d.pids.is_empty(), "{:?}", d.pids);
+    }
+
+    /// Log lines written through `tracing` while `f` runs on this thread.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        #[derive(Clone)]
+        struct Buf(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf(Default::default());
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        let out = tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8_lossy(&buf.0.lock()).to_string();
+        (out, text.lines().map(str::to_string).collect())
+    }
+
+    /// Set in the copy of this test that runs as the unprivileged user.
+    const AS_TESTER: &str = "VME_DISCOVERY_TEST_AS_TESTER";
+
+    /// Issue 15: a QEMU whose fd table the exporter may not read (no CAP_SYS_PTRACE /
+    /// CAP_DAC_READ_SEARCH) fails the discovery round, with one log line naming the fd table
+    /// and the capabilities, however many rounds fail; readable again, it says so once.
+    /// The EACCES is real: root reads a mode-000 directory anyway, so as root the test runs
+    /// itself again as the unprivileged user `tester` (setpriv, no capabilities).
+    #[test]
+    fn an_unreadable_fd_table_fails_the_round_and_is_logged_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = procfs(true);
+        let fd = dir.path().join("4242/fd");
+        std::fs::set_permissions(&fd, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        if std::fs::read_dir(&fd).is_ok() {
+            assert!(
+                std::env::var_os(AS_TESTER).is_none(),
+                "even as tester the mode-000 directory was readable"
+            );
+            let exe = std::env::current_exe().expect("test binary");
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid=tester", "--regid=tester", "--clear-groups"])
+                .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+                .arg(exe)
+                .args([
+                    "--exact",
+                    "net::probing::tests::an_unreadable_fd_table_fails_the_round_and_is_logged_once",
+                    "--nocapture",
+                ])
+                .env(AS_TESTER, "1")
+                .current_dir("/")
+                .output()
+                .expect("setpriv (util-linux) runs the test as tester");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "as tester: {text}"
+            );
+            return;
+        }
+        let rt = runtime();
+        let statuses = crate::collector::Statuses::default();
+        let mut runner = crate::collector::Runner::new(
+            statuses.clone(),
+            prometheus_client::registry::Registry::default(),
+            [Name::Discovery].into_iter().collect(),
+        );
+        let feed = Feed::new(runner.waker(Name::Discovery));
+        feed.publish(vec![DomainId {
+            name: "g".into(),
+            uuid: UUID.into(),
+        }]);
+        let mut c = DiscoveryCollector::new(discoverer(dir.path(), &rt), feed);
+        let (ok, log) = logged(|| {
+            (0..3)
+                .map(|_| crate::collector::execute(&statuses, Name::Discovery, || c.round()))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(ok, vec![false; 3], "every round fails");
+        assert_eq!(
+            statuses.get(Name::Discovery).map(|s| s.success),
+            Some(false)
+        );
+        let warned: Vec<_> = log.iter().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warned.len(), 1, "one line for three rounds: {log:#?}");
+        let line = warned[0];
+        for part in [
+            fd.display().to_string().as_str(),
+            "Permission denied",
+            "CAP_SYS_PTRACE",
+            "domain=g",
+        ] {
+            assert!(line.contains(part), "{line} does not name {part}");
+        }
+        assert_eq!(c.discoverer.peers.discovered_peer(UUID), None);
+        std::fs::set_permissions(&fd, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (ok, log) =
+            logged(|| crate::collector::execute(&statuses, Name::Discovery, || c.round()));
+        assert!(ok, "readable again: the round succeeds");
+        assert!(log.iter().any(|l| l.contains("readable again")), "{log:#?}");
+        assert!(c.discoverer.peers.discovered_peer(UUID).is_some());
     }
 }

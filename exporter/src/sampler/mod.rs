@@ -21,7 +21,10 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, Now, SystemClock};
 use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
-use crate::libvirt::jobs::{Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent};
+use crate::identity::{DomainIdentity, NOVA_NS};
+use crate::libvirt::jobs::{
+    lifecycle, Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent,
+};
 use crate::metrics::Metrics;
 use crate::migration::stats::JobStats;
 use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
@@ -84,6 +87,13 @@ struct Core {
     /// whose element must be read (new, or libvirt said it changed).
     metadata: BTreeMap<String, Option<String>>,
     want_metadata: BTreeSet<String>,
+    /// Nova's identity of each listed domain (`None`: no Nova metadata), kept while the domain
+    /// is listed or its migration is tracked (its record takes it); and the domains whose
+    /// element must be read (new, or libvirt said it changed or was redefined).
+    identities: BTreeMap<String, Option<DomainIdentity>>,
+    want_identity: BTreeSet<String>,
+    /// Domains whose Nova element was bad, warned about once (until it changes).
+    bad_identity: BTreeSet<String>,
     /// Domains whose kept completed stats should be read, with the rounds left to try: on the
     /// destination they appear a moment after the "resumed: migrated" event that asks for them.
     want_completed: HashMap<String, u32>,
@@ -154,13 +164,18 @@ impl Core {
                 }
             }
             SourceEvent::Domain(DomainEvent::MetadataChange { domain, uri }) => {
-                // Only ours matters, and only when guest services are probed.
-                let ours = uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
-                if ours && self.app.is_some() {
-                    self.want_metadata.insert(domain.uuid);
+                // Ours (only when guest services are probed) and Nova's.
+                let app = self.app.is_some()
+                    && uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
+                let nova = uri.as_deref() == Some(NOVA_NS);
+                if app {
+                    self.want_metadata.insert(domain.uuid.clone());
+                }
+                if nova {
+                    self.want_identity.insert(domain.uuid);
                 }
                 Event::Handled {
-                    round_now: ours && self.app.is_some(),
+                    round_now: app || nova,
                 }
             }
             SourceEvent::Domain(event) => {
@@ -168,6 +183,11 @@ impl Core {
                     t: now.wall,
                     event: event.clone(),
                 });
+                // A (re)definition may carry new Nova metadata: read it at the next round.
+                let defined = matches!(&event, DomainEvent::Lifecycle { event, .. } if *event == lifecycle::DEFINED);
+                if defined {
+                    self.want_identity.insert(event.domain().uuid.clone());
+                }
                 let (finished, wants_sample) = self.tracker.on_event(now, &event);
                 if wants_sample {
                     self.want_completed
@@ -204,7 +224,7 @@ impl Core {
             feed.publish(active.iter().map(|j| j.domain.clone()).collect());
         }
         if let Some((view, _)) = &self.app {
-            *view.lock() = crate::app_qos::collector::HostView {
+            view.publish(crate::app_qos::collector::HostView {
                 metadata: self
                     .domains
                     .iter()
@@ -221,11 +241,11 @@ impl Core {
                         (
                             j.domain.clone(),
                             j.started_at,
-                            j.phase == crate::record::Phase::Postcopy,
+                            j.phase == crate::record::Phase::Postcopy || j.switching_over(),
                         )
                     })
                     .collect(),
-            };
+            });
         }
         self.state.lock().active = active;
     }
@@ -233,6 +253,9 @@ impl Core {
     fn publish(&mut self, now: Now, mut finished: Vec<FinishedMigration>) {
         if finished.is_empty() {
             return;
+        }
+        for f in &mut finished {
+            f.identity = self.identities.get(&f.domain.uuid).cloned().flatten();
         }
         if let Some(p) = &self.peers {
             for f in &mut finished {
@@ -328,6 +351,28 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Store what Nova's element (if any) says about `dom`; a bad element is one warning (until
+    /// it changes) and leaves the identity empty.
+    fn set_identity(&mut self, dom: &DomainId, xml: Option<String>) {
+        self.want_identity.remove(&dom.uuid);
+        let identity = match xml.as_deref().map(crate::identity::parse_nova) {
+            None => None,
+            Some(Ok(id)) => {
+                self.bad_identity.remove(&dom.uuid);
+                Some(id)
+            }
+            Some(Err(e)) => {
+                if self.bad_identity.insert(dom.uuid.clone()) {
+                    warn!(domain = %dom.name, uuid = %dom.uuid, error = %e, "Nova metadata ignored (vm_migration_domain_info has empty labels for it)");
+                }
+                Some(DomainIdentity::default())
+            }
+        };
+        self.identities.insert(dom.uuid.clone(), identity);
+    }
+}
+
 impl Drop for Sampler {
     /// Stopping: records held back for the app collector are written as they are.
     fn drop(&mut self) {
@@ -345,6 +390,8 @@ struct Reading {
     failed_calls: Vec<Call>,
     /// App metadata elements read this round, by domain UUID.
     metadata: Vec<(String, Option<String>)>,
+    /// Nova metadata elements read this round.
+    nova: Vec<(DomainId, Option<String>)>,
 }
 
 impl Sampler {
@@ -374,6 +421,9 @@ impl Sampler {
                 domains: Vec::new(),
                 metadata: BTreeMap::new(),
                 want_metadata: BTreeSet::new(),
+                identities: BTreeMap::new(),
+                want_identity: BTreeSet::new(),
+                bad_identity: BTreeSet::new(),
             })),
             last_completed_sweep: None,
             cfg,
@@ -463,8 +513,28 @@ impl Sampler {
                     .retain(|uuid, _| listed.contains(uuid.as_str()));
                 core.want_metadata
                     .retain(|uuid| listed.contains(uuid.as_str()));
+                for (dom, xml) in r.nova {
+                    core.set_identity(&dom, xml);
+                }
                 let finished = core.tracker.on_round(now, &r.round);
                 core.publish(now, finished);
+                // After the records of this round took theirs.
+                let Core {
+                    identities,
+                    bad_identity,
+                    tracker,
+                    ..
+                } = &mut *core;
+                identities.retain(|uuid, _| {
+                    r.domains.iter().any(|d| &d.uuid == uuid) || tracker.is_active(uuid)
+                });
+                bad_identity.retain(|uuid| identities.contains_key(uuid));
+                let listed: Vec<_> = r
+                    .domains
+                    .iter()
+                    .map(|d| (d.clone(), identities.get(&d.uuid).cloned().flatten()))
+                    .collect();
+                core.state.lock().identities = listed;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -523,7 +593,27 @@ impl Sampler {
             }],
             failed_calls: Vec::new(),
             metadata: Vec::new(),
+            nova: Vec::new(),
         };
+        let wanted_identity: Vec<&DomainId> = {
+            let core = self.core.lock();
+            domains
+                .iter()
+                .filter(|d| {
+                    !core.identities.contains_key(&d.uuid) || core.want_identity.contains(&d.uuid)
+                })
+                .collect()
+        };
+        for dom in wanted_identity {
+            match self.source.metadata(dom, NOVA_NS) {
+                Ok(xml) => r.nova.push((dom.clone(), xml)),
+                Err(SourceError::NoDomain(_)) => {}
+                Err(e) => {
+                    debug!(call = Call::Metadata.label(), error = %e, "libvirt call failed");
+                    r.failed_calls.push(Call::Metadata);
+                }
+            }
+        }
         let wanted_metadata: Vec<&DomainId> = {
             let core = self.core.lock();
             match core.app {

@@ -27,10 +27,15 @@ pub struct Replay {
 
 impl Replay {
     pub fn new(records: Vec<TraceRecord>, cfg: SamplerConfig) -> Self {
+        Self::with_source(ReplaySource::new(records), cfg)
+    }
+
+    /// Replay through `source` (e.g. a [`ReplaySource`] with metadata elements added).
+    pub fn with_source(source: ReplaySource, cfg: SamplerConfig) -> Self {
         let state = crate::state::shared();
         let statuses = Statuses::default();
         let (registry, metrics) = Metrics::register(state.clone(), statuses.clone());
-        let source = Arc::new(ReplaySource::new(records));
+        let source = Arc::new(source);
         let sampler = Sampler::new(source.clone(), state.clone(), metrics.clone(), None, cfg);
         Replay {
             state,
@@ -73,6 +78,11 @@ impl Replay {
                 });
             }
         }
+    }
+
+    /// The source it replays through (to change metadata, or the replay clock).
+    pub fn source(&self) -> &ReplaySource {
+        &self.source
     }
 
     /// The registry now, in the Prometheus text format.

@@ -572,3 +572,136 @@ fn records_a_full_disk_refused_are_written_once_space_is_freed() {
     let rec: FinishedMigration = serde_json::from_str(lines[0]).expect("a whole record");
     assert_eq!(rec.duration_seconds, Some(1.5));
 }
+
+/// What Nova writes into a domain's metadata (trimmed).
+fn nova(name: &str) -> String {
+    format!(
+        r#"<nova:instance xmlns:nova="{}"><nova:name>{name}</nova:name><nova:flavor name="m1.small"/><nova:owner><nova:user uuid="u-1">alice</nova:user><nova:project uuid="p-1">shop</nova:project></nova:owner></nova:instance>"#,
+        crate::identity::NOVA_NS
+    )
+}
+
+fn info_line(metrics: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("vm_migration_domain_info{"))
+        .map(str::to_string)
+}
+
+/// Issue 15: Nova's identity of a domain is in `vm_migration_domain_info` while it is listed,
+/// and its migration's record carries it (the domain had already left when the completion
+/// came).
+#[test]
+fn nova_identity_labels_domain_info_and_the_record() {
+    use crate::identity::NOVA_NS;
+    let source = crate::trace::ReplaySource::new(trace()).with_metadata(&[(
+        &dom().uuid,
+        NOVA_NS,
+        &nova("web-1"),
+    )]);
+    let mut r = Replay::with_source(source, SamplerConfig::default());
+    let mut seen = Vec::new();
+    r.run(|t, reg| seen.push((t, info_line(&text(reg)))));
+    let want = format!(
+        r#"vm_migration_domain_info{{domain="g1",uuid="{}",name="web-1",project_id="p-1",project_name="shop",user_id="u-1",user_name="alice",flavor="m1.small"}} 1.0"#,
+        dom().uuid
+    );
+    assert_eq!(seen[0], (100.0, Some(want)));
+    assert_eq!(seen[2], (102.0, None), "gone with the domain");
+    let st = r.state.lock();
+    let id = st.records[0].identity.as_ref().expect("the record has it");
+    assert_eq!(
+        (
+            id.name.as_str(),
+            id.project_name.as_str(),
+            id.flavor.as_str()
+        ),
+        ("web-1", "shop", "m1.small")
+    );
+    let json = serde_json::to_string(&st.records[0]).expect("json");
+    assert!(
+        json.contains(r#""identity":{"name":"web-1","project_id":"p-1""#),
+        "{json}"
+    );
+}
+
+/// The element is read once per domain, again when libvirt says Nova's metadata changed or the
+/// domain was redefined; a domain without it (or with a bad one) has empty labels.
+#[test]
+fn nova_identity_is_reread_on_metadata_change_and_redefinition() {
+    use crate::identity::NOVA_NS;
+    let plain = DomainId {
+        name: "plain".into(),
+        uuid: "0b0b0b0b-0000-4000-8000-0000000000ff".into(),
+    };
+    let rounds: Vec<TraceRecord> = (0..5)
+        .map(|i| TraceRecord::Round {
+            t: 100.0 + f64::from(i),
+            domains: vec![dom(), plain.clone()],
+        })
+        .collect();
+    let source = crate::trace::ReplaySource::new(rounds).with_metadata(&[(
+        &dom().uuid,
+        NOVA_NS,
+        &nova("before"),
+    )]);
+    let mut r = Replay::with_source(source, SamplerConfig::default());
+    let round = |r: &mut Replay, t: f64| {
+        r.source().set_time(t);
+        r.sampler.round(t).expect("round");
+        r.state.lock().identities.clone()
+    };
+    let name_of = |ids: &[(DomainId, Option<DomainIdentity>)], uuid: &str| {
+        ids.iter()
+            .find(|(d, _)| d.uuid == uuid)
+            .map(|(_, i)| i.clone().unwrap_or_default().name)
+    };
+    let ids = round(&mut r, 100.0);
+    assert_eq!(name_of(&ids, &dom().uuid).as_deref(), Some("before"));
+    assert_eq!(
+        name_of(&ids, &plain.uuid).as_deref(),
+        Some(""),
+        "listed, no Nova"
+    );
+    // Changed without an event: still the cached one (no call per round).
+    r.source()
+        .set_metadata(&dom().uuid, NOVA_NS, Some(&nova("after")));
+    let ids = round(&mut r, 101.0);
+    assert_eq!(name_of(&ids, &dom().uuid).as_deref(), Some("before"));
+    // The event for Nova's namespace asks for a round and a new read.
+    let ev = r.sampler.handle(
+        101.5,
+        SourceEvent::Domain(DomainEvent::MetadataChange {
+            domain: dom(),
+            uri: Some(NOVA_NS.into()),
+        }),
+    );
+    assert_eq!(ev, Event::Handled { round_now: true });
+    let ids = round(&mut r, 102.0);
+    assert_eq!(name_of(&ids, &dom().uuid).as_deref(), Some("after"));
+    // A redefinition (Nova rewrites its metadata this way) too.
+    r.source()
+        .set_metadata(&dom().uuid, NOVA_NS, Some(&nova("redefined")));
+    r.sampler.handle(
+        102.5,
+        SourceEvent::Domain(DomainEvent::Lifecycle {
+            domain: dom(),
+            event: crate::libvirt::jobs::lifecycle::DEFINED,
+            detail: 1,
+        }),
+    );
+    let ids = round(&mut r, 103.0);
+    assert_eq!(name_of(&ids, &dom().uuid).as_deref(), Some("redefined"));
+    // A bad element: empty labels, the domain still listed.
+    r.source()
+        .set_metadata(&dom().uuid, NOVA_NS, Some("<instance"));
+    r.sampler.handle(
+        103.5,
+        SourceEvent::Domain(DomainEvent::MetadataChange {
+            domain: dom(),
+            uri: Some(NOVA_NS.into()),
+        }),
+    );
+    let ids = round(&mut r, 104.0);
+    assert_eq!(name_of(&ids, &dom().uuid).as_deref(), Some(""));
+}

@@ -49,6 +49,12 @@ impl LogLevel {
 /// auto-converge throttle, post-copy page requests) while a job runs, and the final figures of
 /// every finished migration (outcome, duration, downtime), from libvirt's job-completed event.
 /// Scrapes never wait on libvirt: a background sampler keeps the latest state.
+///
+/// SIGHUP (`systemctl reload`) reads --config.file and --web.config.file again: a new
+/// certificate, key or basic-auth user applies from the next connection or request on, and the
+/// configured peers (`probe.peers`) follow the file. A file that fails to load keeps the
+/// previous configuration in force and is named in one error line;
+/// vm_migration_exporter_config_last_reload_successful says whether the last reload worked.
 #[derive(Debug, Parser)]
 #[command(
     name = "vm-migration-exporter",
@@ -65,6 +71,7 @@ pub struct Cli {
 
     /// TLS and basic-auth settings in the Prometheus exporter-toolkit format (tls_server_config:
     /// cert_file, key_file, min_version; basic_auth_users: name → bcrypt hash). Off: plain HTTP.
+    /// Read again on SIGHUP (certificates rotate without a restart).
     #[arg(
         long = "web.config.file",
         env = "VM_MIGRATION_EXPORTER_WEB_CONFIG_FILE",
@@ -137,7 +144,9 @@ pub struct Cli {
     /// `sample.interval`, `sample.idle_interval`, `sample.completion_grace`, `probe.interval`,
     /// `probe.timeout`, `probe.max_concurrency`, `probe.discovery`, `probe.discovery_tcp_port`,
     /// `probe.peers[]` (name, address, probes[]: type icmp|tcp, port, interval, timeout).
-    /// Flags and environment variables win over the file; unknown keys are errors.
+    /// Flags and environment variables win over the file; unknown keys are errors. Read again
+    /// on SIGHUP: `probe.peers` (with `probe.interval`, `probe.timeout`) applies at once, other
+    /// changed keys at the next restart (the reload logs which).
     #[arg(
         long = "config.file",
         env = "VM_MIGRATION_EXPORTER_CONFIG_FILE",
@@ -204,6 +213,52 @@ pub struct Cli {
 
     #[command(flatten)]
     pub probe: ProbeArgs,
+
+    #[command(flatten)]
+    pub forecast: ForecastArgs,
+}
+
+/// The forecast flags, flattened into [`Cli`].
+#[derive(Debug, Args)]
+pub struct ForecastArgs {
+    /// Start dirty-rate calculations (virDomainStartDirtyRateCalc, page sampling: QEMU hashes
+    /// a sample of pages, the guest runs on) for the forecast, on a read-write connection to
+    /// --forecast.libvirt.uri. Off: the exporter stays read-only and uses the dirty rates
+    /// libvirt already reports and the domains' past migrations.
+    #[arg(long = "forecast.enable", env = "VM_MIGRATION_EXPORTER_FORECAST_ENABLE", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub forecast_enable: bool,
+
+    /// The read-write libvirt URI used only to start dirty-rate calculations (default: the
+    /// --libvirt.uri daemon). Needs --forecast.enable.
+    #[arg(
+        long = "forecast.libvirt.uri",
+        env = "VM_MIGRATION_EXPORTER_FORECAST_LIBVIRT_URI",
+        value_name = "URI"
+    )]
+    pub forecast_libvirt_uri: Option<String>,
+
+    /// How often each domain's dirty rate is calculated (at least 10s).
+    #[arg(long = "forecast.interval", env = "VM_MIGRATION_EXPORTER_FORECAST_INTERVAL", default_value = "5m", value_parser = parse_forecast_interval, value_name = "DURATION")]
+    pub forecast_interval: Duration,
+
+    /// Most dirty-rate calculations running at once.
+    #[arg(long = "forecast.max-concurrency", env = "VM_MIGRATION_EXPORTER_FORECAST_MAX_CONCURRENCY", default_value = "2", value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub forecast_max_concurrency: u16,
+
+    /// The transfer rate to assume when no path figure is known (no link speed, cap or RTT to
+    /// the peer), per second, e.g. 40MiB. Unset: such forecasts are unknown.
+    #[arg(long = "forecast.bandwidth", env = "VM_MIGRATION_EXPORTER_FORECAST_BANDWIDTH", value_parser = crate::forecast::api::parse_bandwidth, value_name = "RATE")]
+    pub forecast_bandwidth: Option<f64>,
+}
+
+fn parse_forecast_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if d < Duration::from_secs(10) {
+        return Err(format!(
+            "'{s}' is too short: at least 10s (a calculation samples the guest for 1 s)"
+        ));
+    }
+    Ok(d)
 }
 
 /// The peer-probe flags, flattened into [`Cli`].

@@ -23,6 +23,8 @@ pub use flags::{Cli, LogFormat, LogLevel, ProbeArgs, DEFAULT_LISTEN};
 /// The settings the daemon runs with, after merging flags, environment and config file.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// `--config.file`, read again on SIGHUP.
+    pub config_file: Option<PathBuf>,
     pub listen_address: SocketAddr,
     pub web_config_file: Option<PathBuf>,
     pub web_max_connections: usize,
@@ -47,6 +49,18 @@ pub struct Settings {
     pub app: crate::app_qos::targets::AppSettings,
     /// Collectors to run (`--collector.<name>` / `--no-collector.<name>`).
     pub collectors: BTreeSet<Name>,
+    pub forecast: ForecastSettings,
+}
+
+/// The forecast's settings (`--forecast.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForecastSettings {
+    /// The read-write URI dirty-rate calculations are started on; `None`: none are started.
+    pub calc_uri: Option<String>,
+    pub interval: Duration,
+    pub max_concurrency: usize,
+    /// Bytes/s to assume when no path figure is known.
+    pub bandwidth: Option<f64>,
 }
 
 /// Why the command line could not be turned into settings.
@@ -133,7 +147,35 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
             message,
         }),
     })?;
+    let f = &cli.forecast;
+    if f.forecast_libvirt_uri.is_some() && !f.forecast_enable {
+        return Err(CliError::Flag(
+            "--forecast.libvirt.uri is set but --forecast.enable is not: add --forecast.enable to start dirty-rate calculations, or drop the URI".into(),
+        ));
+    }
+    if f.forecast_enable && !settings_collectors_has_forecast(m) {
+        return Err(CliError::Flag(
+            "--forecast.enable needs the forecast collector: drop --no-collector.forecast".into(),
+        ));
+    }
+    let forecast = ForecastSettings {
+        calc_uri: f.forecast_enable.then(|| {
+            f.forecast_libvirt_uri.clone().unwrap_or_else(|| {
+                flag_or_file(
+                    m,
+                    "libvirt_uri",
+                    cli.libvirt_uri.clone(),
+                    cfg.libvirt.uri.clone(),
+                )
+            })
+        }),
+        interval: f.forecast_interval,
+        max_concurrency: usize::from(f.forecast_max_concurrency),
+        bandwidth: f.forecast_bandwidth,
+    };
     Ok(Settings {
+        config_file: cli.config_file.clone(),
+        forecast,
         listen_address: cli.listen_address,
         web_config_file: cli.web_config_file,
         web_max_connections: cli.web_max_connections as usize,
@@ -172,6 +214,10 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
         app: cfg.app.clone(),
         collectors: flags::enabled_collectors(m),
     })
+}
+
+fn settings_collectors_has_forecast(m: &ArgMatches) -> bool {
+    flags::enabled_collectors(m).contains(&Name::Forecast)
 }
 
 /// Peer-probe settings after merging flags, environment and config file.

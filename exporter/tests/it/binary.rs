@@ -117,7 +117,7 @@ fn golden_metrics_against_the_test_driver() {
         poll_until(WAIT, || {
             m = e.metrics();
             value(&m, "vm_migration_libvirt_up") == Some(1.0)
-                && ["jobs", "netdev", "discovery"].iter().all(|c| {
+                && ["jobs", "netdev", "discovery", "forecast"].iter().all(|c| {
                     value(
                         &m,
                         &format!("vm_migration_collector_success{{collector=\"{c}\"}}"),

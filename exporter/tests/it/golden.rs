@@ -127,7 +127,17 @@ fn fixtures() -> std::path::PathBuf {
 
 /// `/metrics` as the daemon would serve it after the trace, with every collector's families.
 fn every_family() -> String {
-    let mut replay = Replay::new(trace(), SamplerConfig::default());
+    // g2 is an OpenStack instance (Nova's metadata); g1 and g3 are plain libvirt domains.
+    let nova = format!(
+        r#"<nova:instance xmlns:nova="{}"><nova:name>web-2</nova:name><nova:flavor name="m1.small"/><nova:owner><nova:user uuid="6d3c2b1a">alice</nova:user><nova:project uuid="a1b2c3d4">shop</nova:project></nova:owner></nova:instance>"#,
+        vm_migration_exporter::identity::NOVA_NS
+    );
+    let source = vm_migration_exporter::trace::ReplaySource::new(trace()).with_metadata(&[(
+        &dom(2).uuid,
+        vm_migration_exporter::identity::NOVA_NS,
+        &nova,
+    )]);
+    let mut replay = Replay::with_source(source, SamplerConfig::default());
     replay.run(|_, _| {});
     replay.metrics.call_error(Call::MaxDowntime);
     let statuses = replay.statuses.clone();
@@ -217,6 +227,45 @@ fn every_family() -> String {
     registry.register_collector(Box::new(
         vm_migration_exporter::app_qos::metrics::AppFamilies::new(app),
     ));
+    // The forecast of two guests (one converging, one not) over the configured peer's path.
+    {
+        use vm_migration_exporter::forecast::dirty::{DirtyRate, DirtySource};
+        use vm_migration_exporter::forecast::report::{DomainView, HostView, PeerPath};
+        let guest = |n: u8, dirty_mibs: f64| DomainView {
+            domain: dom(n),
+            migrating: false,
+            memory_bytes: Some(512.0 * 1048576.0),
+            first_pass_bytes: Some(256.0 * 1048576.0),
+            dirty_rate: Some(DirtyRate {
+                bytes_per_second: dirty_mibs * 1048576.0,
+                source: DirtySource::Calculation,
+                seen_at: 100.0,
+                samples: 1,
+            }),
+            max_downtime_seconds: Some(0.3),
+            last_peer: None,
+        };
+        let view = HostView {
+            updated_at: Some(100.0),
+            domains: vec![guest(1, 16.0), guest(2, 150.0)],
+            peers: vec![PeerPath {
+                name: "dst".into(),
+                address: dst,
+                device: Some("eth0".into()),
+                link_speed_bytes: Some(128.0 * 1048576.0),
+                link_used_bytes: Some(0.0),
+                rtt_seconds: Some(0.0005),
+            }],
+            window: None,
+            fallback_bytes: None,
+            calculations: true,
+        };
+        registry.register_collector(Box::new(
+            vm_migration_exporter::forecast::metrics::ForecastFamilies::new(std::sync::Arc::new(
+                parking_lot::Mutex::new(view),
+            )),
+        ));
+    }
     // The record file: found damaged at start (moved aside), its two valid records kept.
     let dir = tempfile::tempdir().expect("tempdir");
     let one = serde_json::to_string(&replay.state.lock().records[0]).expect("record");
@@ -231,6 +280,12 @@ fn every_family() -> String {
         .registry
         .register_collector(Box::new(vm_migration_exporter::store::StoreCollector(
             log.stats(),
+        )));
+    // The start counts as the first successful load.
+    replay
+        .registry
+        .register_collector(Box::new(vm_migration_exporter::reload::ReloadStatus::new(
+            100.0,
         )));
     let out = text(&replay.registry).replace(&dir.path().display().to_string(), "<dir>");
     // The moved file is named after the time it was found.

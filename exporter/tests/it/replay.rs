@@ -1,6 +1,7 @@
 //! Recorded traces of real migrations (exporter/tests/fixtures/traces, written by the
-//! end-to-end tests with VME_TRACE_DIR) replayed through the sampler behind the job-source
-//! seam. Expected figures are read from libvirt's own answers inside each trace.
+//! end-to-end tests with VME_TRACE_DIR, and the lab's sets, fixtures/lab-*) replayed through the
+//! sampler behind the job-source seam. Expected figures are read from libvirt's own answers
+//! inside each trace.
 
 use std::path::PathBuf;
 
@@ -200,9 +201,11 @@ fn lab_stressed_precopy_is_called_not_converging_by_pass_2_and_counted_aborted()
     );
 }
 
-/// The paper run's 150 MiB/s random writer over 100 MiB/s: 1-second passes sampled every second,
-/// whose sampled remainders swing by a third. Its verdict used to alternate stalled ↔ diverging
-/// every one to five passes (20+ changes in 60 s), restarting the alert's `for:` each time.
+/// The paper run's 150 MiB/s random writer over a 256 MiB working set at 100 MiB/s (QEMU 10):
+/// passes of 2 s shrinking to 1.2 s, sampled every half second. The remainder at pass starts falls
+/// 205 → 161 → 141 MiB while QEMU's dirty rate climbs 65 → 88 MiB/s, then settles near 120 MiB
+/// (the working set re-dirtied within each pass), far above the 30 MiB switch-over threshold.
+/// A model trusting a steady ratio called passes 3 and 4 `converging` and flipped four times.
 #[test]
 fn lab_fast_stuck_precopy_keeps_one_verdict() {
     let r = replay("paper-pre-150mbps-random-cap100-rtt0-source.jsonl");
@@ -213,14 +216,29 @@ fn lab_fast_stuck_precopy_keeps_one_verdict() {
         .map(|(_, v, _)| *v)
         .collect();
     assert!(after_pass_2.len() > 40, "{:?}", r.live);
+    assert!(
+        !after_pass_2.contains(&Verdict::Converging),
+        "never converging: {:?}",
+        r.live
+    );
     let changes = after_pass_2.windows(2).filter(|w| w[0] != w[1]).count();
     assert!(
         changes <= 2,
         "{changes} verdict changes after pass 2: {after_pass_2:?}"
     );
+    // Not converging by pass 5, and from then on.
+    let first_bad = r
+        .live
+        .iter()
+        .position(|(_, v, _)| v.is_non_converging())
+        .unwrap_or_else(|| panic!("never not_converging: {:?}", r.live));
+    assert!(r.live[first_bad].0 <= 5, "{:?}", r.live);
     assert!(
-        after_pass_2.iter().all(|v| v.is_non_converging()),
-        "{after_pass_2:?}"
+        r.live[first_bad..]
+            .iter()
+            .all(|(_, v, _)| v.is_non_converging()),
+        "{:?}",
+        r.live
     );
 }
 
@@ -262,12 +280,13 @@ fn lab_loaded_precopy_converges_without_a_false_alarm() {
     assert_eq!(r.finished[0].outcome, Outcome::Completed);
 }
 
-/// A real post-copy failure (QEMU 7.2 at a 100 MiB/s cap, the lab's paper run): libvirt says
+/// A real post-copy failure (QEMU 7.2 at a 100 MiB/s cap, the lab's paper run of 2026-11-25;
+/// QEMU 10 no longer fails there, so the trace is kept on its own): libvirt says
 /// "suspended: post-copy failed", the job stays with frozen figures and the guest paused. The
 /// exporter must say so at once and keep saying it, not show a healthy post-copy.
 #[test]
 fn postcopy_failure_from_the_lab_is_called_postcopy_failed() {
-    let r = replay("paper-post-150mbps-random-cap100-rtt0-source.jsonl");
+    let r = replay("qemu7.2-postcopy-failed-150mbps-random-cap100-source.jsonl");
     // The trace ends with libvirt's two words: suspended for post-copy (7), then post-copy
     // failed (8).
     let details: Vec<i32> = r

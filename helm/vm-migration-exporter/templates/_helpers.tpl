@@ -91,6 +91,9 @@ app.kubernetes.io/part-of: vm-migration-exporter
 {{- if .monitor.nodeLabel }}
 {{- $r = append $r (dict "action" "replace" "sourceLabels" (list "__meta_kubernetes_pod_node_name") "targetLabel" "node") }}
 {{- end }}
+{{- with .monitor.job }}
+{{- $r = append $r (dict "action" "replace" "targetLabel" "job" "replacement" .) }}
+{{- end }}
 {{- $r = concat $r .monitor.relabelings }}
 {{- if $r }}
 relabelings:

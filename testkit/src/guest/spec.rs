@@ -29,8 +29,9 @@ pub struct GuestSpec {
     pub dirty_mb: u32,
     pub pattern: Pattern,
     pub hot_mb: u32,
-    /// Serve HTTP inside the guest, reachable on this host TCP port (on whichever host runs the
-    /// guest): QEMU user-mode networking forwards it to the guest's port [`APP_GUEST_PORT`].
+    /// Serve HTTP inside the guest on [`APP_GUEST_PORT`]. A libvirt lab guest has it on the
+    /// provider bridge at `net::PROVIDER_GUEST_ADDR` wherever it runs; a plain-QEMU guest
+    /// (`app_nic_args`) has it forwarded from this host port by user-mode networking.
     #[serde(default)]
     pub app_port: Option<u16>,
 }
@@ -81,40 +82,51 @@ impl GuestSpec {
         c
     }
 
+    /// The kernel command line of a libvirt lab guest: its service on the provider network.
+    fn lab_cmdline(&self) -> String {
+        let mut c = self.cmdline();
+        if self.app_port.is_some() {
+            c += &format!(
+                " app_addr={} app_mask=255.255.255.0 app_gw={}",
+                crate::net::PROVIDER_GUEST_ADDR,
+                crate::net::PROVIDER_HOST_ADDR
+            );
+        }
+        c
+    }
+
     pub fn domain_xml(&self, assets: &Assets) -> String {
-        // The application NIC goes in as QEMU arguments: libvirt 9.0 forwards ports only with
-        // the passt backend (not installed here). QEMU migrates the slirp state.
-        let (ns, app) = match self.app_port {
-            None => (String::new(), String::new()),
-            Some(port) => (
-                " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'".to_string(),
-                format!(
-                    "<qemu:commandline>{}</qemu:commandline>",
-                    app_nic_args("", port)
-                        .iter()
-                        .map(|a| format!("<qemu:arg value='{a}'/>"))
-                        .collect::<String>()
-                ),
+        // The application NIC sits on the provider bridge of whichever host runs the guest, so
+        // the guest keeps its address across the migration; a fixed MAC, like a cloud port.
+        let app = match self.app_port {
+            None => String::new(),
+            Some(_) => format!(
+                "<interface type='bridge'><mac address='{APP_MAC}'/><source bridge='{}'/>\
+                 <model type='virtio'/></interface>",
+                crate::net::PROVIDER_BRIDGE
             ),
         };
         // <acpi/>: without it libvirt 9.0 passes -no-acpi, which QEMU 10 rejects.
         format!(
-            "<domain type='qemu'{ns}><name>{n}</name><memory unit='MiB'>{m}</memory><vcpu>1</vcpu>\
+            "<domain type='qemu'><name>{n}</name><memory unit='MiB'>{m}</memory><vcpu>1</vcpu>\
              <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel><initrd>{i}</initrd>\
              <cmdline>{c}</cmdline></os>\
              <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
              <features><acpi/></features>\
              <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><controller type='usb' model='none'/>\
              <serial type='file'><source path='/var/log/libvirt/qemu/{n}.serial'/></serial>\
-             <memballoon model='none'/></devices>{app}</domain>",
+             {app}<memballoon model='none'/></devices></domain>",
             n = self.name,
             m = self.memory_mb,
             k = assets.kernel.display(),
             i = assets.initrd.display(),
-            c = self.cmdline(),
+            c = self.lab_cmdline(),
         )
     }
 }
+
+/// The MAC address of the app guest's provider-network NIC.
+pub const APP_MAC: &str = "52:54:00:79:00:10";
 
 #[cfg(test)]
 mod tests {
@@ -143,22 +155,28 @@ mod tests {
     }
 
     #[test]
-    fn app_port_adds_the_forwarded_nic_and_the_parameter() {
+    fn app_guest_sits_on_the_provider_bridge_with_its_address() {
         let mut s = spec();
         s.app_port = Some(18080);
         let xml = s.domain_xml(&assets());
-        assert!(xml.contains(" http_port=80</cmdline>"), "{xml}");
         assert!(
-            xml.starts_with(
-                "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+            xml.contains(
+                " http_port=80 app_addr=10.79.0.10 app_mask=255.255.255.0 app_gw=10.79.0.1</cmdline>"
             ),
             "{xml}"
         );
-        assert!(xml.ends_with(
-            "</devices><qemu:commandline><qemu:arg value='-netdev'/>\
-             <qemu:arg value='user,id=app0,hostfwd=tcp::18080-:80'/><qemu:arg value='-device'/>\
-             <qemu:arg value='virtio-net-pci,netdev=app0,addr=0x8'/></qemu:commandline></domain>"
-        ));
+        assert!(
+            xml.contains(
+                "<interface type='bridge'><mac address='52:54:00:79:00:10'/>\
+                 <source bridge='vmlabbr0'/><model type='virtio'/></interface>"
+            ),
+            "{xml}"
+        );
+        // The plain-QEMU form keeps user-mode forwarding of the host port.
+        assert_eq!(
+            app_nic_args("127.0.0.1", 18080)[1],
+            "user,id=app0,hostfwd=tcp:127.0.0.1:18080-:80"
+        );
     }
 
     #[test]

@@ -247,21 +247,83 @@ impl Prober {
     }
 }
 
-/// The `probe` collector: the configured peers' probes, started once; discovery adds and
-/// retires discovered peers' through the same [`Prober`].
+/// The configured peers being probed; a reload replaces the list ([`ConfiguredPeers::apply`]):
+/// peers that left or changed stop (their series go), new or changed ones start. Cheap to
+/// clone; clones share the list.
+#[derive(Clone)]
+pub struct ConfiguredPeers {
+    prober: Prober,
+    cancel: CancellationToken,
+    running: Arc<parking_lot::Mutex<Vec<RunningPeer>>>,
+}
+
+struct RunningPeer {
+    spec: PeerSpec,
+    cancel: CancellationToken,
+    keys: Vec<ProbeKey>,
+}
+
+impl ConfiguredPeers {
+    pub fn new(prober: Prober, cancel: CancellationToken) -> Self {
+        ConfiguredPeers {
+            prober,
+            cancel,
+            running: Default::default(),
+        }
+    }
+
+    /// Probe exactly `peers` from now on; returns (started, stopped) peer counts.
+    pub fn apply(&self, peers: &[PeerSpec]) -> (usize, usize) {
+        let mut running = self.running.lock();
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut *running)
+            .into_iter()
+            .partition(|r| peers.contains(&r.spec));
+        for r in &gone {
+            r.cancel.cancel();
+            for k in &r.keys {
+                self.prober.retire(k);
+            }
+        }
+        *running = keep;
+        let mut started = 0;
+        for peer in peers {
+            if running.iter().any(|r| &r.spec == peer) {
+                continue;
+            }
+            let cancel = self.cancel.child_token();
+            let keys = self.prober.spawn_peer(peer, Origin::Config, &cancel);
+            running.push(RunningPeer {
+                spec: peer.clone(),
+                cancel,
+                keys,
+            });
+            started += 1;
+        }
+        (started, gone.len())
+    }
+}
+
+/// The `probe` collector: the configured peers' probes, started with it and replaced on a
+/// reload ([`ConfiguredPeers`]); discovery adds and retires discovered peers' through the
+/// same [`Prober`].
 pub struct ProbeCollector {
     prober: Prober,
     peers: Vec<PeerSpec>,
-    cancel: CancellationToken,
+    configured: ConfiguredPeers,
 }
 
 impl ProbeCollector {
     pub fn new(prober: Prober, peers: Vec<PeerSpec>, cancel: CancellationToken) -> Self {
         ProbeCollector {
+            configured: ConfiguredPeers::new(prober.clone(), cancel),
             prober,
             peers,
-            cancel,
         }
+    }
+
+    /// The handle a reload replaces the configured peers through.
+    pub fn configured(&self) -> ConfiguredPeers {
+        self.configured.clone()
     }
 }
 
@@ -277,9 +339,7 @@ impl Collector for ProbeCollector {
 
 impl Tasks for ProbeCollector {
     fn start(self: Box<Self>) {
-        for peer in &self.peers {
-            self.prober.spawn_peer(peer, Origin::Config, &self.cancel);
-        }
+        self.configured.apply(&self.peers);
         if !self.peers.is_empty() {
             info!(peers = self.peers.len(), "probing configured peers");
         }

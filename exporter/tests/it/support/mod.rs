@@ -43,6 +43,9 @@ pub fn normalise(text: &str) -> String {
     let volatile = [
         "vm_migration_sample_age_seconds",
         "vm_migration_collector_duration_seconds",
+        "vm_migration_exporter_config_last_reload_success_timestamp_seconds",
+        // The exporter's own process (CPU, memory, fds, threads, start time).
+        "process_",
     ];
     let mut out = Vec::new();
     let mut block: Vec<String> = Vec::new();
