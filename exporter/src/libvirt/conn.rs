@@ -70,6 +70,10 @@ enum Ctl {
 /// One open connection with its registrations; deregistered and closed on drop.
 struct Live {
     conn: Conn,
+    /// One call at a time on this connection: libvirt 9.0's client crashed (SIGSEGV in its RPC
+    /// loop) when the keepalive closed the connection under two calls in flight, the sampler's
+    /// and the forecast's (exporter/tests/it/binary.rs, frozen libvirtd with a guest).
+    calls: Mutex<()>,
     generation: u64,
     event_ids: Vec<i32>,
     close_cb: bool,
@@ -218,6 +222,7 @@ impl LibvirtSource {
             Call::JobStats
         };
         let live = self.live()?;
+        let _one_call = live.calls.lock();
         let dom = self.lookup(&live, domain, call)?;
         match dom.job_stats(completed) {
             Ok(job) => Ok((job.job_type != job_type::NONE).then_some(job)),
@@ -249,6 +254,7 @@ impl JobSource for LibvirtSource {
 
     fn list_domains(&self) -> Result<Vec<DomainId>, SourceError> {
         let live = self.live()?;
+        let _one_call = live.calls.lock();
         let doms = live.conn.list_active_domains().map_err(|e| {
             if !live.conn.is_alive() {
                 live.report_dead(&e.message);
@@ -274,6 +280,7 @@ impl JobSource for LibvirtSource {
 
     fn max_downtime_ms(&self, domain: &DomainId) -> Result<Option<u64>, SourceError> {
         let live = self.live()?;
+        let _one_call = live.calls.lock();
         let dom = self.lookup(&live, domain, Call::MaxDowntime)?;
         match dom.max_downtime_ms() {
             Ok(v) => Ok(Some(v)),
@@ -285,6 +292,7 @@ impl JobSource for LibvirtSource {
 
     fn metadata(&self, domain: &DomainId, uri: &str) -> Result<Option<String>, SourceError> {
         let live = self.live()?;
+        let _one_call = live.calls.lock();
         let dom = self.lookup(&live, domain, Call::Metadata)?;
         match dom.metadata_element(uri) {
             Ok(v) => Ok(v),
@@ -295,6 +303,7 @@ impl JobSource for LibvirtSource {
 
     fn domain_stats(&self) -> Result<Vec<(DomainId, Params)>, SourceError> {
         let live = self.live()?;
+        let _one_call = live.calls.lock();
         match live.conn.dirty_rate_stats() {
             Ok(v) => Ok(v),
             Err(e) if !live.conn.is_alive() => {
@@ -323,6 +332,7 @@ fn connect(shared: &Shared, generation: u64) -> Result<Live, LvError> {
     }
     let mut live = Live {
         conn,
+        calls: Mutex::new(()),
         generation,
         event_ids: Vec::new(),
         close_cb: false,

@@ -141,7 +141,13 @@ impl RunningExporter {
         if let Some(a) = accept {
             req = req.header("Accept", a);
         }
-        let resp = req.send().expect("HTTP request to the exporter");
+        // A failed request says what the exporter logged (it may have died).
+        let resp = req.send().unwrap_or_else(|e| {
+            panic!(
+                "HTTP request to the exporter: {e}; its log:\n{}",
+                self.log().join("\n")
+            )
+        });
         let status = resp.status().as_u16();
         let ct = resp
             .headers()
