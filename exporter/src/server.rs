@@ -55,7 +55,9 @@ fn router_with(app: AppState, api_concurrency: usize) -> Router {
         )
         .route(
             "/api/v1/forecast",
-            get(move |query| crate::forecast::api::forecast(forecast.clone(), query)),
+            get(move |state: State<AppState>, query| {
+                crate::forecast::api::forecast(forecast.clone(), state.0.state.clone(), query)
+            }),
         )
         .with_state(app)
 }
@@ -201,6 +203,11 @@ fn seconds(s: Option<f64>) -> String {
 }
 
 async fn landing(State(app): State<AppState>) -> Html<String> {
+    // Before the state's lock below: the forecast's view reads the listing under it.
+    let forecast = app
+        .forecast
+        .as_ref()
+        .map(|f| f.lock().clone().listed_only(&app.state));
     let snap = app.state.lock();
     let mut h = String::with_capacity(8192);
     let _ =
@@ -247,9 +254,8 @@ td:first-child{{text-align:left}}.converging,.completed{{color:#1a7f37}}\
         }
         h.push_str("</table>");
     }
-    if let Some(f) = &app.forecast {
-        let view = f.lock().clone();
-        h.push_str(&crate::forecast::api::landing_section(&view));
+    if let Some(view) = &forecast {
+        h.push_str(&crate::forecast::api::landing_section(view));
     }
     let shown = snap.records.len().min(LANDING_RECORDS);
     let _ = write!(

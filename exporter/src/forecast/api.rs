@@ -104,6 +104,7 @@ pub fn what_if(q: &ForecastQuery, view: &HostView) -> Result<WhatIf, String> {
 /// The handler; `view` is `None` when the forecast collector is off.
 pub async fn forecast(
     view: Option<Arc<Mutex<HostView>>>,
+    state: crate::state::SharedState,
     query: Result<Query<ForecastQuery>, QueryRejection>,
 ) -> Response {
     let Query(q) = match query {
@@ -123,7 +124,7 @@ pub async fn forecast(
         )
             .into_response();
     };
-    let view = view.lock().clone();
+    let view = view.lock().clone().listed_only(&state);
     match what_if(&q, &view) {
         Ok(w) => Json(evaluate(&view, &w)).into_response(),
         Err(e) => bad_request(e),

@@ -317,7 +317,10 @@ impl Collector for ForecastCollector {
     }
 
     fn register(&self, registry: &mut Registry) {
-        registry.register_collector(Box::new(ForecastFamilies::new(self.view.clone())));
+        registry.register_collector(Box::new(ForecastFamilies::new(
+            self.view.clone(),
+            self.sources.shared.clone(),
+        )));
     }
 }
 

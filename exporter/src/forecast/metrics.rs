@@ -14,18 +14,19 @@ use crate::exposition::GaugeFamily;
 #[derive(Debug)]
 pub struct ForecastFamilies {
     view: Arc<Mutex<HostView>>,
+    state: crate::state::SharedState,
 }
 
 impl ForecastFamilies {
-    pub fn new(view: Arc<Mutex<HostView>>) -> Self {
-        ForecastFamilies { view }
+    pub fn new(view: Arc<Mutex<HostView>>, state: crate::state::SharedState) -> Self {
+        ForecastFamilies { view, state }
     }
 }
 
 impl Collector for ForecastFamilies {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Copy, then evaluate outside the lock.
-        let view = self.view.lock().clone();
+        let view = self.view.lock().clone().listed_only(&self.state);
         if view.updated_at.is_none() {
             return Ok(());
         }

@@ -55,6 +55,20 @@ pub struct HostView {
 }
 
 impl HostView {
+    /// Without the domains the sampler's last listing no longer has (a guest that died or left
+    /// since the forecast's last round): nothing about them is current. Unchanged while there is
+    /// no listing (the jobs collector off or not connected yet).
+    pub fn listed_only(mut self, state: &crate::state::SharedState) -> HostView {
+        let st = state.lock();
+        if st.domains_active.is_some() {
+            let listed: std::collections::HashSet<&str> =
+                st.identities.iter().map(|(d, _)| d.uuid.as_str()).collect();
+            self.domains
+                .retain(|d| listed.contains(d.domain.uuid.as_str()));
+        }
+        self
+    }
+
     pub fn peer(&self, name_or_address: &str) -> Option<&PeerPath> {
         self.peers
             .iter()
@@ -304,5 +318,32 @@ mod tests {
         let r = evaluate(&v, &WhatIf::default());
         assert_eq!(r.domains[0].path.limit, Some(Limit::Fallback));
         assert_eq!(r.domains[0].forecast.verdict, Verdict::Converges);
+    }
+
+    /// A guest that died or left since the forecast's last round is not shown as current
+    /// (found by the chaos test: its forecast series outlived the killed QEMU).
+    #[test]
+    fn only_domains_still_listed_are_shown() {
+        let state = crate::state::shared();
+        let all: Vec<String> = view()
+            .domains
+            .iter()
+            .map(|d| d.domain.uuid.clone())
+            .collect();
+        assert!(all.len() >= 2);
+        // No listing yet: nothing to judge by, everything stays.
+        assert_eq!(view().listed_only(&state).domains.len(), all.len());
+        {
+            let mut st = state.lock();
+            st.domains_active = Some(1);
+            st.identities = vec![(view().domains[0].domain.clone(), None)];
+        }
+        let shown: Vec<String> = view()
+            .listed_only(&state)
+            .domains
+            .iter()
+            .map(|d| d.domain.uuid.clone())
+            .collect();
+        assert_eq!(shown, vec![all[0].clone()]);
     }
 }

@@ -261,9 +261,11 @@ fn every_family() -> String {
             calculations: true,
         };
         registry.register_collector(Box::new(
-            vm_migration_exporter::forecast::metrics::ForecastFamilies::new(std::sync::Arc::new(
-                parking_lot::Mutex::new(view),
-            )),
+            vm_migration_exporter::forecast::metrics::ForecastFamilies::new(
+                std::sync::Arc::new(parking_lot::Mutex::new(view)),
+                // No listing: every domain of the view is shown.
+                vm_migration_exporter::state::shared(),
+            ),
         ));
     }
     // The record file: found damaged at start (moved aside), its two valid records kept.
