@@ -280,6 +280,7 @@ fn libvirtd_stopped_for_20s(lab: &mut Lab, out: &Path) {
         }
         unready_seen |= e.get("/-/ready").is_none();
         scrapes += 1;
+        // Pacing of a fixed 20 s observation window (every scrape must hold), not synchronisation.
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(scrapes >= 20, "{scrapes} scrapes in 20 s");
