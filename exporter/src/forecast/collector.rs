@@ -19,6 +19,7 @@ use super::dirty::{self, DomainStats};
 use super::metrics::ForecastFamilies;
 use super::path::{self, Window};
 use super::report::{DomainView, HostView, PeerPath};
+use super::zero_pages::{self, Mapping, Sample};
 use crate::clock::unix_now;
 use crate::collector::{CollectError, Collector, Name, Rounds};
 use crate::libvirt::calc::DirtyRateCalc;
@@ -39,6 +40,10 @@ const PERIOD_MEASURING: Duration = Duration::from_secs(2);
 const CALC_GIVE_UP_S: f64 = 30.0;
 /// NIC use and probe RTTs over this many seconds.
 const RECENT_S: f64 = 60.0;
+/// A guest's zero-page sample is taken again after this long ...
+const ZERO_SAMPLE_EVERY: Duration = Duration::from_secs(60);
+/// ... or once its resident memory moved by this share (a guest filling its memory).
+const ZERO_RESAMPLE_RSS_CHANGE: f64 = 0.05;
 
 /// The opt-in active part.
 pub struct Calculations {
@@ -58,6 +63,17 @@ pub struct Sources {
     pub sysfs: PathBuf,
     /// `--forecast.bandwidth`, bytes/s.
     pub fallback: Option<f64>,
+    /// `--forecast.zero-pages`: sample the guests' memory for zero pages.
+    pub zero_pages: bool,
+}
+
+/// A guest's last zero-page sample.
+struct ZeroSampled {
+    pid: u32,
+    at: std::time::Instant,
+    /// The mapping's resident bytes then.
+    rss: f64,
+    sample: Sample,
 }
 
 /// A measurement first seen at `seen_at`; `ours` when it followed a calculation we started.
@@ -83,6 +99,9 @@ pub struct ForecastCollector {
     /// A calculation runs or the last round failed: the next round comes soon.
     measuring: bool,
     warned: bool,
+    /// Zero-page samples per domain uuid.
+    zero: HashMap<String, ZeroSampled>,
+    zero_warned: bool,
 }
 
 impl ForecastCollector {
@@ -102,6 +121,8 @@ impl ForecastCollector {
             ours: HashMap::new(),
             measuring: false,
             warned: false,
+            zero: HashMap::new(),
+            zero_warned: false,
         }
     }
 
@@ -183,18 +204,65 @@ impl ForecastCollector {
             .collect()
     }
 
-    /// The resident size of the guest's RAM in its QEMU process (`pids`: QEMU's by uuid).
-    fn guest_ram_rss(
+    /// The guest-RAM mapping of the domain's QEMU process (`pids`: QEMU's by uuid).
+    fn guest_ram(
         &self,
         pids: &HashMap<String, u32>,
         d: &DomainId,
         memory: Option<f64>,
-    ) -> Option<f64> {
-        let pid = pids.get(&d.uuid.to_ascii_lowercase())?;
+    ) -> Option<(u32, Mapping)> {
+        let pid = *pids.get(&d.uuid.to_ascii_lowercase())?;
         let smaps =
             std::fs::read_to_string(self.sources.procfs.join(pid.to_string()).join("smaps"))
                 .ok()?;
-        dirty::guest_ram_rss(&smaps, memory?)
+        Some((pid, zero_pages::guest_ram_mapping(&smaps, memory?)?))
+    }
+
+    /// The bytes of `ram` holding data (`--forecast.zero-pages`): sampled again when the last
+    /// sample is [`ZERO_SAMPLE_EVERY`] old or the resident size moved by more than
+    /// [`ZERO_RESAMPLE_RSS_CHANGE`] since; never for a migrating guest (its last sample stays).
+    fn nonzero_bytes(
+        &mut self,
+        d: &DomainId,
+        pid: u32,
+        ram: &Mapping,
+        migrating: bool,
+    ) -> Option<f64> {
+        if !self.sources.zero_pages {
+            return None;
+        }
+        let fresh = self.zero.get(&d.uuid).is_some_and(|z| {
+            z.pid == pid
+                && (migrating
+                    || (z.at.elapsed() < ZERO_SAMPLE_EVERY
+                        && (ram.rss - z.rss).abs() <= z.rss.max(1.0) * ZERO_RESAMPLE_RSS_CHANGE))
+        });
+        if !fresh && !migrating {
+            let dir = self.sources.procfs.join(pid.to_string());
+            let seed = unix_now().to_bits() ^ u64::from(pid);
+            match zero_pages::sample(&dir, ram.start, ram.len, zero_pages::SAMPLE_PAGES, seed) {
+                Ok(sample) => {
+                    self.zero.insert(
+                        d.uuid.clone(),
+                        ZeroSampled {
+                            pid,
+                            at: std::time::Instant::now(),
+                            rss: ram.rss,
+                            sample,
+                        },
+                    );
+                }
+                Err(e) => {
+                    if !self.zero_warned {
+                        warn!(domain = %d.name, error = %e, "cannot sample the guest's memory for zero pages; pass 1 is taken as its resident size");
+                        self.zero_warned = true;
+                    }
+                    self.zero.remove(&d.uuid);
+                }
+            }
+        }
+        let z = self.zero.get(&d.uuid).filter(|z| z.pid == pid)?;
+        Some(z.sample.nonzero_share() * ram.len as f64)
     }
 
     fn window(&self, from_records: Option<Window>) -> Option<Window> {
@@ -409,6 +477,7 @@ impl Rounds for ForecastCollector {
         self.started.retain(|u, _| live.contains(u.as_str()));
         self.bursts.retain(|u, _| live.contains(u.as_str()));
         self.ours.retain(|u, _| live.contains(u.as_str()));
+        self.zero.retain(|u, _| live.contains(u.as_str()));
 
         let record_peers: Vec<(String, IpAddr)> =
             records.values().filter_map(|(_, _, p)| p.clone()).collect();
@@ -445,10 +514,17 @@ impl Rounds for ForecastCollector {
                     None
                 }
             };
+            let ram = self.guest_ram(&pids, &d, s.memory_bytes);
+            let nonzero = ram
+                .as_ref()
+                .and_then(|(pid, ram)| self.nonzero_bytes(&d, *pid, ram, m));
+            let first_pass = s.first_pass(nonzero, ram.map(|(_, r)| r.rss));
             views.push(DomainView {
                 migrating: m,
                 memory_bytes: s.memory_bytes,
-                first_pass_bytes: s.first_pass_bytes(self.guest_ram_rss(&pids, &d, s.memory_bytes)),
+                first_pass_bytes: first_pass.map(|(b, _)| b),
+                first_pass_source: first_pass.map(|(_, src)| src),
+                resident_bytes: ram.map(|(_, r)| r.rss),
                 dirty_rate: dirty::choose(measured, record_rate),
                 max_downtime_seconds: max_downtime,
                 last_peer: rec
@@ -550,6 +626,14 @@ mod tests {
     }
 
     fn collector(calc: bool) -> (ForecastCollector, Arc<Fake>, SharedState) {
+        collector_with(calc, PathBuf::from("/nonexistent"), false)
+    }
+
+    fn collector_with(
+        calc: bool,
+        procfs: PathBuf,
+        zero_pages: bool,
+    ) -> (ForecastCollector, Arc<Fake>, SharedState) {
         let fake = Arc::new(Fake {
             calc_started: Mutex::new(Vec::new()),
         });
@@ -590,9 +674,10 @@ mod tests {
                 netdev: None,
                 peers: None,
                 configured: Vec::new(),
-                procfs: PathBuf::from("/nonexistent"),
+                procfs,
                 sysfs: PathBuf::from("/nonexistent"),
                 fallback: Some(40.0 * 1048576.0),
+                zero_pages,
             },
         );
         (c, fake, shared)
@@ -662,5 +747,108 @@ mod tests {
         let pids = qemu_pids(p);
         assert_eq!(pids.len(), 1);
         assert_eq!(pids.get("uuid-1"), Some(&4242));
+    }
+
+    /// A QEMU stand-in whose "guest RAM" is a 512 MiB region of this test process: its smaps
+    /// entry is written to a fake procfs, its pagemap and mem are this process's own.
+    struct GuestRam {
+        dir: tempfile::TempDir,
+        region: Vec<u8>,
+        offset: usize,
+    }
+
+    const MIB: f64 = 1048576.0;
+    const GUEST: usize = 512 << 20;
+
+    impl GuestRam {
+        fn new() -> Self {
+            let page = zero_pages::page_size() as usize;
+            let region = vec![0u8; GUEST + page];
+            let offset = (page - region.as_ptr() as usize % page) % page;
+            let dir = tempfile::tempdir().expect("tempdir");
+            for (pid, uuid) in [("4242", "uuid-1"), ("4343", "uuid-3")] {
+                let d = dir.path().join(pid);
+                std::fs::create_dir_all(&d).expect("mkdir");
+                let cmd = format!("/usr/bin/qemu-system-x86_64\0-uuid\0{uuid}\0");
+                std::fs::write(d.join("cmdline"), cmd).expect("cmdline");
+                for f in ["pagemap", "mem"] {
+                    std::os::unix::fs::symlink(format!("/proc/self/{f}"), d.join(f))
+                        .expect("symlink");
+                }
+            }
+            let mut g = GuestRam {
+                dir,
+                region,
+                offset,
+            };
+            g.set_rss_mib(300);
+            g
+        }
+
+        fn set_rss_mib(&mut self, rss: u64) {
+            let start = self.region.as_ptr() as usize + self.offset;
+            let smaps = format!(
+                "{start:x}-{:x} rw-p 00000000 00:00 0\nSize: {} kB\nRss: {} kB\n",
+                start + GUEST,
+                GUEST / 1024,
+                rss * 1024
+            );
+            for pid in ["4242", "4343"] {
+                std::fs::write(self.dir.path().join(pid).join("smaps"), &smaps).expect("smaps");
+            }
+        }
+
+        /// Writes data into the first `mib` MiB of the guest RAM.
+        fn write_mib(&mut self, mib: usize) {
+            let page = zero_pages::page_size() as usize;
+            let ram = &mut self.region[self.offset..self.offset + GUEST];
+            for p in 0..(mib << 20) / page {
+                ram[p * page + 1] = 0x5a;
+            }
+        }
+    }
+
+    #[test]
+    fn with_zero_pages_pass_1_is_the_memory_holding_data_sampled_again_when_rss_moves() {
+        let mut ram = GuestRam::new();
+        ram.write_mib(64);
+        let procfs = ram.dir.path().to_path_buf();
+        let first = |c: &ForecastCollector, n: usize| {
+            let v = c.view().lock().clone();
+            let d = &v.domains[n];
+            (d.first_pass_bytes, d.first_pass_source, d.resident_bytes)
+        };
+
+        // Without the flag: the mapping's resident size.
+        let (mut c, _, _) = collector_with(false, procfs.clone(), false);
+        c.round().expect("round");
+        assert_eq!(
+            first(&c, 0),
+            (
+                Some(300.0 * MIB),
+                Some(dirty::FirstPassSource::RamResident),
+                Some(300.0 * MIB)
+            )
+        );
+
+        // With it: the sampled share holding data, 64 of 512 MiB (stratified: exact here).
+        let (mut c, _, _) = collector_with(false, procfs, true);
+        c.round().expect("round");
+        let sampled = (
+            Some(64.0 * MIB),
+            Some(dirty::FirstPassSource::NonzeroSample),
+            Some(300.0 * MIB),
+        );
+        assert_eq!(first(&c, 0), sampled);
+        // g3 migrates: never sampled (a post-copy destination could block the read).
+        assert_eq!(first(&c, 2).1, Some(dirty::FirstPassSource::RamResident));
+        // The guest writes more; its resident size has not moved: the sample stays.
+        ram.write_mib(128);
+        c.round().expect("round");
+        assert_eq!(first(&c, 0), sampled);
+        // Resident memory grew by more than 5 %: sampled again.
+        ram.set_rss_mib(330);
+        c.round().expect("round");
+        assert_eq!(first(&c, 0).0, Some(128.0 * MIB));
     }
 }

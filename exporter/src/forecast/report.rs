@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::dirty::DirtyRate;
+use super::dirty::{DirtyRate, FirstPassSource};
 use super::model::{self, Forecast, Inputs};
 use super::path::{self, PathEstimate, PathInputs, Window};
 use super::plan::{self, Plan};
@@ -21,8 +21,12 @@ pub struct DomainView {
     /// evacuation plan (it is leaving already).
     pub migrating: bool,
     pub memory_bytes: Option<f64>,
-    /// What pass 1 would send (see `dirty::DomainStats::first_pass_bytes`).
+    /// What pass 1 would send (see `dirty::DomainStats::first_pass`) ...
     pub first_pass_bytes: Option<f64>,
+    /// ... and where that figure comes from.
+    pub first_pass_source: Option<FirstPassSource>,
+    /// The guest-RAM mapping's resident bytes in the QEMU process.
+    pub resident_bytes: Option<f64>,
     pub dirty_rate: Option<DirtyRate>,
     /// libvirt's max downtime for the domain; QEMU's default when libvirt does not say.
     pub max_downtime_seconds: Option<f64>,
@@ -101,6 +105,8 @@ pub struct DomainReport {
     pub uuid: String,
     pub migrating: bool,
     pub first_pass_bytes: Option<f64>,
+    pub first_pass_source: Option<FirstPassSource>,
+    pub resident_bytes: Option<f64>,
     pub dirty_rate: Option<DirtyRate>,
     pub max_downtime_seconds: f64,
     pub peer: Option<String>,
@@ -162,6 +168,8 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
             uuid: d.domain.uuid.clone(),
             migrating: d.migrating,
             first_pass_bytes: d.first_pass_bytes,
+            first_pass_source: d.first_pass_source,
+            resident_bytes: d.resident_bytes,
             dirty_rate: d.dirty_rate,
             max_downtime_seconds: max_dt,
             peer: peer.map(|p| p.name.clone()),
@@ -212,6 +220,8 @@ mod tests {
             migrating,
             memory_bytes: Some(512.0 * MIB),
             first_pass_bytes: Some(300.0 * MIB),
+            first_pass_source: Some(FirstPassSource::RamResident),
+            resident_bytes: Some(300.0 * MIB),
             dirty_rate: dirty_mibs.map(|m| DirtyRate {
                 bytes_per_second: m * MIB,
                 source: DirtySource::Calculation,
