@@ -50,9 +50,9 @@ pub fn record(exporter: &Exporter, s: &Scenario, domain: &str) -> Option<serde_j
                 .as_array()
                 .and_then(|d| d.iter().find(|e| e["domain"] == domain).cloned());
             if let Some(mut e) = entry {
-                // The mean of the exporter's whole first burst of calculations.
+                // The mean of the exporter's whole first burst of calculations (five).
                 let measured = e["dirty_rate"]["source"] == "calculation"
-                    && e["dirty_rate"]["samples"].as_u64() >= Some(3);
+                    && e["dirty_rate"]["samples"].as_u64() >= Some(5);
                 let path_known = s.rtt_ms.is_none() || !e["path"]["window_rate"].is_null();
                 e["what_if"] = report["what_if"].clone();
                 e["window"] = report["window"].clone();
