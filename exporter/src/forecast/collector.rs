@@ -20,7 +20,7 @@ use super::metrics::ForecastFamilies;
 use super::path::{self, Window};
 use super::report::{DomainView, HostView, PeerPath};
 use super::zero_pages::{self, Mapping, Sample};
-use crate::clock::unix_now;
+use crate::clock::{unix_now, Clock, SystemClock};
 use crate::collector::{CollectError, Collector, Name, Rounds};
 use crate::libvirt::calc::DirtyRateCalc;
 use crate::libvirt::{DomainId, JobSource, SourceError};
@@ -40,6 +40,12 @@ const PERIOD_MEASURING: Duration = Duration::from_secs(2);
 const CALC_GIVE_UP_S: f64 = 30.0;
 /// NIC use and probe RTTs over this many seconds.
 const RECENT_S: f64 = 60.0;
+/// A guest's fill rate is measured over the zero-page samples of this many seconds ...
+const FILL_WINDOW_S: f64 = 30.0;
+/// ... once they span at least this long.
+const FILL_MIN_SPAN_S: f64 = 6.0;
+/// Growth of the non-zero share below this is noise.
+const FILL_NOISE_SHARE: f64 = 0.03;
 
 /// The opt-in active part.
 pub struct Calculations {
@@ -63,10 +69,31 @@ pub struct Sources {
     pub zero_pages: bool,
 }
 
-/// A guest's last zero-page sample.
+/// A guest's zero-page samples: the last one, and the non-zero bytes of those of the last
+/// [`FILL_WINDOW_S`] (monotonic seconds, bytes) for its fill rate.
 struct ZeroSampled {
     pid: u32,
     sample: Sample,
+    history: std::collections::VecDeque<(f64, f64)>,
+}
+
+impl ZeroSampled {
+    /// Bytes/s of zeroed memory turned into data over the window: known once it spans
+    /// [`FILL_MIN_SPAN_S`]; growth within [`FILL_NOISE_SHARE`] of the mapping is sampling noise
+    /// (two samples of 512 pages differ by up to ~3 % by chance), 0.
+    fn fill_rate(&self, len: f64) -> Option<f64> {
+        let (t0, b0) = *self.history.front()?;
+        let (t1, b1) = *self.history.back()?;
+        if t1 - t0 < FILL_MIN_SPAN_S {
+            return None;
+        }
+        let growth = b1 - b0;
+        Some(if growth > FILL_NOISE_SHARE * len {
+            growth / (t1 - t0)
+        } else {
+            0.0
+        })
+    }
 }
 
 /// A measurement first seen at `seen_at`; `ours` when it followed a calculation we started.
@@ -95,6 +122,8 @@ pub struct ForecastCollector {
     /// Zero-page samples per domain uuid.
     zero: HashMap<String, ZeroSampled>,
     zero_warned: bool,
+    /// Times the zero-page samples (fill rates) on the monotonic clock.
+    clock: Arc<dyn Clock>,
 }
 
 impl ForecastCollector {
@@ -116,7 +145,14 @@ impl ForecastCollector {
             warned: false,
             zero: HashMap::new(),
             zero_warned: false,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Reads the time from `clock` (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// What the rounds publish (the API reads it).
@@ -211,7 +247,8 @@ impl ForecastCollector {
         Some((pid, zero_pages::guest_ram_mapping(&smaps, memory?)?))
     }
 
-    /// The bytes of `ram` holding data (`--forecast.zero-pages`), sampled every round: a guest
+    /// The bytes of `ram` holding data (`--forecast.zero-pages`) and, once known, the rate the
+    /// guest fills zeroed memory, sampled every round: a guest
     /// filling zeroed memory changes it fast (the lab's 25 MiB/s writer: a sample taken 10 s
     /// before the migration read 140 MiB, pass 1 sent 345). Never for a migrating guest: its
     /// last sample stays.
@@ -221,7 +258,7 @@ impl ForecastCollector {
         pid: u32,
         ram: &Mapping,
         migrating: bool,
-    ) -> Option<f64> {
+    ) -> Option<(f64, Option<f64>)> {
         if !self.sources.zero_pages {
             return None;
         }
@@ -230,8 +267,29 @@ impl ForecastCollector {
             let seed = unix_now().to_bits() ^ u64::from(pid);
             match zero_pages::sample(&dir, ram.start, ram.len, zero_pages::SAMPLE_PAGES, seed) {
                 Ok(sample) => {
-                    self.zero
-                        .insert(d.uuid.clone(), ZeroSampled { pid, sample });
+                    let t = self.clock.now().mono;
+                    let bytes = sample.nonzero_share() * ram.len as f64;
+                    let z = self
+                        .zero
+                        .entry(d.uuid.clone())
+                        .or_insert_with(|| ZeroSampled {
+                            pid,
+                            sample,
+                            history: Default::default(),
+                        });
+                    if z.pid != pid {
+                        z.history.clear();
+                    }
+                    z.pid = pid;
+                    z.sample = sample;
+                    z.history.push_back((t, bytes));
+                    while z
+                        .history
+                        .front()
+                        .is_some_and(|(t0, _)| t - t0 > FILL_WINDOW_S)
+                    {
+                        z.history.pop_front();
+                    }
                 }
                 Err(e) => {
                     if !self.zero_warned {
@@ -243,7 +301,8 @@ impl ForecastCollector {
             }
         }
         let z = self.zero.get(&d.uuid).filter(|z| z.pid == pid)?;
-        Some(z.sample.nonzero_share() * ram.len as f64)
+        let len = ram.len as f64;
+        Some((z.sample.nonzero_share() * len, z.fill_rate(len)))
     }
 
     fn window(&self, from_records: Option<Window>) -> Option<Window> {
@@ -500,13 +559,14 @@ impl Rounds for ForecastCollector {
             let nonzero = ram
                 .as_ref()
                 .and_then(|(pid, ram)| self.nonzero_bytes(&d, *pid, ram, m));
-            let first_pass = s.first_pass(nonzero, ram.map(|(_, r)| r.rss));
+            let first_pass = s.first_pass(nonzero.map(|(b, _)| b), ram.map(|(_, r)| r.rss));
             views.push(DomainView {
                 migrating: m,
                 memory_bytes: s.memory_bytes,
                 first_pass_bytes: first_pass.map(|(b, _)| b),
                 first_pass_source: first_pass.map(|(_, src)| src),
                 resident_bytes: ram.map(|(_, r)| r.rss),
+                fill_rate_bytes: nonzero.and_then(|(_, fill)| fill),
                 dirty_rate: dirty::choose(measured, record_rate),
                 max_downtime_seconds: max_downtime,
                 last_peer: rec
@@ -814,7 +874,9 @@ mod tests {
         );
 
         // With it: the sampled share holding data, 64 of 512 MiB (stratified: exact here).
-        let (mut c, _, _) = collector_with(false, procfs, true);
+        let clock = Arc::new(crate::clock::ManualClock::new(1000.0));
+        let (c, _, _) = collector_with(false, procfs, true);
+        let mut c = c.with_clock(clock.clone());
         c.round().expect("round");
         let sampled = (
             Some(64.0 * MIB),
@@ -824,9 +886,23 @@ mod tests {
         assert_eq!(first(&c, 0), sampled);
         // g3 migrates: never sampled (a post-copy destination could block the read).
         assert_eq!(first(&c, 2).1, Some(dirty::FirstPassSource::RamResident));
-        // The guest writes more (its resident size unchanged): the next round sees it.
+        let fill = |c: &ForecastCollector| c.view().lock().domains[0].fill_rate_bytes;
+        assert_eq!(fill(&c), None, "one sample: no rate yet");
+        // The guest writes more (its resident size unchanged): the next round sees it; the
+        // fill rate is known once the samples span 6 s.
         ram.write_mib(128);
+        clock.advance(4.0);
         c.round().expect("round");
         assert_eq!(first(&c, 0).0, Some(128.0 * MIB));
+        assert_eq!(fill(&c), None, "4 s: too short a span");
+        clock.advance(4.0);
+        c.round().expect("round");
+        assert_eq!(fill(&c), Some(64.0 * MIB / 8.0));
+        // 30 s later without writing: the window holds no growth.
+        for _ in 0..4 {
+            clock.advance(10.0);
+            c.round().expect("round");
+        }
+        assert_eq!(fill(&c), Some(0.0));
     }
 }

@@ -27,6 +27,8 @@ pub struct DomainView {
     pub first_pass_source: Option<FirstPassSource>,
     /// The guest-RAM mapping's resident bytes in the QEMU process.
     pub resident_bytes: Option<f64>,
+    /// Bytes/s of zeroed memory the guest turns into data (successive zero-page samples).
+    pub fill_rate_bytes: Option<f64>,
     pub dirty_rate: Option<DirtyRate>,
     /// libvirt's max downtime for the domain; QEMU's default when libvirt does not say.
     pub max_downtime_seconds: Option<f64>,
@@ -107,6 +109,7 @@ pub struct DomainReport {
     pub first_pass_bytes: Option<f64>,
     pub first_pass_source: Option<FirstPassSource>,
     pub resident_bytes: Option<f64>,
+    pub fill_rate_bytes: Option<f64>,
     pub dirty_rate: Option<DirtyRate>,
     pub max_downtime_seconds: f64,
     pub peer: Option<String>,
@@ -157,6 +160,8 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
         let forecast = match d.first_pass_bytes {
             Some(m) => model::forecast(&Inputs {
                 memory_bytes: m,
+                fill_rate: d.fill_rate_bytes,
+                memory_limit: d.memory_bytes,
                 dirty_rate: d.dirty_rate.map(|r| r.bytes_per_second),
                 transfer_rate: path.rate,
                 max_downtime_s: max_dt,
@@ -170,6 +175,7 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
             first_pass_bytes: d.first_pass_bytes,
             first_pass_source: d.first_pass_source,
             resident_bytes: d.resident_bytes,
+            fill_rate_bytes: d.fill_rate_bytes,
             dirty_rate: d.dirty_rate,
             max_downtime_seconds: max_dt,
             peer: peer.map(|p| p.name.clone()),
@@ -222,6 +228,7 @@ mod tests {
             first_pass_bytes: Some(300.0 * MIB),
             first_pass_source: Some(FirstPassSource::RamResident),
             resident_bytes: Some(300.0 * MIB),
+            fill_rate_bytes: None,
             dirty_rate: dirty_mibs.map(|m| DirtyRate {
                 bytes_per_second: m * MIB,
                 source: DirtySource::Calculation,

@@ -238,6 +238,7 @@ fn every_family() -> String {
             first_pass_bytes: Some(256.0 * 1048576.0),
             first_pass_source: Some(FirstPassSource::RamResident),
             resident_bytes: Some(256.0 * 1048576.0),
+            fill_rate_bytes: None,
             dirty_rate: Some(DirtyRate {
                 bytes_per_second: dirty_mibs * 1048576.0,
                 source: DirtySource::Calculation,
