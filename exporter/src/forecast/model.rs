@@ -92,8 +92,9 @@ pub struct Inputs {
     pub memory_bytes: f64,
     /// ... plus what the guest fills of its zeroed memory before pass 1 reaches it: bytes/s
     /// of zero memory turning into data (`fill_rate`), of which half lies ahead of pass 1's scan
-    /// on average; pass 1 then sends `M / (1 − fill/(2R))`, at most the guest's memory
-    /// (`memory_limit`).
+    /// on average; pass 1 then sends `M / (1 − fill/(2R))`, at most `memory_limit`: the memory
+    /// resident now (the zeroed memory there is to fill; a guest filling beyond it grows its
+    /// resident size, which the next round sees), else the guest's memory.
     pub fill_rate: Option<f64>,
     pub memory_limit: Option<f64>,
     /// Bytes per second the guest dirties.
@@ -200,8 +201,8 @@ pub fn forecast(i: &Inputs) -> Forecast {
 /// `r`: `M + fill·T/2` with `T` pass 1's own time, so `M / (1 − fill/(2r))`; at most `limit`.
 pub fn first_pass_bytes(m: f64, fill: Option<f64>, r: f64, limit: Option<f64>) -> f64 {
     let limit = limit
-        .filter(|l| l.is_finite() && *l >= m)
-        .unwrap_or(f64::INFINITY);
+        .filter(|l| l.is_finite())
+        .map_or(f64::INFINITY, |l| l.max(m));
     match fill.filter(|g| g.is_finite() && *g > 0.0) {
         Some(g) if g < 2.0 * r => (m / (1.0 - g / (2.0 * r))).min(limit),
         // Filling as fast as pass 1 sends: it sends all the guest will have filled.
@@ -339,6 +340,8 @@ mod tests {
         for g in [None, Some(0.0), Some(-5.0), Some(f64::NAN)] {
             assert_eq!(first_pass_bytes(100.0, g, 40.0, Some(512.0)), 100.0);
         }
+        // A limit under M (a stale resident size) never cuts M.
+        assert_eq!(first_pass_bytes(100.0, Some(10.0), 40.0, Some(90.0)), 100.0);
         // The forecast's time follows: longer than without the fill.
         let base = forecast(&inputs(200.0, 10.0, 40.0));
         let mut i = inputs(200.0, 10.0, 40.0);
