@@ -820,6 +820,8 @@ impl Dom {
         if unsafe { sys::virDomainMigrateGetMaxSpeed(self.ptr.as_ptr(), &mut v, flags) } < 0 {
             return Err(LvError::last("virDomainMigrateGetMaxSpeed"));
         }
+        // `unsigned long` is 32 bits on some targets; the same type as u64 on this one.
+        #[allow(clippy::useless_conversion)]
         Ok(u64::from(v))
     }
 
