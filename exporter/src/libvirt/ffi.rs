@@ -822,7 +822,8 @@ impl Dom {
         }
         // `unsigned long` is 32 bits on some targets; the same type as u64 on this one.
         #[allow(clippy::useless_conversion)]
-        Ok(u64::from(v))
+        let mibs = u64::from(v);
+        Ok(mibs)
     }
 
     /// `virDomainMigrateGetMaxDowntime` in milliseconds.
