@@ -8,7 +8,8 @@
 #     (schema validation, and tsc for unknown fields);
 #  5. the PrometheusRule's groups through promtool check rules, and alerts/tests against them;
 #  6. every helm/check/bad-values/*.yaml is rejected with the message its first line expects;
-#  7. every flag the DaemonSet passes is one the exporter knows (when it is built).
+#  7. every flag the DaemonSet passes is one the exporter knows (when it is built); the forecast
+#     values become their --forecast.* flags.
 # Tools: scripts/install-deps.sh (npm ci in helm/check, helm from the kubectl layer, pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,23 @@ python3 alerts/check_rules.py "$out/full.rules.yml" "$full_selector" "$full_base
 grep -q 'targetLabel: job' "$out/full.yaml" && grep -q 'replacement: vmx' "$out/full.yaml" \
   || { echo "check-helm: serviceMonitor.job/podMonitor.job did not become a job relabeling"; exit 1; }
 echo "check-helm: full values: selector $full_selector on every exporter series, runbook_url from $full_base, monitors set job"
+# forecast.*: the full values pass every forecast flag with its value; the defaults none (the
+# exporter stays read-only).
+python3 - "$out" <<'PY' || { echo "check-helm: the forecast values did not become the expected --forecast.* args"; exit 1; }
+import sys, yaml
+def args(name):
+    for d in yaml.safe_load_all(open(f"{sys.argv[1]}/{name}.k8s.yaml")):
+        if d and d["kind"] == "DaemonSet":
+            return [a for a in d["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--forecast.")]
+    raise SystemExit(f"no DaemonSet in {name}")
+want = ["--forecast.enable=true",
+        "--forecast.libvirt.uri=qemu:///system?socket=/var/run/libvirt/virtqemud-sock",
+        "--forecast.interval=10m", "--forecast.max-concurrency=4", "--forecast.bandwidth=40MiB"]
+got = {n: args(n) for n in ("full", "default", "unprivileged")}
+assert got["full"] == want, got["full"]
+assert got["default"] == [] and got["unprivileged"] == [], got
+PY
+echo "check-helm: forecast values: the full values pass all five --forecast.* flags, the defaults none"
 (cd "$check" && node_modules/.bin/tsc -p tsconfig.json) \
   && echo "check-helm: prometheus-operator objects have no unknown fields (tsc)"
 
@@ -129,5 +147,15 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
     --libvirt.uri=test:///default --storage.path= --probe.discovery=false >"$out/config.log" 2>&1 || rc=$?
   [ "$rc" = 124 ] || { cat "$out/config.log"; echo "check-helm: the exporter rejects the chart's config (exit $rc)"; exit 1; }
   echo "check-helm: the exporter accepts the config file the full values render"
+  # ... and the --forecast.* values they render (a bad interval or rate would exit 2).
+  mapfile -t fargs < <(python3 -c 'import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "DaemonSet":
+        print("\n".join(a for a in d["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--forecast.")))' "$out/full.k8s.yaml")
+  rc=0
+  timeout 2 "$bin" "${fargs[@]}" --web.listen-address=127.0.0.1:0 --libvirt.uri=test:///default \
+    --storage.path= --probe.discovery=false >"$out/forecast.log" 2>&1 || rc=$?
+  [ "$rc" = 124 ] || { cat "$out/forecast.log"; echo "check-helm: the exporter rejects the chart's --forecast.* args (exit $rc)"; exit 1; }
+  echo "check-helm: the exporter accepts the ${#fargs[@]} --forecast.* args the full values render"
 fi
 echo "check-helm: chart OK"

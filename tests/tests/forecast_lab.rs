@@ -1,13 +1,19 @@
 //! The forecast before real migrations (issue 17): a guest that converges and one that cannot,
 //! each forecast by the exporter (with a dirty-rate calculation on the source's read-write URI)
-//! before the lab migrates it; the verdicts must match what then happened.
+//! before the lab migrates it; the verdicts must match what then happened. And the domain's
+//! migration bandwidth cap set in libvirt (`virsh migrate-setspeed`) limits its forecast.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use migration_lab::guest::Pattern;
+use migration_lab::exporter::Exporter;
+use migration_lab::guest::{self, GuestSpec, Pattern};
+use migration_lab::prom::poll_until;
 use migration_lab::scenario::{RunResult, Scenario};
 use migration_lab::Lab;
 use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+
+const MIB: f64 = 1048576.0;
 
 fn run(s: &Scenario) -> RunResult {
     let _one = one_lab_at_a_time();
@@ -48,4 +54,155 @@ fn a_converging_and_a_stuck_guest_are_forecast_as_they_then_migrate() {
     assert_eq!(f["recommendation"]["mode"], "postcopy", "{f}");
     assert!(f["duration_seconds"].is_null(), "{f}");
     assert_eq!(r.outcome, "aborted", "{}", r.virsh_output);
+}
+
+/// Destroys the guest, whatever happened.
+struct GuestGuard(String, String);
+
+impl Drop for GuestGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh")
+            .args(["-c", &self.1, "destroy", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The forecast entry of `domain` under `query`, once `cond` holds for it (or the last one).
+fn entry_when(
+    e: &Exporter,
+    query: &str,
+    domain: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> (bool, serde_json::Value) {
+    let mut last = serde_json::Value::Null;
+    let ok = poll_until(Duration::from_secs(60), || {
+        let Some(report) = e
+            .get(query)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        else {
+            return false;
+        };
+        match report["domains"]
+            .as_array()
+            .and_then(|d| d.iter().find(|x| x["domain"] == domain))
+        {
+            Some(x) => {
+                last = x.clone();
+                cond(x)
+            }
+            None => false,
+        }
+    });
+    (ok, last)
+}
+
+#[test]
+fn the_cap_set_in_libvirt_limits_the_forecast() {
+    let _one = one_lab_at_a_time();
+    let out = scratch("fc-test-libvirt-cap");
+    let bin = exporter_binary();
+    let lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
+    let name = "fc-test-cap";
+    let mut spec = GuestSpec::idle(name);
+    spec.memory_mb = 256;
+    spec.dirty_mb = 16;
+    let xml = out.join("domain.xml");
+    std::fs::write(&xml, spec.domain_xml(&lab.assets)).expect("xml");
+    lab.src
+        .virsh(&["create", &xml.to_string_lossy()])
+        .expect("create the guest");
+    let _guard = GuestGuard(name.into(), lab.src.uri().into());
+    let serial = lab.src.dir().join(format!("log/qemu/{name}.serial"));
+    guest::wait_running(&serial, Duration::from_secs(90)).expect("the guest boots");
+    // Why the cap needs the read-write connection: libvirt refuses it read-only.
+    let ro = Command::new("virsh")
+        .args(["-r", "-c", lab.src.uri(), "migrate-getspeed", name])
+        .output()
+        .expect("virsh -r");
+    assert!(
+        !ro.status.success()
+            && String::from_utf8_lossy(&ro.stderr).contains("read only access prevents"),
+        "{ro:?}"
+    );
+
+    let start = |tag: &str, extra: &[String]| {
+        let e = Exporter::start_with(
+            &lab.exporter_bin,
+            lab.src.uri(),
+            &out.join(format!("records-{tag}")),
+            &out.join(format!("trace-{tag}.jsonl")),
+            None,
+            None,
+            extra,
+        )
+        .expect("the exporter starts");
+        assert!(poll_until(Duration::from_secs(30), || e
+            .get("/-/ready")
+            .is_some()));
+        e
+    };
+    let rw = start(
+        "rw",
+        &[
+            "--forecast.enable".into(),
+            "--forecast.libvirt.uri".into(),
+            lab.src.uri().into(),
+            "--forecast.interval".into(),
+            "1h".into(),
+        ],
+    );
+    // libvirt's default is "unlimited" (8796093022207 MiB/s): read, and no cap.
+    let (ok, x) = entry_when(&rw, "/api/v1/forecast", name, |x| {
+        x["libvirt_cap"].is_object()
+    });
+    assert!(ok, "{x}\n{}", rw.log());
+    assert!(x["libvirt_cap"]["precopy_bytes"].is_null(), "{x}");
+    assert_ne!(x["path"]["limit"], "libvirt_cap", "{x}");
+
+    lab.src
+        .virsh(&["migrate-setspeed", name, "20"])
+        .expect("migrate-setspeed");
+    lab.src
+        .virsh(&["migrate-setspeed", "--postcopy", name, "15"])
+        .expect("migrate-setspeed --postcopy");
+    let told = lab
+        .src
+        .virsh(&["migrate-getspeed", name])
+        .expect("getspeed");
+    assert_eq!(told.trim(), "20", "libvirt's own figure");
+    let (ok, x) = entry_when(&rw, "/api/v1/forecast", name, |x| {
+        x["path"]["limit"] == "libvirt_cap"
+    });
+    assert!(
+        ok,
+        "the cap from libvirt never limited the forecast: {x}\n{}",
+        rw.log()
+    );
+    assert_eq!(x["path"]["rate"].as_f64(), Some(20.0 * MIB), "{x}");
+    assert_eq!(
+        x["libvirt_cap"]["precopy_bytes"].as_f64(),
+        Some(20.0 * MIB),
+        "{x}"
+    );
+    assert_eq!(
+        x["libvirt_cap"]["postcopy_bytes"].as_f64(),
+        Some(15.0 * MIB),
+        "{x}"
+    );
+    // A what-if's bandwidth replaces it.
+    let (ok, x) = entry_when(&rw, "/api/v1/forecast?bandwidth=100MiB", name, |_| true);
+    assert!(ok);
+    assert_eq!(x["path"]["limit"], "cap", "{x}");
+    assert_eq!(x["path"]["rate"].as_f64(), Some(100.0 * MIB), "{x}");
+    let landing = rw.get("/").expect("landing page");
+    assert!(landing.contains("20.0 MiB/s (libvirt_cap)"), "{landing}");
+
+    // Read-only (no --forecast.enable): the cap is unknown, not guessed.
+    let ro = start("ro", &[]);
+    let (ok, x) = entry_when(&ro, "/api/v1/forecast", name, |_| true);
+    assert!(ok, "{}", ro.log());
+    assert!(x["libvirt_cap"].is_null(), "{x}");
+    assert_ne!(x["path"]["limit"], "libvirt_cap", "{x}");
 }

@@ -179,7 +179,17 @@ pub fn landing_section(view: &HostView) -> String {
             d.dirty_rate
                 .map(|x| format!("{} ({})", mib(x.bytes_per_second), serde_json::to_value(x.source).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()))
                 .unwrap_or_else(|| "–".into()),
-            opt(d.path.rate, mib),
+            opt(d.path.rate, |r| match d.path.limit {
+                Some(l) => format!(
+                    "{} ({})",
+                    mib(r),
+                    serde_json::to_value(l)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                ),
+                None => mib(r),
+            }),
             opt(d.forecast.dirty_to_transfer_ratio, |l| format!("{l:.2}")),
             opt(d.forecast.duration_seconds, |s| format!("{s:.1} s")),
             opt(d.forecast.downtime_seconds, |s| format!("{:.0} ms", s * 1000.0)),

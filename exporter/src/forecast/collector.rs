@@ -1,5 +1,6 @@
 //! The `forecast` collector: a round gathers every running domain's inputs (libvirt's domain
-//! statistics on the read-only connection, the max downtime, the domain's records) and the
+//! statistics on the read-only connection, the max downtime, the domain's records, and with
+//! `--forecast.enable` its migration bandwidth caps on the read-write connection) and the
 //! paths to the known peers (routes, NIC speed and use, probe RTTs, the TCP window), and
 //! publishes them as a [`HostView`]. With `--forecast.enable` it also starts dirty-rate
 //! calculations on the read-write connection: one per domain per `--forecast.interval`, never
@@ -17,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::dirty::{self, DomainStats};
 use super::metrics::ForecastFamilies;
-use super::path::{self, Window};
+use super::path::{self, LibvirtCap, Window};
 use super::report::{DomainView, HostView, PeerPath};
 use super::zero_pages::{self, Mapping, Sample};
 use crate::clock::{unix_now, Clock, SystemClock};
@@ -560,8 +561,21 @@ impl Rounds for ForecastCollector {
                 .as_ref()
                 .and_then(|(pid, ram)| self.nonzero_bytes(&d, *pid, ram, m));
             let first_pass = s.first_pass(nonzero.map(|(b, _)| b), ram.map(|(_, r)| r.rss));
+            // libvirt refuses the caps to the read-only connection: read-write only. Not for a
+            // migrating domain (its job holds the domain; the cap is the one it runs with).
+            let libvirt_cap = match (&self.calculations, m) {
+                (Some(c), false) => match c.calc.max_speed(&d) {
+                    Ok(v) => Some(LibvirtCap::from_mibs(v.precopy_mibs, v.postcopy_mibs)),
+                    Err(e) => {
+                        debug!(domain = %d.name, error = %e, "no migration bandwidth cap for the forecast");
+                        None
+                    }
+                },
+                _ => None,
+            };
             views.push(DomainView {
                 migrating: m,
+                libvirt_cap,
                 memory_bytes: s.memory_bytes,
                 first_pass_bytes: first_pass.map(|(b, _)| b),
                 first_pass_source: first_pass.map(|(_, src)| src),
@@ -600,6 +614,7 @@ impl Rounds for ForecastCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::libvirt::calc::MaxSpeed;
     use crate::libvirt::jobs::{job_operation, job_type};
     use crate::libvirt::{ParamValue, Params, RawJob};
     use crate::migration::stats::JobStats;
@@ -615,6 +630,8 @@ mod tests {
     /// Three running guests; g1's dirty rate is measured once a calculation was started for it.
     struct Fake {
         calc_started: Mutex<Vec<String>>,
+        /// Domains whose caps were read.
+        caps_read: Mutex<Vec<String>>,
     }
 
     impl JobSource for Fake {
@@ -665,6 +682,22 @@ mod tests {
             self.0.calc_started.lock().push(d.uuid.clone());
             Ok(())
         }
+        /// g1 capped at 30 MiB/s (25 in post-copy), g2 at libvirt's defaults (unlimited), g3
+        /// gone.
+        fn max_speed(&self, d: &DomainId) -> Result<MaxSpeed, SourceError> {
+            self.0.caps_read.lock().push(d.uuid.clone());
+            match d.name.as_str() {
+                "g1" => Ok(MaxSpeed {
+                    precopy_mibs: 30,
+                    postcopy_mibs: Some(25),
+                }),
+                "g2" => Ok(MaxSpeed {
+                    precopy_mibs: 8_796_093_022_207,
+                    postcopy_mibs: Some(0),
+                }),
+                _ => Err(SourceError::NoDomain(d.name.clone())),
+            }
+        }
     }
 
     fn collector(calc: bool) -> (ForecastCollector, Arc<Fake>, SharedState) {
@@ -678,6 +711,7 @@ mod tests {
     ) -> (ForecastCollector, Arc<Fake>, SharedState) {
         let fake = Arc::new(Fake {
             calc_started: Mutex::new(Vec::new()),
+            caps_read: Mutex::new(Vec::new()),
         });
         let shared = crate::state::shared();
         // g3 is migrating: the tracker's view of a running outgoing job, as the sampler keeps it.
@@ -752,6 +786,27 @@ mod tests {
         assert_eq!(g1.max_downtime_seconds, Some(0.5));
         assert!(v.domains[2].migrating && !v.domains[0].migrating);
         assert!(v.calculations);
+        // libvirt's caps, read on the read-write connection, never for the migrating g3.
+        assert_eq!(
+            g1.libvirt_cap,
+            Some(LibvirtCap {
+                precopy_bytes: Some(30.0 * 1048576.0),
+                postcopy_bytes: Some(25.0 * 1048576.0),
+            })
+        );
+        assert_eq!(
+            v.domains[1].libvirt_cap,
+            Some(LibvirtCap::default()),
+            "unlimited"
+        );
+        assert_eq!(v.domains[2].libvirt_cap, None);
+        assert!(!fake.caps_read.lock().iter().any(|u| u == "uuid-3"));
+        assert!(fake.caps_read.lock().contains(&"uuid-1".to_string()));
+        // The default forecast of g1 is limited by its cap.
+        let r = crate::forecast::report::evaluate(&v, &Default::default());
+        assert_eq!(r.domains[0].path.limit, Some(path::Limit::LibvirtCap));
+        assert_eq!(r.domains[0].path.rate, Some(30.0 * 1048576.0));
+        assert_eq!(r.domains[1].path.limit, Some(path::Limit::Fallback));
     }
 
     #[test]
@@ -769,6 +824,9 @@ mod tests {
         );
         assert_eq!(v.domains[1].dirty_rate, None);
         assert!(!v.calculations);
+        // libvirt refuses the caps to a read-only connection: unknown, not asked.
+        assert!(v.domains.iter().all(|d| d.libvirt_cap.is_none()));
+        assert!(fake.caps_read.lock().is_empty());
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //!
 //! `rate = min(link free capacity ÷ concurrency, bandwidth cap, TCP window ÷ RTT)` over the
 //! figures that are known; `--forecast.bandwidth` when none is; unknown without that.
+//! The cap is the what-if's `bandwidth=` when asked, else the domain's own cap in libvirt
+//! (`virDomainMigrateGetMaxSpeed`, what `virsh migrate-setspeed` sets and a migration without
+//! `--bandwidth` uses; read on the read-write connection, so only with `--forecast.enable`).
 //! The lab showed why the window term matters: a 100 MiB/s cap delivered ~33 MiB/s at 80 ms RTT
 //! (a window of ~2.6 MiB). The window is estimated, in this order, from
 //! - the host's own past migrations over a long path (RTT ≥ [`WINDOW_BOUND_RTT_S`]): the largest
@@ -75,6 +78,35 @@ pub fn window_from_records(records: impl IntoIterator<Item = (f64, f64)>) -> Opt
         })
 }
 
+/// libvirt's "unlimited" default (`QEMU_DOMAIN_MIG_BANDWIDTH_MAX`, 8796093022207 MiB/s) and
+/// anything from 2^53 bytes/s up (no longer exact as a float, and no link is that fast) is no
+/// cap.
+pub const UNLIMITED_BYTES: f64 = 9_007_199_254_740_992.0;
+
+/// A cap libvirt reports in MiB/s as bytes/s; `None` for no cap (0 is QEMU's "unlimited" for
+/// the post-copy cap).
+pub fn cap_from_libvirt_mibs(mibs: u64) -> Option<f64> {
+    let bytes = mibs as f64 * 1048576.0;
+    (mibs > 0 && bytes < UNLIMITED_BYTES).then_some(bytes)
+}
+
+/// A domain's migration bandwidth caps as libvirt answered them, bytes/s; `None` inside for no
+/// cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LibvirtCap {
+    pub precopy_bytes: Option<f64>,
+    pub postcopy_bytes: Option<f64>,
+}
+
+impl LibvirtCap {
+    pub fn from_mibs(precopy: u64, postcopy: Option<u64>) -> LibvirtCap {
+        LibvirtCap {
+            precopy_bytes: cap_from_libvirt_mibs(precopy),
+            postcopy_bytes: postcopy.and_then(cap_from_libvirt_mibs),
+        }
+    }
+}
+
 /// What is known about the path.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PathInputs {
@@ -82,8 +114,10 @@ pub struct PathInputs {
     pub link_speed: Option<f64>,
     /// What the device sends now, bytes/s.
     pub link_used: Option<f64>,
-    /// The migration's bandwidth cap, bytes/s.
+    /// The what-if's bandwidth cap (`bandwidth=`), bytes/s: replaces `libvirt_cap`.
     pub cap: Option<f64>,
+    /// The domain's pre-copy cap in libvirt, bytes/s.
+    pub libvirt_cap: Option<f64>,
     pub rtt_s: Option<f64>,
     pub window: Option<Window>,
     /// `--forecast.bandwidth`: when nothing else is known.
@@ -95,7 +129,10 @@ pub struct PathInputs {
 #[serde(rename_all = "snake_case")]
 pub enum Limit {
     Link,
+    /// The what-if's `bandwidth=`.
     Cap,
+    /// The domain's cap in libvirt (`virDomainMigrateGetMaxSpeed`).
+    LibvirtCap,
     Window,
     Fallback,
 }
@@ -121,14 +158,22 @@ pub fn estimate(p: &PathInputs, concurrency: u32) -> PathEstimate {
         (Some(w), Some(rtt)) if rtt > 0.0 => Some(w.bytes / rtt),
         _ => None,
     };
+    // A what-if's cap replaces the domain's own: it asks "what if it were migrated at this".
+    let cap = match p.cap.filter(|c| *c > 0.0) {
+        Some(c) => Some((c, Limit::Cap)),
+        None => p
+            .libvirt_cap
+            .filter(|c| *c > 0.0)
+            .map(|c| (c, Limit::LibvirtCap)),
+    };
     let terms = [
-        (link_free, Limit::Link),
-        (p.cap.filter(|c| *c > 0.0), Limit::Cap),
-        (window_rate, Limit::Window),
+        link_free.map(|v| (v, Limit::Link)),
+        cap,
+        window_rate.map(|v| (v, Limit::Window)),
     ];
     let best = terms
-        .iter()
-        .filter_map(|(v, l)| v.map(|v| (v, *l)))
+        .into_iter()
+        .flatten()
         .min_by(|a, b| a.0.total_cmp(&b.0));
     let (rate, limit) = match best {
         Some((v, l)) => (Some(v), Some(l)),
@@ -161,6 +206,7 @@ mod tests {
             link_speed: Some(1250.0 * MIB),
             link_used: Some(250.0 * MIB),
             cap: Some(100.0 * MIB),
+            libvirt_cap: None,
             rtt_s: Some(0.08),
             window: Some(w),
             fallback: Some(40.0 * MIB),
@@ -178,6 +224,68 @@ mod tests {
         assert_eq!(estimate(&short, 1).limit, Some(Limit::Cap));
         let e = estimate(&short, 20);
         assert_eq!((e.limit, e.rate), (Some(Limit::Link), Some(50.0 * MIB)));
+    }
+
+    #[test]
+    fn the_domains_libvirt_cap_is_a_limit_a_what_if_cap_replaces() {
+        let p = PathInputs {
+            link_speed: Some(1250.0 * MIB),
+            link_used: Some(0.0),
+            libvirt_cap: Some(30.0 * MIB),
+            fallback: Some(40.0 * MIB),
+            ..PathInputs::default()
+        };
+        let e = estimate(&p, 1);
+        assert_eq!(
+            (e.limit, e.rate),
+            (Some(Limit::LibvirtCap), Some(30.0 * MIB))
+        );
+        // bandwidth=100MiB replaces it, even when larger.
+        let what_if = PathInputs {
+            cap: Some(100.0 * MIB),
+            ..p
+        };
+        let e = estimate(&what_if, 1);
+        assert_eq!((e.limit, e.rate), (Some(Limit::Cap), Some(100.0 * MIB)));
+        // Alone it is known: no fallback. A tighter window still binds.
+        let alone = PathInputs {
+            libvirt_cap: Some(30.0 * MIB),
+            fallback: Some(40.0 * MIB),
+            ..PathInputs::default()
+        };
+        assert_eq!(estimate(&alone, 1).limit, Some(Limit::LibvirtCap));
+        let far = PathInputs {
+            rtt_s: Some(0.2),
+            window: Some(Window {
+                bytes: 2.0 * MIB,
+                source: WindowSource::Sysctl,
+            }),
+            ..p
+        };
+        assert_eq!(estimate(&far, 1).limit, Some(Limit::Window));
+        assert_eq!(
+            serde_json::to_value(Limit::LibvirtCap).expect("json"),
+            "libvirt_cap"
+        );
+    }
+
+    #[test]
+    fn libvirts_unlimited_is_no_cap() {
+        // QEMU_DOMAIN_MIG_BANDWIDTH_MAX: what `virsh migrate-getspeed` says by default.
+        assert_eq!(cap_from_libvirt_mibs(8_796_093_022_207), None);
+        assert_eq!(cap_from_libvirt_mibs(1 << 33), None, "2^53 bytes/s");
+        assert_eq!(
+            cap_from_libvirt_mibs((1 << 33) - 1),
+            Some(((1u64 << 33) - 1) as f64 * MIB)
+        );
+        assert_eq!(cap_from_libvirt_mibs(0), None);
+        assert_eq!(cap_from_libvirt_mibs(u64::MAX), None);
+        assert_eq!(cap_from_libvirt_mibs(30), Some(30.0 * MIB));
+        let c = LibvirtCap::from_mibs(8_796_093_022_207, Some(25));
+        assert_eq!(c.precopy_bytes, None);
+        assert_eq!(c.postcopy_bytes, Some(25.0 * MIB));
+        assert_eq!(LibvirtCap::from_mibs(30, Some(0)).postcopy_bytes, None);
+        assert_eq!(LibvirtCap::from_mibs(30, None).postcopy_bytes, None);
     }
 
     #[test]

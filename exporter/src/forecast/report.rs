@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::dirty::{DirtyRate, FirstPassSource};
 use super::model::{self, Forecast, Inputs};
-use super::path::{self, PathEstimate, PathInputs, Window};
+use super::path::{self, LibvirtCap, PathEstimate, PathInputs, Window};
 use super::plan::{self, Plan};
 use crate::libvirt::DomainId;
 use crate::migration::convergence::DEFAULT_MAX_DOWNTIME_S;
@@ -32,6 +32,9 @@ pub struct DomainView {
     pub dirty_rate: Option<DirtyRate>,
     /// libvirt's max downtime for the domain; QEMU's default when libvirt does not say.
     pub max_downtime_seconds: Option<f64>,
+    /// libvirt's migration bandwidth caps for the domain; `None` when not read (read-only:
+    /// libvirt refuses `virDomainMigrateGetMaxSpeed` there) or refused.
+    pub libvirt_cap: Option<LibvirtCap>,
     /// The peer of its last migration out of this host, when that peer's path is known.
     pub last_peer: Option<String>,
 }
@@ -112,6 +115,8 @@ pub struct DomainReport {
     pub fill_rate_bytes: Option<f64>,
     pub dirty_rate: Option<DirtyRate>,
     pub max_downtime_seconds: f64,
+    /// libvirt's caps for the domain (pre-copy's is the path's `libvirt_cap` limit).
+    pub libvirt_cap: Option<LibvirtCap>,
     pub peer: Option<String>,
     pub path: PathEstimate,
     #[serde(flatten)]
@@ -151,6 +156,7 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
             link_speed: peer.and_then(|p| p.link_speed_bytes),
             link_used: peer.and_then(|p| p.link_used_bytes),
             cap: w.bandwidth_bytes,
+            libvirt_cap: d.libvirt_cap.and_then(|c| c.precopy_bytes),
             rtt_s: peer.and_then(|p| p.rtt_seconds),
             window: view.window,
             fallback: view.fallback_bytes,
@@ -181,6 +187,7 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
             fill_rate_bytes: d.fill_rate_bytes,
             dirty_rate: d.dirty_rate,
             max_downtime_seconds: max_dt,
+            libvirt_cap: d.libvirt_cap,
             peer: peer.map(|p| p.name.clone()),
             path,
             recommendation_text: forecast.recommendation.map(|r| r.text()),
@@ -239,6 +246,7 @@ mod tests {
                 samples: 1,
             }),
             max_downtime_seconds: None,
+            libvirt_cap: None,
             last_peer: None,
         }
     }
@@ -330,6 +338,33 @@ mod tests {
         let bounded = duration(&v).expect("time");
         bigger.domains[0].first_pass_bytes = Some(310.0 * MIB);
         assert!((bounded - duration(&bigger).expect("time")).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_domains_libvirt_cap_limits_its_forecast_unless_the_what_if_sets_one() {
+        let mut v = view();
+        v.domains[0].libvirt_cap = Some(LibvirtCap {
+            precopy_bytes: Some(10.0 * MIB),
+            postcopy_bytes: None,
+        });
+        let r = evaluate(&v, &WhatIf::default());
+        let slow = &r.domains[0];
+        assert_eq!(slow.path.limit, Some(Limit::LibvirtCap));
+        assert_eq!(slow.path.rate, Some(10.0 * MIB));
+        // 20 MiB/s of dirtying over a 10 MiB/s cap cannot converge.
+        assert_eq!(slow.forecast.verdict, Verdict::Diverges);
+        assert_eq!(slow.libvirt_cap, v.domains[0].libvirt_cap);
+        // The others have no cap: the link.
+        assert_eq!(r.domains[1].path.limit, Some(Limit::Link));
+        let asked = evaluate(
+            &v,
+            &WhatIf {
+                bandwidth_bytes: Some(100.0 * MIB),
+                ..WhatIf::default()
+            },
+        );
+        assert_eq!(asked.domains[0].path.limit, Some(Limit::Cap));
+        assert_eq!(asked.domains[0].forecast.verdict, Verdict::Converges);
     }
 
     #[test]

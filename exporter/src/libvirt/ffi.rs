@@ -806,6 +806,26 @@ impl Dom {
         Ok(())
     }
 
+    /// `virDomainMigrateGetMaxSpeed` in MiB/s: the pre-copy cap, or with `postcopy` the
+    /// post-copy one (`VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY`). libvirt 9.0 refuses it on a
+    /// read-only connection ("read only access prevents virDomainMigrateGetMaxSpeed").
+    pub fn migrate_max_speed_mibs(&self, postcopy: bool) -> Result<u64, LvError> {
+        let flags = if postcopy {
+            sys::VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY as c_uint
+        } else {
+            0
+        };
+        let mut v: std::os::raw::c_ulong = 0;
+        // SAFETY: valid domain; `v` is a local out-parameter of the type libvirt writes.
+        if unsafe { sys::virDomainMigrateGetMaxSpeed(self.ptr.as_ptr(), &mut v, flags) } < 0 {
+            return Err(LvError::last("virDomainMigrateGetMaxSpeed"));
+        }
+        // `unsigned long` is 32 bits on some targets; the same type as u64 on this one.
+        #[allow(clippy::useless_conversion)]
+        let mibs = u64::from(v);
+        Ok(mibs)
+    }
+
     /// `virDomainMigrateGetMaxDowntime` in milliseconds.
     pub fn max_downtime_ms(&self) -> Result<u64, LvError> {
         let mut v: std::os::raw::c_ulonglong = 0;

@@ -145,6 +145,7 @@ pub enum Call {
     Metadata,
     DomainStats,
     StartDirtyRateCalc,
+    MaxSpeed,
 }
 
 impl Call {
@@ -157,6 +158,7 @@ impl Call {
             Call::Metadata => "get_metadata",
             Call::DomainStats => "get_all_domain_stats",
             Call::StartDirtyRateCalc => "start_dirty_rate_calc",
+            Call::MaxSpeed => "migrate_get_max_speed",
         }
     }
 
@@ -169,6 +171,7 @@ impl Call {
             Call::Metadata => "virDomainGetMetadata",
             Call::DomainStats => "virConnectGetAllDomainStats",
             Call::StartDirtyRateCalc => "virDomainStartDirtyRateCalc",
+            Call::MaxSpeed => "virDomainMigrateGetMaxSpeed",
         }
     }
 }
@@ -246,6 +249,7 @@ mod tests {
             Call::Metadata,
             Call::DomainStats,
             Call::StartDirtyRateCalc,
+            Call::MaxSpeed,
         ] {
             let e = SourceError::Call {
                 call,

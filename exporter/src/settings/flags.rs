@@ -222,14 +222,15 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct ForecastArgs {
     /// Start dirty-rate calculations (virDomainStartDirtyRateCalc, page sampling: QEMU hashes
-    /// a sample of pages, the guest runs on) for the forecast, on a read-write connection to
-    /// --forecast.libvirt.uri. Off: the exporter stays read-only and uses the dirty rates
-    /// libvirt already reports and the domains' past migrations.
+    /// a sample of pages, the guest runs on) and read the domains' migration bandwidth caps
+    /// (virDomainMigrateGetMaxSpeed, refused read-only) for the forecast, on a read-write
+    /// connection to --forecast.libvirt.uri. Off: the exporter stays read-only and uses the
+    /// dirty rates libvirt already reports and the domains' past migrations; caps are unknown.
     #[arg(long = "forecast.enable", env = "VM_MIGRATION_EXPORTER_FORECAST_ENABLE", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub forecast_enable: bool,
 
-    /// The read-write libvirt URI used only to start dirty-rate calculations (default: the
-    /// --libvirt.uri daemon). Needs --forecast.enable.
+    /// The read-write libvirt URI used only to start dirty-rate calculations and read the
+    /// migration bandwidth caps (default: the --libvirt.uri daemon). Needs --forecast.enable.
     #[arg(
         long = "forecast.libvirt.uri",
         env = "VM_MIGRATION_EXPORTER_FORECAST_LIBVIRT_URI",

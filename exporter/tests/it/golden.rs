@@ -246,6 +246,7 @@ fn every_family() -> String {
                 samples: 1,
             }),
             max_downtime_seconds: Some(0.3),
+            libvirt_cap: None,
             last_peer: None,
         };
         let view = HostView {
