@@ -77,8 +77,9 @@ pub struct Metrics {
     pub last_data_processed: Family<DomainLabels, FloatGauge>,
     pub last_iterations: Family<DomainLabels, FloatGauge>,
     pub call_errors: Family<CallLabels, Counter>,
-    /// When each domain's `last_*` series were set, so series of domains that have long left
-    /// the host can be dropped (a host sees many guests over months).
+    /// When each domain's `last_*` series were set (monotonic seconds, so an NTP step neither
+    /// drops them early nor keeps them late), so series of domains that have long left the host
+    /// can be dropped (a host sees many guests over months).
     last_set_at: parking_lot::Mutex<std::collections::HashMap<DomainLabels, f64>>,
 }
 
@@ -167,7 +168,9 @@ impl Metrics {
         (reg, std::sync::Arc::new(m))
     }
 
-    pub fn record_finished(&self, f: &FinishedMigration) {
+    /// Count `f` and set its domain's `last_*` series; `at_mono` ([`crate::clock::mono_now`]
+    /// seconds) is when, for their retention.
+    pub fn record_finished(&self, f: &FinishedMigration, at_mono: f64) {
         let labels = FinishedLabels {
             outcome: f.outcome.as_str(),
             mode: f.mode.as_str(),
@@ -198,11 +201,11 @@ impl Metrics {
             self.last_iterations.get_or_create(&dom).set(i as f64);
         }
         self.last_finished.get_or_create(&dom).set(f.finished_at);
-        self.last_set_at.lock().insert(dom, f.finished_at);
+        self.last_set_at.lock().insert(dom, at_mono);
     }
 
-    /// Drop the `last_*` series of domains whose last migration finished before `before`
-    /// (Unix time). Returns how many domains were dropped.
+    /// Drop the `last_*` series of domains whose last migration was recorded before `before`
+    /// (monotonic seconds). Returns how many domains were dropped.
     pub fn prune_last(&self, before: f64) -> usize {
         let mut set_at = self.last_set_at.lock();
         let old: Vec<DomainLabels> = set_at
