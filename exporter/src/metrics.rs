@@ -133,31 +133,9 @@ impl Metrics {
             "Guest pause of completed migrations as measured by libvirt (downtime)",
             m.downtime.clone(),
         );
-        reg.register(
-            "vm_migration_last_duration_seconds",
-            "Total time of the last finished migration of the domain",
-            m.last_duration.clone(),
-        );
-        reg.register(
-            "vm_migration_last_downtime_seconds",
-            "Downtime of the last completed migration of the domain",
-            m.last_downtime.clone(),
-        );
-        reg.register(
-            "vm_migration_last_finished_timestamp_seconds",
-            "Unix time the last migration of the domain finished",
-            m.last_finished.clone(),
-        );
-        reg.register(
-            "vm_migration_last_data_processed_bytes",
-            "Bytes sent by the last finished migration of the domain (libvirt data_processed)",
-            m.last_data_processed.clone(),
-        );
-        reg.register(
-            "vm_migration_last_iterations",
-            "Memory passes of the last finished migration of the domain (libvirt memory_iteration)",
-            m.last_iterations.clone(),
-        );
+        for (name, help, family) in m.last_families() {
+            reg.register(name, help, family.clone());
+        }
         reg.register(
             "vm_migration_libvirt_call_errors",
             "libvirt calls that failed, by call",
@@ -170,6 +148,44 @@ impl Metrics {
 
     /// Count `f` and set its domain's `last_*` series; `at_mono` ([`crate::clock::mono_now`]
     /// seconds) is when, for their retention.
+    /// The per-domain `last_*` families with their names and help: registered together,
+    /// dropped together.
+    fn last_families(
+        &self,
+    ) -> [(
+        &'static str,
+        &'static str,
+        &Family<DomainLabels, FloatGauge>,
+    ); 5] {
+        [
+            (
+                "vm_migration_last_duration_seconds",
+                "Total time of the last finished migration of the domain",
+                &self.last_duration,
+            ),
+            (
+                "vm_migration_last_downtime_seconds",
+                "Downtime of the last completed migration of the domain",
+                &self.last_downtime,
+            ),
+            (
+                "vm_migration_last_finished_timestamp_seconds",
+                "Unix time the last migration of the domain finished",
+                &self.last_finished,
+            ),
+            (
+                "vm_migration_last_data_processed_bytes",
+                "Bytes sent by the last finished migration of the domain (libvirt data_processed)",
+                &self.last_data_processed,
+            ),
+            (
+                "vm_migration_last_iterations",
+                "Memory passes of the last finished migration of the domain (libvirt memory_iteration)",
+                &self.last_iterations,
+            ),
+        ]
+    }
+
     pub fn record_finished(&self, f: &FinishedMigration, at_mono: f64) {
         let labels = FinishedLabels {
             outcome: f.outcome.as_str(),
@@ -215,13 +231,7 @@ impl Metrics {
             .collect();
         for dom in &old {
             set_at.remove(dom);
-            for family in [
-                &self.last_duration,
-                &self.last_downtime,
-                &self.last_finished,
-                &self.last_data_processed,
-                &self.last_iterations,
-            ] {
+            for (_, _, family) in self.last_families() {
                 family.remove(dom);
             }
         }
