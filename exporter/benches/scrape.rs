@@ -106,7 +106,7 @@ fn main() {
             params: done,
         };
         for f in t.on_event(100.0, &ev).0 {
-            metrics.record_finished(&f);
+            metrics.record_finished(&f, 100.0);
         }
     }
     let (om, om_size) = time(|| {

@@ -77,8 +77,9 @@ pub struct Metrics {
     pub last_data_processed: Family<DomainLabels, FloatGauge>,
     pub last_iterations: Family<DomainLabels, FloatGauge>,
     pub call_errors: Family<CallLabels, Counter>,
-    /// When each domain's `last_*` series were set, so series of domains that have long left
-    /// the host can be dropped (a host sees many guests over months).
+    /// When each domain's `last_*` series were set (monotonic seconds, so an NTP step neither
+    /// drops them early nor keeps them late), so series of domains that have long left the host
+    /// can be dropped (a host sees many guests over months).
     last_set_at: parking_lot::Mutex<std::collections::HashMap<DomainLabels, f64>>,
 }
 
@@ -132,31 +133,9 @@ impl Metrics {
             "Guest pause of completed migrations as measured by libvirt (downtime)",
             m.downtime.clone(),
         );
-        reg.register(
-            "vm_migration_last_duration_seconds",
-            "Total time of the last finished migration of the domain",
-            m.last_duration.clone(),
-        );
-        reg.register(
-            "vm_migration_last_downtime_seconds",
-            "Downtime of the last completed migration of the domain",
-            m.last_downtime.clone(),
-        );
-        reg.register(
-            "vm_migration_last_finished_timestamp_seconds",
-            "Unix time the last migration of the domain finished",
-            m.last_finished.clone(),
-        );
-        reg.register(
-            "vm_migration_last_data_processed_bytes",
-            "Bytes sent by the last finished migration of the domain (libvirt data_processed)",
-            m.last_data_processed.clone(),
-        );
-        reg.register(
-            "vm_migration_last_iterations",
-            "Memory passes of the last finished migration of the domain (libvirt memory_iteration)",
-            m.last_iterations.clone(),
-        );
+        for (name, help, family) in m.last_families() {
+            reg.register(name, help, family.clone());
+        }
         reg.register(
             "vm_migration_libvirt_call_errors",
             "libvirt calls that failed, by call",
@@ -167,7 +146,47 @@ impl Metrics {
         (reg, std::sync::Arc::new(m))
     }
 
-    pub fn record_finished(&self, f: &FinishedMigration) {
+    /// Count `f` and set its domain's `last_*` series; `at_mono` ([`crate::clock::mono_now`]
+    /// seconds) is when, for their retention.
+    /// The per-domain `last_*` families with their names and help: registered together,
+    /// dropped together.
+    fn last_families(
+        &self,
+    ) -> [(
+        &'static str,
+        &'static str,
+        &Family<DomainLabels, FloatGauge>,
+    ); 5] {
+        [
+            (
+                "vm_migration_last_duration_seconds",
+                "Total time of the last finished migration of the domain",
+                &self.last_duration,
+            ),
+            (
+                "vm_migration_last_downtime_seconds",
+                "Downtime of the last completed migration of the domain",
+                &self.last_downtime,
+            ),
+            (
+                "vm_migration_last_finished_timestamp_seconds",
+                "Unix time the last migration of the domain finished",
+                &self.last_finished,
+            ),
+            (
+                "vm_migration_last_data_processed_bytes",
+                "Bytes sent by the last finished migration of the domain (libvirt data_processed)",
+                &self.last_data_processed,
+            ),
+            (
+                "vm_migration_last_iterations",
+                "Memory passes of the last finished migration of the domain (libvirt memory_iteration)",
+                &self.last_iterations,
+            ),
+        ]
+    }
+
+    pub fn record_finished(&self, f: &FinishedMigration, at_mono: f64) {
         let labels = FinishedLabels {
             outcome: f.outcome.as_str(),
             mode: f.mode.as_str(),
@@ -198,11 +217,11 @@ impl Metrics {
             self.last_iterations.get_or_create(&dom).set(i as f64);
         }
         self.last_finished.get_or_create(&dom).set(f.finished_at);
-        self.last_set_at.lock().insert(dom, f.finished_at);
+        self.last_set_at.lock().insert(dom, at_mono);
     }
 
-    /// Drop the `last_*` series of domains whose last migration finished before `before`
-    /// (Unix time). Returns how many domains were dropped.
+    /// Drop the `last_*` series of domains whose last migration was recorded before `before`
+    /// (monotonic seconds). Returns how many domains were dropped.
     pub fn prune_last(&self, before: f64) -> usize {
         let mut set_at = self.last_set_at.lock();
         let old: Vec<DomainLabels> = set_at
@@ -212,13 +231,7 @@ impl Metrics {
             .collect();
         for dom in &old {
             set_at.remove(dom);
-            for family in [
-                &self.last_duration,
-                &self.last_downtime,
-                &self.last_finished,
-                &self.last_data_processed,
-                &self.last_iterations,
-            ] {
+            for (_, _, family) in self.last_families() {
                 family.remove(dom);
             }
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use crate::events::EventWatch;
-use crate::exporter::{sample, Exporter};
+use crate::exporter::{sample, Exporter, Launch};
 use crate::guest::{self, GuestSpec, Pattern};
 use crate::{Lab, LabError};
 
@@ -223,6 +223,19 @@ impl Lab {
         out: &Path,
         progress: &dyn Fn(&Observation),
     ) -> Result<RunResult, LabError> {
+        self.run_until(s, out, progress, &|| false)
+    }
+
+    /// As [`Lab::run`], and the migration is aborted (`virsh domjobabort`) as soon as `enough`
+    /// says so (asked after each observation), not only at `s.deadline`: a test that has seen
+    /// what it waits for need not wait out the deadline.
+    pub fn run_until(
+        &mut self,
+        s: &Scenario,
+        out: &Path,
+        progress: &dyn Fn(&Observation),
+        enough: &dyn Fn() -> bool,
+    ) -> Result<RunResult, LabError> {
         let traces = out.join("traces");
         std::fs::create_dir_all(&traces)
             .map_err(|e| LabError::Setup(format!("{}: {e}", traces.display())))?;
@@ -291,14 +304,14 @@ impl Lab {
             "--probe.peer".into(),
             format!("dst={dest_addr}"),
         ];
-        let exporter = Exporter::start_with(
+        let exporter = Exporter::start(
             &self.exporter_bin,
-            self.src.uri(),
-            &storage,
-            &trace,
-            self.exporter_listen,
-            config.as_deref(),
-            &forecast_flags,
+            &Launch {
+                listen: self.exporter_listen,
+                config: config.as_deref(),
+                extra: &forecast_flags,
+                ..Launch::new(self.src.uri(), &storage, &trace)
+            },
         )?;
         eprintln!(
             "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",
@@ -385,7 +398,7 @@ impl Lab {
                     restarted = true;
                 }
             }
-            if !aborted && el >= s.deadline {
+            if !aborted && (el >= s.deadline || enough()) {
                 aborted = self.src.virsh(&["domjobabort", name]).is_ok();
             }
             // Half a second to the next observation, watching for virsh's return meanwhile:

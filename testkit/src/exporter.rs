@@ -47,30 +47,44 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, LabError> {
         .ok_or_else(|| LabError::Exporter("no vm-migration-exporter binary found: build it (cargo build -p vm-migration-exporter) or pass --exporter".into()))
 }
 
-impl Exporter {
-    /// Start it against `uri`, keeping records under `storage` and a raw trace in `trace`, with
-    /// `config` as its `--config.file` if given.
-    pub fn start(
-        bin: &Path,
-        uri: &str,
-        storage: &Path,
-        trace: &Path,
-        listen: Option<SocketAddr>,
-        config: Option<&Path>,
-    ) -> Result<Exporter, LabError> {
-        Self::start_with(bin, uri, storage, trace, listen, config, &[])
-    }
+/// What a lab exporter is started with: the libvirt URI it watches, where it keeps records and
+/// its raw trace, and optionally its listen address (else a free port), `--config.file` and
+/// extra flags (e.g. the forecast's).
+#[derive(Clone, Copy, Debug)]
+pub struct Launch<'a> {
+    pub uri: &'a str,
+    pub storage: &'a Path,
+    pub trace: &'a Path,
+    pub listen: Option<SocketAddr>,
+    pub config: Option<&'a Path>,
+    pub extra: &'a [String],
+}
 
-    /// [`Exporter::start`] with `extra` flags (e.g. the forecast's).
-    pub fn start_with(
-        bin: &Path,
-        uri: &str,
-        storage: &Path,
-        trace: &Path,
-        listen: Option<SocketAddr>,
-        config: Option<&Path>,
-        extra: &[String],
-    ) -> Result<Exporter, LabError> {
+impl<'a> Launch<'a> {
+    /// Watch `uri`, records under `storage`, trace to `trace`; nothing optional.
+    pub fn new(uri: &'a str, storage: &'a Path, trace: &'a Path) -> Self {
+        Launch {
+            uri,
+            storage,
+            trace,
+            listen: None,
+            config: None,
+            extra: &[],
+        }
+    }
+}
+
+impl Exporter {
+    /// Start `bin` as `how` says and wait until it listens.
+    pub fn start(bin: &Path, how: &Launch) -> Result<Exporter, LabError> {
+        let Launch {
+            uri,
+            storage,
+            trace,
+            listen,
+            config,
+            extra,
+        } = *how;
         let listen = listen
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:0".into());

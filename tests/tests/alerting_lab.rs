@@ -1,8 +1,9 @@
 //! Alerting end to end on real migrations: Prometheus (1 s scrape and evaluation, the
 //! repository's rules) scrapes the exporter watching the lab's source host and sends alerts to
 //! Alertmanager, which calls a webhook in this test. A migration that will not converge pages
-//! with its domain; a converging one does not. The time from the start of the migration to the
-//! notification is printed for the docs.
+//! with its domain (and is aborted a `for:` and a few seconds after its page); a converging one
+//! does not. The time from the start of the migration to the notification is printed for the
+//! docs.
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -12,6 +13,26 @@ use migration_lab::prom::{rules_file, Alertmanager, Prometheus, Webhook};
 use migration_lab::scenario::Scenario;
 use migration_lab::Lab;
 use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+
+/// The `for:` of VMMigrationNotConverging in the rules Prometheus runs here.
+fn rule_for() -> Duration {
+    let rules = std::fs::read_to_string(rules_file()).expect("the rules file");
+    let rule = rules
+        .split("- alert: ")
+        .find(|r| r.starts_with("VMMigrationNotConverging"))
+        .expect("VMMigrationNotConverging in the rules");
+    let secs = rule
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("for: ")?
+                .strip_suffix('s')?
+                .parse()
+                .ok()
+        })
+        .expect("a `for:` in seconds");
+    Duration::from_secs(secs)
+}
 
 fn not_converging(hook: &Webhook, domain: &str) -> Vec<serde_json::Value> {
     hook.notifications()
@@ -46,7 +67,11 @@ fn non_converging_migration_pages_with_its_domain_and_converging_does_not() {
     // Guests that write several times faster than their capped link sends, with different
     // rates, patterns and pass lengths: 8 s passes; 1 s passes whose sampled remainders swing
     // (the verdict of this one used to flap every pass); a hot set. Each must page while it
-    // runs (the lab aborts it at the deadline).
+    // runs. It is aborted once it has run this long after its page (at its 75 s deadline
+    // only if it has not paged): a second alert series (labels that changed with the verdict's detail)
+    // would have been pending before the abort for longer than the rule's `for:`, plus an
+    // evaluation and Alertmanager's group_wait (1 s each here), so it would have been notified.
+    let watch_after_page = rule_for() + Duration::from_secs(5);
     let mut stuck = Vec::new();
     for (name, mbps, pattern, cap) in [
         ("alert-stuck", 150, Pattern::Random, 30),
@@ -61,16 +86,22 @@ fn non_converging_migration_pages_with_its_domain_and_converging_does_not() {
         let name = s.name.as_str();
         let started = Instant::now();
         let paged_at = std::sync::Mutex::new(None);
+        let paged = || *paged_at.lock().unwrap_or_else(|e| e.into_inner());
         let r = lab
-            .run(s, &dir, &|_| {
-                let mut p = paged_at.lock().unwrap_or_else(|e| e.into_inner());
-                if p.is_none() && !not_converging(&hook, name).is_empty() {
-                    *p = Some(started.elapsed());
-                }
-            })
+            .run_until(
+                s,
+                &dir,
+                &|_| {
+                    let mut p = paged_at.lock().unwrap_or_else(|e| e.into_inner());
+                    if p.is_none() && !not_converging(&hook, name).is_empty() {
+                        *p = Some(started.elapsed());
+                    }
+                },
+                &|| paged().is_some_and(|p| started.elapsed() >= p + watch_after_page),
+            )
             .unwrap_or_else(|e| panic!("{name} run: {e}"));
         assert_eq!(r.outcome, "aborted", "{name}: {}", r.virsh_output);
-        let paged = paged_at.lock().map(|p| *p).unwrap_or(None);
+        let paged = paged();
         assert!(
             paged.is_some(),
             "{name}: no VMMigrationNotConverging notification while it ran; verdicts {:?}; webhook got {:?}",
@@ -96,8 +127,9 @@ fn non_converging_migration_pages_with_its_domain_and_converging_does_not() {
             .collect();
         assert_eq!(distinct.len(), 1, "{name}: {distinct:?}");
         println!(
-            "alerting: {name}: migration start → VMMigrationNotConverging notification: {:.1} s",
-            paged.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
+            "alerting: {name}: migration start → VMMigrationNotConverging notification: {:.1} s (run {:.1} s)",
+            paged.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
+            r.wall_seconds
         );
     }
     assert!(

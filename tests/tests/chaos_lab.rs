@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use migration_lab::exporter::{sample, Exporter};
+use migration_lab::exporter::{sample, Exporter, Launch};
 use migration_lab::guest::{self, GuestSpec};
 use migration_lab::prom::poll_until;
 use migration_lab::{Host, Lab};
@@ -79,13 +79,10 @@ impl<'a> Case<'a> {
 
     /// An exporter watching `host`, keeping records in `storage`.
     fn exporter(&self, host: &Host, storage: &Path, tag: &str) -> Exporter {
+        let trace = self.out.join(format!("trace-{tag}.jsonl"));
         let e = Exporter::start(
             &self.lab.exporter_bin,
-            host.uri(),
-            storage,
-            &self.out.join(format!("trace-{tag}.jsonl")),
-            None,
-            None,
+            &Launch::new(host.uri(), storage, &trace),
         )
         .expect("the exporter starts");
         assert!(

@@ -34,6 +34,27 @@
 //! Measured on this machine: a killed libvirtd is noticed at once (close callback, reason EOF
 //! on the socket); a SIGSTOPped one after ~20 s (reason keepalive timeout), after which calls
 //! return `NotConnected` immediately, and it reconnects when the daemon resumes.
+//!
+//! Why a closed connection is never kept, whatever the order of events (libvirtd resumed right
+//! as the keepalive gives up included):
+//! - libvirt closes the client on the thread that notices (its event thread when no call is in
+//!   flight, else the calling thread on its way out of the RPC loop) and runs the close callback:
+//!   `Ctl::Closed` of this generation. A failed call on a dead connection sends one too.
+//! - if that notice never comes (closed before the callback was registered, a lost wake-up of
+//!   the calling thread, a driver without close callbacks), `virConnectIsAlive` says so within
+//!   `LIVENESS_CHECK`: it reads the client's state and takes no lock that a call in flight holds
+//!   (the remote driver releases its lock for the RPC).
+//! - notices of an older generation (a second notice, a late call on the old connection) are
+//!   ignored while connected and while waiting out the backoff: they neither end the new
+//!   connection nor stop the retries, which go on for ever (backoff capped).
+//! - resumed before the verdict, libvirtd's answers reset the keepalive and nothing closes;
+//!   after it, the next attempt (0.5 s later) finds it answering, or waits in
+//!   `virConnectOpen` until it answers (libvirt has no keepalive before a connection is open:
+//!   a libvirtd that accepts and never answers holds the attempt, with `libvirt_up 0`, until
+//!   it answers or dies).
+//! - the manager waits only on its channel (with a timeout), on `connect()` and on dropping a
+//!   dead connection; a call in flight holds its own `Arc<Live>`, so the old connection is
+//!   closed after that call returns and the new one does not wait for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

@@ -281,7 +281,7 @@ impl Core {
                 figures = ?f.figures,
                 "migration finished"
             );
-            self.metrics.record_finished(f);
+            self.metrics.record_finished(f, now.mono);
         }
         // The counters went up: the finished jobs leave the live series now, not after the
         // record's disk write (an fsync) below, or a scrape meanwhile shows both.
@@ -542,7 +542,8 @@ impl Sampler {
         core.publish_active();
         core.write_held(now, false);
         if let Some(keep) = self.cfg.last_retention {
-            let dropped = core.metrics.prune_last(now.wall - keep.as_secs_f64());
+            // Waited out on the monotonic clock, like every other wait.
+            let dropped = core.metrics.prune_last(now.mono - keep.as_secs_f64());
             if dropped > 0 {
                 debug!(
                     domains = dropped,

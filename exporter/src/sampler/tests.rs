@@ -395,6 +395,18 @@ fn flaky_sampler() -> (
     crate::collector::Statuses,
     prometheus_client::registry::Registry,
 ) {
+    flaky_sampler_with(SamplerConfig::default())
+}
+
+fn flaky_sampler_with(
+    cfg: SamplerConfig,
+) -> (
+    Arc<Flaky>,
+    Sampler,
+    SharedState,
+    crate::collector::Statuses,
+    prometheus_client::registry::Registry,
+) {
     let source = Arc::new(Flaky {
         list_fails: false.into(),
         gone: false.into(),
@@ -402,13 +414,7 @@ fn flaky_sampler() -> (
     let state = crate::state::shared();
     let statuses = crate::collector::Statuses::default();
     let (registry, metrics) = Metrics::register(state.clone(), statuses.clone());
-    let sampler = Sampler::new(
-        source.clone(),
-        state.clone(),
-        metrics,
-        None,
-        SamplerConfig::default(),
-    );
+    let sampler = Sampler::new(source.clone(), state.clone(), metrics, None, cfg);
     sampler.handle(1.0, SourceEvent::Connected);
     (source, sampler, state, statuses, registry)
 }
@@ -467,6 +473,25 @@ fn a_stuck_sampler_withholds_the_live_series() {
     );
 }
 
+/// A round at the time on the sampler's clock.
+fn clocked_round(s: &mut Sampler, statuses: &crate::collector::Statuses) {
+    let now = s.now();
+    crate::collector::execute(statuses, Name::Jobs, || s.round(now));
+}
+
+/// libvirt's job-completed event for `dom()`, at the time on the sampler's clock.
+fn completes_now(s: &Sampler) {
+    let done = DomainEvent::JobCompleted {
+        domain: dom(),
+        params: p(&[
+            ("operation", job_operation::MIGRATION_OUT),
+            ("time_elapsed", 1500),
+            ("downtime", 40),
+        ]),
+    };
+    s.handle(s.now(), SourceEvent::Domain(done));
+}
+
 /// Issue 16, through the sampler's clock seam: an NTP step (the wall clock an hour ahead)
 /// while a migrated-away domain waits for its completion event must not end the wait.
 #[test]
@@ -474,10 +499,7 @@ fn a_wall_clock_step_does_not_skip_the_completion_grace() {
     let (source, sampler, state, statuses, _) = flaky_sampler();
     let clock = Arc::new(crate::clock::ManualClock::new(1000.0));
     let mut sampler = sampler.with_clock(clock.clone());
-    let round = |s: &mut Sampler| {
-        let now = s.now();
-        crate::collector::execute(&statuses, Name::Jobs, || s.round(now));
-    };
+    let round = |s: &mut Sampler| clocked_round(s, &statuses);
     round(&mut sampler);
     assert_eq!(state.lock().active.len(), 1);
     // The domain left (migrated away); an empty listing from now on.
@@ -491,17 +513,8 @@ fn a_wall_clock_step_does_not_skip_the_completion_grace() {
         state.lock().records.is_empty(),
         "2 s into the 5 s grace, whatever the wall clock says"
     );
-    let done = DomainEvent::JobCompleted {
-        domain: dom(),
-        params: p(&[
-            ("operation", job_operation::MIGRATION_OUT),
-            ("time_elapsed", 1500),
-            ("downtime", 40),
-        ]),
-    };
     clock.advance(0.5);
-    let now = sampler.now();
-    sampler.handle(now, SourceEvent::Domain(done));
+    completes_now(&sampler);
     let st = state.lock();
     assert_eq!(st.records.len(), 1, "{:?}", st.records);
     assert_eq!(st.records[0].outcome.as_str(), "completed");
@@ -509,6 +522,48 @@ fn a_wall_clock_step_does_not_skip_the_completion_grace() {
         st.records[0].finished_at, 4602.5,
         "stamped with the (stepped) wall time"
     );
+}
+
+/// The `last_*` retention is waited out on the monotonic clock: with the wall clock stepped an
+/// hour ahead the series were dropped an hour early, stepped back they stayed an hour late.
+#[test]
+fn a_wall_clock_step_neither_cuts_nor_stretches_the_last_retention() {
+    for step in [3600.0, -3600.0] {
+        let (source, sampler, _, statuses, registry) = flaky_sampler_with(SamplerConfig {
+            last_retention: Some(Duration::from_secs(2 * 3600)),
+            ..SamplerConfig::default()
+        });
+        let clock = Arc::new(crate::clock::ManualClock::new(1000.0));
+        let mut sampler = sampler.with_clock(clock.clone());
+        let round = |s: &mut Sampler| clocked_round(s, &statuses);
+        round(&mut sampler);
+        source.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        clock.advance(0.5);
+        completes_now(&sampler);
+        let last = "vm_migration_last_finished_timestamp_seconds{";
+        assert!(text(&registry).contains(last), "set by the completion");
+        // An hour later by the monotonic clock; the wall clock says 0 h or 2 h (and a bit).
+        clock.step_wall(step);
+        clock.advance(3600.5);
+        round(&mut sampler);
+        let kept = text(&registry);
+        assert!(
+            kept.contains(last),
+            "wall step {step}: 1 h into a 2 h retention:\n{kept}"
+        );
+        // Past the retention by the monotonic clock; the wall clock says 1 h or 3 h.
+        clock.advance(3600.0);
+        round(&mut sampler);
+        let gone = text(&registry);
+        assert!(
+            !gone.contains("vm_migration_last_"),
+            "wall step {step}: past the 2 h retention:\n{gone}"
+        );
+        assert!(
+            gone.contains("vm_migration_finished_total{outcome=\"completed\",mode=\"precopy\",direction=\"out\"} 1"),
+            "the counter stays:\n{gone}"
+        );
+    }
 }
 
 /// A small tmpfs of our own, unmounted on drop.

@@ -254,7 +254,7 @@ proptest! {
             let _ = vm_migration_exporter::exposition::encode(&registry, false);
         }
         for f in &finished {
-            metrics.record_finished(f);
+            metrics.record_finished(f, f.finished_at);
             prop_assert!(serde_json::to_string(f).is_ok());
         }
         let mut records = VecDeque::new();
