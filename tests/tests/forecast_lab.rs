@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use migration_lab::exporter::Exporter;
+use migration_lab::exporter::{Exporter, Launch};
 use migration_lab::guest::{self, GuestSpec, Pattern};
 use migration_lab::prom::poll_until;
 use migration_lab::scenario::{RunResult, Scenario};
@@ -156,14 +156,16 @@ fn the_cap_set_in_libvirt_limits_the_forecast() {
     );
 
     let start = |tag: &str, extra: &[String]| {
-        let e = Exporter::start_with(
+        let (storage, trace) = (
+            out.join(format!("records-{tag}")),
+            out.join(format!("trace-{tag}.jsonl")),
+        );
+        let e = Exporter::start(
             &lab.exporter_bin,
-            lab.src.uri(),
-            &out.join(format!("records-{tag}")),
-            &out.join(format!("trace-{tag}.jsonl")),
-            None,
-            None,
-            extra,
+            &Launch {
+                extra,
+                ..Launch::new(lab.src.uri(), &storage, &trace)
+            },
         )
         .expect("the exporter starts");
         assert!(poll_until(Duration::from_secs(30), || e
