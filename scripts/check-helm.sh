@@ -66,12 +66,25 @@ def args(name):
     raise SystemExit(f"no DaemonSet in {name}")
 want = ["--forecast.enable=true",
         "--forecast.libvirt.uri=qemu:///system?socket=/var/run/libvirt/virtqemud-sock",
-        "--forecast.interval=10m", "--forecast.max-concurrency=4", "--forecast.bandwidth=40MiB"]
+        "--forecast.interval=10m", "--forecast.max-concurrency=4", "--forecast.bandwidth=40MiB",
+        "--forecast.zero-pages=true"]
 got = {n: args(n) for n in ("full", "default", "unprivileged")}
 assert got["full"] == want, got["full"]
 assert got["default"] == [] and got["unprivileged"] == [], got
 PY
-echo "check-helm: forecast values: the full values pass all five --forecast.* flags, the defaults none"
+echo "check-helm: forecast values: the full values pass all six --forecast.* flags, the defaults none"
+# forecast.zeroPages alone (discovery off) still gets what reading QEMU's memory needs.
+"$helm" template vmx "$chart" --set forecast.zeroPages=true --set peerDiscovery.enabled=false >"$out/zero-pages.yaml"
+python3 - "$out/zero-pages.yaml" <<'PY' || { echo "check-helm: forecast.zeroPages did not bring hostPID and SYS_PTRACE + DAC_READ_SEARCH"; exit 1; }
+import sys, yaml
+ds = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "DaemonSet")
+spec = ds["spec"]["template"]["spec"]
+c = spec["containers"][0]
+assert spec["hostPID"] is True, spec.get("hostPID")
+assert {"SYS_PTRACE", "DAC_READ_SEARCH"} <= set(c["securityContext"]["capabilities"]["add"]), c["securityContext"]
+assert "--forecast.zero-pages=true" in c["args"] and "--probe.discovery=false" in c["args"], c["args"]
+PY
+echo "check-helm: forecast.zeroPages alone: hostPID, SYS_PTRACE + DAC_READ_SEARCH, --forecast.zero-pages"
 (cd "$check" && node_modules/.bin/tsc -p tsconfig.json) \
   && echo "check-helm: prometheus-operator objects have no unknown fields (tsc)"
 

@@ -60,7 +60,7 @@ app.kubernetes.io/part-of: vm-migration-exporter
 {{- define "vme.capabilities" -}}
 {{- $caps := list }}
 {{- if .Values.icmp.enabled }}{{ $caps = append $caps "NET_RAW" }}{{ end }}
-{{- if .Values.peerDiscovery.enabled }}{{ $caps = concat $caps (list "SYS_PTRACE" "DAC_READ_SEARCH") }}{{ end }}
+{{- if or .Values.peerDiscovery.enabled .Values.forecast.zeroPages }}{{ $caps = concat $caps (list "SYS_PTRACE" "DAC_READ_SEARCH") }}{{ end }}
 {{- toJson $caps }}
 {{- end }}
 
