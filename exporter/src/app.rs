@@ -194,6 +194,7 @@ fn start_collectors(
                 procfs: settings.netdev.procfs.clone(),
                 sysfs: settings.netdev.sysfs.clone(),
                 fallback: settings.forecast.bandwidth,
+                zero_pages: settings.forecast.zero_pages,
             },
         )
     });

@@ -50,9 +50,9 @@ pub fn record(exporter: &Exporter, s: &Scenario, domain: &str) -> Option<serde_j
                 .as_array()
                 .and_then(|d| d.iter().find(|e| e["domain"] == domain).cloned());
             if let Some(mut e) = entry {
-                // The mean of the exporter's whole first burst of calculations.
+                // The mean of the exporter's whole first burst of calculations (five).
                 let measured = e["dirty_rate"]["source"] == "calculation"
-                    && e["dirty_rate"]["samples"].as_u64() >= Some(3);
+                    && e["dirty_rate"]["samples"].as_u64() >= Some(5);
                 let path_known = s.rtt_ms.is_none() || !e["path"]["window_rate"].is_null();
                 e["what_if"] = report["what_if"].clone();
                 e["window"] = report["window"].clone();
@@ -129,7 +129,7 @@ fn median(v: &mut [f64]) -> Option<f64> {
 /// The comparison as markdown: one row per run, the confusion matrix, the time error.
 pub fn markdown(results: &[RunResult]) -> String {
     let mut h = String::new();
-    h.push_str("| scenario | λ | dirty MiB/s (source) | rate MiB/s (limit) | forecast | recommendation | forecast s | outcome | judged as | actual s | time error |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    h.push_str("| scenario | λ | dirty MiB/s (source) | rate MiB/s (limit) | pass 1 MiB (source) | resident MiB | fill MiB/s | forecast | recommendation | forecast s | outcome | judged as | actual s | time error |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     // rows: converged / not converged; columns: converges / stalls|diverges / unknown|none.
     let mut matrix = [[0u32; 3]; 2];
     let mut errors = Vec::new();
@@ -168,7 +168,7 @@ pub fn markdown(results: &[RunResult]) -> String {
         };
         let _ = writeln!(
             h,
-            "| {} | {} | {} ({}) | {} ({}) | {v} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} ({}) | {} ({}) | {} ({}) | {} | {} | {v} | {} | {} | {} | {} | {} | {} |",
             r.scenario.name,
             num("dirty_to_transfer_ratio")
                 .map(|l| format!("{l:.2}"))
@@ -178,6 +178,11 @@ pub fn markdown(results: &[RunResult]) -> String {
                 .unwrap_or("–"),
             mib(f.and_then(|f| f["path"]["rate"].as_f64())),
             f.and_then(|f| f["path"]["limit"].as_str()).unwrap_or("–"),
+            mib(num("first_pass_bytes")),
+            f.and_then(|f| f["first_pass_source"].as_str())
+                .unwrap_or("–"),
+            mib(num("resident_bytes")),
+            mib(num("fill_rate_bytes")),
             f.and_then(|f| f["recommendation_text"].as_str())
                 .unwrap_or("–"),
             forecast_s.map(|s| format!("{s:.1}")).unwrap_or_default(),

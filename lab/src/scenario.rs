@@ -279,9 +279,11 @@ impl Lab {
             None => None,
         };
         // The forecast: one dirty-rate calculation per guest (the interval outlasts the run, so
-        // none runs during the migration), the migration's path as a configured peer.
+        // none runs during the migration), pass 1 from the guest's sampled non-zero memory, the
+        // migration's path as a configured peer.
         let forecast_flags: Vec<String> = vec![
             "--forecast.enable".into(),
+            "--forecast.zero-pages".into(),
             "--forecast.libvirt.uri".into(),
             self.src.uri().into(),
             "--forecast.interval".into(),

@@ -20,7 +20,8 @@ use super::dirty::{self, DomainStats};
 use super::metrics::ForecastFamilies;
 use super::path::{self, LibvirtCap, Window};
 use super::report::{DomainView, HostView, PeerPath};
-use crate::clock::unix_now;
+use super::zero_pages::{self, Mapping, Sample};
+use crate::clock::{unix_now, Clock, SystemClock};
 use crate::collector::{CollectError, Collector, Name, Rounds};
 use crate::libvirt::calc::DirtyRateCalc;
 use crate::libvirt::{DomainId, JobSource, SourceError};
@@ -40,6 +41,12 @@ const PERIOD_MEASURING: Duration = Duration::from_secs(2);
 const CALC_GIVE_UP_S: f64 = 30.0;
 /// NIC use and probe RTTs over this many seconds.
 const RECENT_S: f64 = 60.0;
+/// A guest's fill rate is measured over the zero-page samples of this many seconds ...
+const FILL_WINDOW_S: f64 = 30.0;
+/// ... once they span at least this long.
+const FILL_MIN_SPAN_S: f64 = 6.0;
+/// Growth of the non-zero share below this is noise.
+const FILL_NOISE_SHARE: f64 = 0.03;
 
 /// The opt-in active part.
 pub struct Calculations {
@@ -59,6 +66,35 @@ pub struct Sources {
     pub sysfs: PathBuf,
     /// `--forecast.bandwidth`, bytes/s.
     pub fallback: Option<f64>,
+    /// `--forecast.zero-pages`: sample the guests' memory for zero pages.
+    pub zero_pages: bool,
+}
+
+/// A guest's zero-page samples: the last one, and the non-zero bytes of those of the last
+/// [`FILL_WINDOW_S`] (monotonic seconds, bytes) for its fill rate.
+struct ZeroSampled {
+    pid: u32,
+    sample: Sample,
+    history: std::collections::VecDeque<(f64, f64)>,
+}
+
+impl ZeroSampled {
+    /// Bytes/s of zeroed memory turned into data over the window: known once it spans
+    /// [`FILL_MIN_SPAN_S`]; growth within [`FILL_NOISE_SHARE`] of the mapping is sampling noise
+    /// (two samples of 512 pages differ by up to ~3 % by chance), 0.
+    fn fill_rate(&self, len: f64) -> Option<f64> {
+        let (t0, b0) = *self.history.front()?;
+        let (t1, b1) = *self.history.back()?;
+        if t1 - t0 < FILL_MIN_SPAN_S {
+            return None;
+        }
+        let growth = b1 - b0;
+        Some(if growth > FILL_NOISE_SHARE * len {
+            growth / (t1 - t0)
+        } else {
+            0.0
+        })
+    }
 }
 
 /// A measurement first seen at `seen_at`; `ours` when it followed a calculation we started.
@@ -84,6 +120,11 @@ pub struct ForecastCollector {
     /// A calculation runs or the last round failed: the next round comes soon.
     measuring: bool,
     warned: bool,
+    /// Zero-page samples per domain uuid.
+    zero: HashMap<String, ZeroSampled>,
+    zero_warned: bool,
+    /// Times the zero-page samples (fill rates) on the monotonic clock.
+    clock: Arc<dyn Clock>,
 }
 
 impl ForecastCollector {
@@ -103,7 +144,16 @@ impl ForecastCollector {
             ours: HashMap::new(),
             measuring: false,
             warned: false,
+            zero: HashMap::new(),
+            zero_warned: false,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Reads the time from `clock` (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// What the rounds publish (the API reads it).
@@ -184,18 +234,76 @@ impl ForecastCollector {
             .collect()
     }
 
-    /// The resident size of the guest's RAM in its QEMU process (`pids`: QEMU's by uuid).
-    fn guest_ram_rss(
+    /// The guest-RAM mapping of the domain's QEMU process (`pids`: QEMU's by uuid).
+    fn guest_ram(
         &self,
         pids: &HashMap<String, u32>,
         d: &DomainId,
         memory: Option<f64>,
-    ) -> Option<f64> {
-        let pid = pids.get(&d.uuid.to_ascii_lowercase())?;
+    ) -> Option<(u32, Mapping)> {
+        let pid = *pids.get(&d.uuid.to_ascii_lowercase())?;
         let smaps =
             std::fs::read_to_string(self.sources.procfs.join(pid.to_string()).join("smaps"))
                 .ok()?;
-        dirty::guest_ram_rss(&smaps, memory?)
+        Some((pid, zero_pages::guest_ram_mapping(&smaps, memory?)?))
+    }
+
+    /// The bytes of `ram` holding data (`--forecast.zero-pages`) and, once known, the rate the
+    /// guest fills zeroed memory, sampled every round: a guest
+    /// filling zeroed memory changes it fast (the lab's 25 MiB/s writer: a sample taken 10 s
+    /// before the migration read 140 MiB, pass 1 sent 345). Never for a migrating guest: its
+    /// last sample stays.
+    fn nonzero_bytes(
+        &mut self,
+        d: &DomainId,
+        pid: u32,
+        ram: &Mapping,
+        migrating: bool,
+    ) -> Option<(f64, Option<f64>)> {
+        if !self.sources.zero_pages {
+            return None;
+        }
+        if !migrating {
+            let dir = self.sources.procfs.join(pid.to_string());
+            let seed = unix_now().to_bits() ^ u64::from(pid);
+            match zero_pages::sample(&dir, ram.start, ram.len, zero_pages::SAMPLE_PAGES, seed) {
+                Ok(sample) => {
+                    let t = self.clock.now().mono;
+                    let bytes = sample.nonzero_share() * ram.len as f64;
+                    let z = self
+                        .zero
+                        .entry(d.uuid.clone())
+                        .or_insert_with(|| ZeroSampled {
+                            pid,
+                            sample,
+                            history: Default::default(),
+                        });
+                    if z.pid != pid {
+                        z.history.clear();
+                    }
+                    z.pid = pid;
+                    z.sample = sample;
+                    z.history.push_back((t, bytes));
+                    while z
+                        .history
+                        .front()
+                        .is_some_and(|(t0, _)| t - t0 > FILL_WINDOW_S)
+                    {
+                        z.history.pop_front();
+                    }
+                }
+                Err(e) => {
+                    if !self.zero_warned {
+                        warn!(domain = %d.name, error = %e, "cannot sample the guest's memory for zero pages; pass 1 is taken as its resident size");
+                        self.zero_warned = true;
+                    }
+                    self.zero.remove(&d.uuid);
+                }
+            }
+        }
+        let z = self.zero.get(&d.uuid).filter(|z| z.pid == pid)?;
+        let len = ram.len as f64;
+        Some((z.sample.nonzero_share() * len, z.fill_rate(len)))
     }
 
     fn window(&self, from_records: Option<Window>) -> Option<Window> {
@@ -213,8 +321,9 @@ impl ForecastCollector {
 
     /// Start calculations that are due; returns whether any runs now. Every interval a guest
     /// gets a burst of [`BURST`] calculations one after another (a 1 s page sample of a 512 MiB
-    /// guest counts 256 pages: one page more or less is 2 MiB/s; the mean of three halves the
-    /// noise).
+    /// guest counts 256 pages: one page more or less is 2 MiB/s; the lab's first version, with
+    /// three, still read a 20 MiB/s writer as 13 and a 35 MiB/s one as 45; the mean of five
+    /// has 0.45 × one calculation's noise).
     fn calculate(&mut self, now: f64, domains: &[(DomainId, DomainStats, bool)]) -> bool {
         let Some(c) = &self.calculations else {
             return false;
@@ -310,7 +419,7 @@ struct Burst {
 }
 
 /// Calculations per guest per interval, one after another.
-pub const BURST: u32 = 3;
+pub const BURST: u32 = 5;
 
 impl Collector for ForecastCollector {
     fn name(&self) -> Name {
@@ -410,6 +519,7 @@ impl Rounds for ForecastCollector {
         self.started.retain(|u, _| live.contains(u.as_str()));
         self.bursts.retain(|u, _| live.contains(u.as_str()));
         self.ours.retain(|u, _| live.contains(u.as_str()));
+        self.zero.retain(|u, _| live.contains(u.as_str()));
 
         let record_peers: Vec<(String, IpAddr)> =
             records.values().filter_map(|(_, _, p)| p.clone()).collect();
@@ -458,11 +568,19 @@ impl Rounds for ForecastCollector {
                 },
                 _ => None,
             };
+            let ram = self.guest_ram(&pids, &d, s.memory_bytes);
+            let nonzero = ram
+                .as_ref()
+                .and_then(|(pid, ram)| self.nonzero_bytes(&d, *pid, ram, m));
+            let first_pass = s.first_pass(nonzero.map(|(b, _)| b), ram.map(|(_, r)| r.rss));
             views.push(DomainView {
                 migrating: m,
                 libvirt_cap,
                 memory_bytes: s.memory_bytes,
-                first_pass_bytes: s.first_pass_bytes(self.guest_ram_rss(&pids, &d, s.memory_bytes)),
+                first_pass_bytes: first_pass.map(|(b, _)| b),
+                first_pass_source: first_pass.map(|(_, src)| src),
+                resident_bytes: ram.map(|(_, r)| r.rss),
+                fill_rate_bytes: nonzero.and_then(|(_, fill)| fill),
                 dirty_rate: dirty::choose(measured, record_rate),
                 max_downtime_seconds: max_downtime,
                 last_peer: rec
@@ -583,6 +701,14 @@ mod tests {
     }
 
     fn collector(calc: bool) -> (ForecastCollector, Arc<Fake>, SharedState) {
+        collector_with(calc, PathBuf::from("/nonexistent"), false)
+    }
+
+    fn collector_with(
+        calc: bool,
+        procfs: PathBuf,
+        zero_pages: bool,
+    ) -> (ForecastCollector, Arc<Fake>, SharedState) {
         let fake = Arc::new(Fake {
             calc_started: Mutex::new(Vec::new()),
             caps_read: Mutex::new(Vec::new()),
@@ -624,9 +750,10 @@ mod tests {
                 netdev: None,
                 peers: None,
                 configured: Vec::new(),
-                procfs: PathBuf::from("/nonexistent"),
+                procfs,
                 sysfs: PathBuf::from("/nonexistent"),
                 fallback: Some(40.0 * 1048576.0),
+                zero_pages,
             },
         );
         (c, fake, shared)
@@ -639,20 +766,20 @@ mod tests {
         // One at a time: g1 only.
         assert_eq!(*fake.calc_started.lock(), ["uuid-1"]);
         assert_eq!(c.period(), PERIOD_MEASURING);
-        // Each round sees the last one measured and starts the next: three for g1, then g2;
+        // Each round sees the last one measured and starts the next: five for g1, then g2;
         // g3 migrates, never.
-        for _ in 0..8 {
+        for _ in 0..14 {
             c.round().expect("round");
         }
-        let burst = ["uuid-1", "uuid-1", "uuid-1", "uuid-2", "uuid-2", "uuid-2"];
+        let burst: Vec<&str> = ["uuid-1"; 5].into_iter().chain(["uuid-2"; 5]).collect();
         assert_eq!(*fake.calc_started.lock(), burst, "not due again");
         assert_eq!(c.period(), PERIOD);
         let v = c.view().lock().clone();
         let g1 = &v.domains[0];
         assert_eq!(g1.domain.name, "g1");
         let rate = g1.dirty_rate.expect("measured");
-        // The mean of the burst: 10, 12 and 14 MiB/s.
-        assert_eq!(rate.bytes_per_second, 12.0 * 1048576.0);
+        // The mean of the burst: 10, 12, 14, 16 and 18 MiB/s.
+        assert_eq!(rate.bytes_per_second, 14.0 * 1048576.0);
         assert_eq!(rate.samples, BURST);
         assert_eq!(rate.source, dirty::DirtySource::Calculation);
         assert_eq!(g1.first_pass_bytes, Some(256.0 * 1048576.0));
@@ -720,5 +847,120 @@ mod tests {
         let pids = qemu_pids(p);
         assert_eq!(pids.len(), 1);
         assert_eq!(pids.get("uuid-1"), Some(&4242));
+    }
+
+    /// A QEMU stand-in whose "guest RAM" is a 512 MiB region of this test process: its smaps
+    /// entry is written to a fake procfs, its pagemap and mem are this process's own.
+    struct GuestRam {
+        dir: tempfile::TempDir,
+        region: Vec<u8>,
+        offset: usize,
+    }
+
+    const MIB: f64 = 1048576.0;
+    const GUEST: usize = 512 << 20;
+
+    impl GuestRam {
+        fn new() -> Self {
+            let page = zero_pages::page_size() as usize;
+            let region = vec![0u8; GUEST + page];
+            let offset = (page - region.as_ptr() as usize % page) % page;
+            let dir = tempfile::tempdir().expect("tempdir");
+            for (pid, uuid) in [("4242", "uuid-1"), ("4343", "uuid-3")] {
+                let d = dir.path().join(pid);
+                std::fs::create_dir_all(&d).expect("mkdir");
+                let cmd = format!("/usr/bin/qemu-system-x86_64\0-uuid\0{uuid}\0");
+                std::fs::write(d.join("cmdline"), cmd).expect("cmdline");
+                for f in ["pagemap", "mem"] {
+                    std::os::unix::fs::symlink(format!("/proc/self/{f}"), d.join(f))
+                        .expect("symlink");
+                }
+            }
+            let mut g = GuestRam {
+                dir,
+                region,
+                offset,
+            };
+            g.set_rss_mib(300);
+            g
+        }
+
+        fn set_rss_mib(&mut self, rss: u64) {
+            let start = self.region.as_ptr() as usize + self.offset;
+            let smaps = format!(
+                "{start:x}-{:x} rw-p 00000000 00:00 0\nSize: {} kB\nRss: {} kB\n",
+                start + GUEST,
+                GUEST / 1024,
+                rss * 1024
+            );
+            for pid in ["4242", "4343"] {
+                std::fs::write(self.dir.path().join(pid).join("smaps"), &smaps).expect("smaps");
+            }
+        }
+
+        /// Writes data into the first `mib` MiB of the guest RAM.
+        fn write_mib(&mut self, mib: usize) {
+            let page = zero_pages::page_size() as usize;
+            let ram = &mut self.region[self.offset..self.offset + GUEST];
+            for p in 0..(mib << 20) / page {
+                ram[p * page + 1] = 0x5a;
+            }
+        }
+    }
+
+    #[test]
+    fn with_zero_pages_pass_1_is_the_memory_holding_data_sampled_every_round() {
+        let mut ram = GuestRam::new();
+        ram.write_mib(64);
+        let procfs = ram.dir.path().to_path_buf();
+        let first = |c: &ForecastCollector, n: usize| {
+            let v = c.view().lock().clone();
+            let d = &v.domains[n];
+            (d.first_pass_bytes, d.first_pass_source, d.resident_bytes)
+        };
+
+        // Without the flag: the mapping's resident size.
+        let (mut c, _, _) = collector_with(false, procfs.clone(), false);
+        c.round().expect("round");
+        assert_eq!(
+            first(&c, 0),
+            (
+                Some(300.0 * MIB),
+                Some(dirty::FirstPassSource::RamResident),
+                Some(300.0 * MIB)
+            )
+        );
+
+        // With it: the sampled share holding data, 64 of 512 MiB (stratified: exact here).
+        let clock = Arc::new(crate::clock::ManualClock::new(1000.0));
+        let (c, _, _) = collector_with(false, procfs, true);
+        let mut c = c.with_clock(clock.clone());
+        c.round().expect("round");
+        let sampled = (
+            Some(64.0 * MIB),
+            Some(dirty::FirstPassSource::NonzeroSample),
+            Some(300.0 * MIB),
+        );
+        assert_eq!(first(&c, 0), sampled);
+        // g3 migrates: never sampled (a post-copy destination could block the read).
+        assert_eq!(first(&c, 2).1, Some(dirty::FirstPassSource::RamResident));
+        let fill = |c: &ForecastCollector| c.view().lock().domains[0].fill_rate_bytes;
+        assert_eq!(fill(&c), None, "one sample: no rate yet");
+        // The guest writes more (its resident size unchanged): the next round sees it; the
+        // fill rate is known once the samples span 6 s.
+        ram.write_mib(128);
+        clock.advance(4.0);
+        c.round().expect("round");
+        assert_eq!(first(&c, 0).0, Some(128.0 * MIB));
+        assert_eq!(fill(&c), None, "4 s: too short a span");
+        clock.advance(4.0);
+        c.round().expect("round");
+        assert_eq!(fill(&c), Some(64.0 * MIB / 8.0));
+        // 30 s later without writing: the window holds no growth.
+        for _ in 0..4 {
+            clock.advance(10.0);
+            c.round().expect("round");
+        }
+        assert_eq!(fill(&c), Some(0.0));
     }
 }

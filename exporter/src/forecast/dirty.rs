@@ -5,11 +5,12 @@
 //!   `ram_size >> 20`) once `dirtyrate.calc_status` says measured (2). QEMU's
 //!   `calc_start_time` runs on its monotonic clock, not the wall clock, so a reading's age is
 //!   counted from when this exporter first saw it.
-//! - `balloon.current` (KiB): the guest's memory. Pass 1 sends the pages the guest has touched
-//!   (pages never touched are zero pages, sent as markers): the resident size of the QEMU
-//!   process's guest-RAM mapping (`/proc/<pid>/smaps`, the mapping as large as the guest's
-//!   memory), else `balloon.rss`, which also counts QEMU's own memory (the lab's TCG guests: 457
-//!   MiB resident for ~310 MiB touched).
+//! - `balloon.current` (KiB): the guest's memory. Pass 1 sends the pages holding data (zero
+//!   pages go as markers): with `--forecast.zero-pages` the sampled non-zero share of the QEMU
+//!   process's guest-RAM mapping ([`super::zero_pages`]), else that mapping's resident size
+//!   (`/proc/<pid>/smaps`, the mapping as large as the guest's memory; zeroed but resident pages
+//!   make it err long), else `balloon.rss`, which also counts QEMU's own memory (the lab's TCG
+//!   guests: 457 MiB resident for ~310 MiB touched).
 //! - The records' mean dirty rate of the domain's last migration out of this host, when libvirt
 //!   has no measurement.
 
@@ -73,42 +74,40 @@ impl DomainStats {
         }
     }
 
-    /// Bytes pass 1 would send: the guest RAM mapping's resident size when known (`ram_rss`),
-    /// else what the process holds; at most the guest's memory.
-    pub fn first_pass_bytes(&self, ram_rss: Option<f64>) -> Option<f64> {
-        match (ram_rss.or(self.rss_bytes), self.memory_bytes) {
-            (Some(r), Some(m)) => Some(r.min(m)),
-            (r, m) => r.or(m),
+    /// Bytes pass 1 would send and where the figure comes from, best first: the guest-RAM
+    /// mapping's non-zero share when sampled (`nonzero`, bytes: `--forecast.zero-pages`), its
+    /// resident size (`ram_rss`), what the process holds; at most the guest's memory.
+    pub fn first_pass(
+        &self,
+        nonzero: Option<f64>,
+        ram_rss: Option<f64>,
+    ) -> Option<(f64, FirstPassSource)> {
+        let known = nonzero
+            .map(|b| (b, FirstPassSource::NonzeroSample))
+            .or(ram_rss.map(|b| (b, FirstPassSource::RamResident)))
+            .or(self
+                .rss_bytes
+                .map(|b| (b, FirstPassSource::ProcessResident)));
+        match (known, self.memory_bytes) {
+            (Some((b, _)), Some(m)) if b > m => Some((m, FirstPassSource::Memory)),
+            (Some(k), _) => Some(k),
+            (None, m) => m.map(|m| (m, FirstPassSource::Memory)),
         }
     }
 }
 
-/// The resident bytes of the guest-RAM mapping in a QEMU process's `/proc/<pid>/smaps`: the
-/// largest mapping whose size is the guest's memory (within 1 %).
-pub fn guest_ram_rss(smaps: &str, memory_bytes: f64) -> Option<f64> {
-    let mut best: Option<(u64, f64)> = None;
-    let mut current: Option<u64> = None;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                let size = b.saturating_sub(a);
-                let near = (size as f64 - memory_bytes).abs() <= memory_bytes * 0.01;
-                current = near.then_some(size);
-                continue;
-            }
-        }
-        if let (Some(size), Some(kb)) = (current, line.strip_prefix("Rss:")) {
-            let kb: Option<f64> = kb.trim().trim_end_matches("kB").trim().parse().ok();
-            if let Some(kb) = kb {
-                if best.is_none_or(|(s, _)| size > s) {
-                    best = Some((size, kb * 1024.0));
-                }
-            }
-            current = None;
-        }
-    }
-    best.map(|(_, rss)| rss)
+/// Where a forecast's pass-1 size comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstPassSource {
+    /// The non-zero share of the guest-RAM mapping, sampled (`--forecast.zero-pages`).
+    NonzeroSample,
+    /// The guest-RAM mapping's resident size (`/proc/<pid>/smaps`).
+    RamResident,
+    /// libvirt's `balloon.rss`: QEMU's whole resident memory.
+    ProcessResident,
+    /// The guest's memory size.
+    Memory,
 }
 
 /// Where the dirty rate of a forecast comes from.
@@ -188,8 +187,24 @@ mod tests {
         assert_eq!((m.calc_start, m.period_s), (1234, 1));
         assert_eq!(m.mode.as_deref(), Some("page-sampling"));
         assert_eq!(s.memory_bytes, Some(512.0 * MIB));
-        assert_eq!(s.first_pass_bytes(None), Some(300.0 * MIB));
-        assert_eq!(s.first_pass_bytes(Some(200.0 * MIB)), Some(200.0 * MIB));
+        use FirstPassSource::*;
+        assert_eq!(
+            s.first_pass(None, None),
+            Some((300.0 * MIB, ProcessResident))
+        );
+        assert_eq!(
+            s.first_pass(None, Some(200.0 * MIB)),
+            Some((200.0 * MIB, RamResident))
+        );
+        assert_eq!(
+            s.first_pass(Some(90.0 * MIB), Some(200.0 * MIB)),
+            Some((90.0 * MIB, NonzeroSample))
+        );
+        // Never more than the guest's memory.
+        assert_eq!(
+            s.first_pass(None, Some(600.0 * MIB)),
+            Some((512.0 * MIB, Memory))
+        );
         assert!(!s.measuring);
     }
 
@@ -203,7 +218,10 @@ mod tests {
         let s = DomainStats::parse(&p);
         assert_eq!(s.measured, None);
         assert!(s.measuring);
-        assert_eq!(s.first_pass_bytes(None), Some(1048576.0));
+        assert_eq!(
+            s.first_pass(None, None),
+            Some((1048576.0, FirstPassSource::Memory))
+        );
         assert_eq!(DomainStats::parse(&Params::new()), DomainStats::default());
         // A negative rate (a broken answer) is no rate.
         let p = params(&[
@@ -211,24 +229,6 @@ mod tests {
             ("dirtyrate.megabytes_per_second", ParamValue::Int(-5)),
         ]);
         assert_eq!(DomainStats::parse(&p).measured, None);
-    }
-
-    #[test]
-    fn the_guest_ram_mapping_is_found_by_its_size() {
-        let smaps = "\
-55d0c0000000-55d0c0200000 r-xp 00000000 08:01 123 /usr/bin/qemu-system-x86_64
-Size:               2048 kB
-Rss:                1500 kB
-7f0000000000-7f0020000000 rw-p 00000000 00:00 0
-Size:             524288 kB
-Rss:              317440 kB
-7f1000000000-7f1040000000 rw-p 00000000 00:00 0
-Size:            1048576 kB
-Rss:              150000 kB
-";
-        assert_eq!(guest_ram_rss(smaps, 512.0 * MIB), Some(310.0 * MIB));
-        assert_eq!(guest_ram_rss(smaps, 64.0 * MIB), None);
-        assert_eq!(guest_ram_rss("garbage\nRss: x kB\n", 512.0 * MIB), None);
     }
 
     #[test]

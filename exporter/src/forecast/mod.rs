@@ -5,6 +5,7 @@
 //! - [`dirty`]: where the dirty rate and memory figures come from (libvirt's domain statistics,
 //!   the domain's records).
 //! - [`path`]: the transfer rate the path would give (link, cap, TCP window ÷ RTT).
+//! - [`zero_pages`]: how much of a guest's resident memory holds data (`--forecast.zero-pages`).
 //! - [`plan`]: the evacuation plan (pure).
 //! - [`report`]: the collector's published inputs and their evaluation for one "what if".
 //! - [`collector`]: the `forecast` collector (and the opt-in dirty-rate calculations).
@@ -18,3 +19,4 @@ pub mod model;
 pub mod path;
 pub mod plan;
 pub mod report;
+pub mod zero_pages;

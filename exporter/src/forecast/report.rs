@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::dirty::DirtyRate;
+use super::dirty::{DirtyRate, FirstPassSource};
 use super::model::{self, Forecast, Inputs};
 use super::path::{self, LibvirtCap, PathEstimate, PathInputs, Window};
 use super::plan::{self, Plan};
@@ -21,8 +21,14 @@ pub struct DomainView {
     /// evacuation plan (it is leaving already).
     pub migrating: bool,
     pub memory_bytes: Option<f64>,
-    /// What pass 1 would send (see `dirty::DomainStats::first_pass_bytes`).
+    /// What pass 1 would send (see `dirty::DomainStats::first_pass`) ...
     pub first_pass_bytes: Option<f64>,
+    /// ... and where that figure comes from.
+    pub first_pass_source: Option<FirstPassSource>,
+    /// The guest-RAM mapping's resident bytes in the QEMU process.
+    pub resident_bytes: Option<f64>,
+    /// Bytes/s of zeroed memory the guest turns into data (successive zero-page samples).
+    pub fill_rate_bytes: Option<f64>,
     pub dirty_rate: Option<DirtyRate>,
     /// libvirt's max downtime for the domain; QEMU's default when libvirt does not say.
     pub max_downtime_seconds: Option<f64>,
@@ -104,6 +110,9 @@ pub struct DomainReport {
     pub uuid: String,
     pub migrating: bool,
     pub first_pass_bytes: Option<f64>,
+    pub first_pass_source: Option<FirstPassSource>,
+    pub resident_bytes: Option<f64>,
+    pub fill_rate_bytes: Option<f64>,
     pub dirty_rate: Option<DirtyRate>,
     pub max_downtime_seconds: f64,
     /// libvirt's caps for the domain (pre-copy's is the path's `libvirt_cap` limit).
@@ -157,6 +166,11 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
         let forecast = match d.first_pass_bytes {
             Some(m) => model::forecast(&Inputs {
                 memory_bytes: m,
+                fill_rate: d.fill_rate_bytes,
+                // What the guest can fill in pass 1: its zeroed resident memory (the lab's
+                // writers that had covered their working set still showed the fill of the
+                // last 30 s: +34 % without this bound).
+                memory_limit: d.resident_bytes.or(d.memory_bytes),
                 dirty_rate: d.dirty_rate.map(|r| r.bytes_per_second),
                 transfer_rate: path.rate,
                 max_downtime_s: max_dt,
@@ -168,6 +182,9 @@ pub fn evaluate(view: &HostView, w: &WhatIf) -> Report {
             uuid: d.domain.uuid.clone(),
             migrating: d.migrating,
             first_pass_bytes: d.first_pass_bytes,
+            first_pass_source: d.first_pass_source,
+            resident_bytes: d.resident_bytes,
+            fill_rate_bytes: d.fill_rate_bytes,
             dirty_rate: d.dirty_rate,
             max_downtime_seconds: max_dt,
             libvirt_cap: d.libvirt_cap,
@@ -219,6 +236,9 @@ mod tests {
             migrating,
             memory_bytes: Some(512.0 * MIB),
             first_pass_bytes: Some(300.0 * MIB),
+            first_pass_source: Some(FirstPassSource::RamResident),
+            resident_bytes: Some(300.0 * MIB),
+            fill_rate_bytes: None,
             dirty_rate: dirty_mibs.map(|m| DirtyRate {
                 bytes_per_second: m * MIB,
                 source: DirtySource::Calculation,
@@ -321,6 +341,30 @@ mod tests {
         );
         assert_eq!(asked.domains[0].path.limit, Some(Limit::Cap));
         assert_eq!(asked.domains[0].forecast.verdict, Verdict::Converges);
+    }
+
+    #[test]
+    fn a_filling_guest_sends_more_in_pass_1_but_no_more_than_is_resident() {
+        let w = WhatIf {
+            bandwidth_bytes: Some(100.0 * MIB),
+            ..WhatIf::default()
+        };
+        let duration = |v: &HostView| evaluate(v, &w).domains[0].forecast.duration_seconds;
+        let mut v = view();
+        let plain = duration(&v);
+        // Filling 20 MiB/s at 100 MiB/s: pass 1 sends 300/(1 − 0.1) = 333 MiB.
+        v.domains[0].fill_rate_bytes = Some(20.0 * MIB);
+        v.domains[0].resident_bytes = Some(400.0 * MIB);
+        let filling = duration(&v).expect("time");
+        let mut bigger = view();
+        bigger.domains[0].first_pass_bytes = Some(300.0 / 0.9 * MIB);
+        assert!((filling - duration(&bigger).expect("time")).abs() < 1e-9);
+        assert!(filling > plain.expect("time"));
+        // Only 310 MiB resident: at most 10 MiB more to fill.
+        v.domains[0].resident_bytes = Some(310.0 * MIB);
+        let bounded = duration(&v).expect("time");
+        bigger.domains[0].first_pass_bytes = Some(310.0 * MIB);
+        assert!((bounded - duration(&bigger).expect("time")).abs() < 1e-9);
     }
 
     #[test]

@@ -250,6 +250,14 @@ pub struct ForecastArgs {
     /// the peer), per second, e.g. 40MiB. Unset: such forecasts are unknown.
     #[arg(long = "forecast.bandwidth", env = "VM_MIGRATION_EXPORTER_FORECAST_BANDWIDTH", value_parser = crate::forecast::api::parse_bandwidth, value_name = "RATE")]
     pub forecast_bandwidth: Option<f64>,
+
+    /// Sample each guest's memory for zero pages (512 pages of QEMU's guest-RAM mapping each
+    /// forecast round, read from /proc/<pid>/mem and tested for all-zero; nothing of their
+    /// content is kept), so pass 1 is forecast as the memory holding data rather than all resident memory
+    /// (zeroed pages cost pre-copy almost nothing). Reads guest memory: off unless asked for.
+    /// Needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
+    #[arg(long = "forecast.zero-pages", env = "VM_MIGRATION_EXPORTER_FORECAST_ZERO_PAGES", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub forecast_zero_pages: bool,
 }
 
 fn parse_forecast_interval(s: &str) -> Result<Duration, String> {

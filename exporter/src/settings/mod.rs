@@ -61,6 +61,8 @@ pub struct ForecastSettings {
     pub max_concurrency: usize,
     /// Bytes/s to assume when no path figure is known.
     pub bandwidth: Option<f64>,
+    /// `--forecast.zero-pages`.
+    pub zero_pages: bool,
 }
 
 /// Why the command line could not be turned into settings.
@@ -172,6 +174,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
         interval: f.forecast_interval,
         max_concurrency: usize::from(f.forecast_max_concurrency),
         bandwidth: f.forecast_bandwidth,
+        zero_pages: f.forecast_zero_pages,
     };
     Ok(Settings {
         config_file: cli.config_file.clone(),

@@ -229,13 +229,16 @@ fn every_family() -> String {
     ));
     // The forecast of two guests (one converging, one not) over the configured peer's path.
     {
-        use vm_migration_exporter::forecast::dirty::{DirtyRate, DirtySource};
+        use vm_migration_exporter::forecast::dirty::{DirtyRate, DirtySource, FirstPassSource};
         use vm_migration_exporter::forecast::report::{DomainView, HostView, PeerPath};
         let guest = |n: u8, dirty_mibs: f64| DomainView {
             domain: dom(n),
             migrating: false,
             memory_bytes: Some(512.0 * 1048576.0),
             first_pass_bytes: Some(256.0 * 1048576.0),
+            first_pass_source: Some(FirstPassSource::RamResident),
+            resident_bytes: Some(256.0 * 1048576.0),
+            fill_rate_bytes: None,
             dirty_rate: Some(DirtyRate {
                 bytes_per_second: dirty_mibs * 1048576.0,
                 source: DirtySource::Calculation,
