@@ -20,7 +20,7 @@ use super::dirty::{self, DomainStats};
 use super::metrics::ForecastFamilies;
 use super::path::{self, LibvirtCap, Window};
 use super::report::{DomainView, HostView, PeerPath};
-use super::zero_pages::{self, Mapping, Sample};
+use super::zero_pages::{self, Mapping};
 use crate::clock::{unix_now, Clock, SystemClock};
 use crate::collector::{CollectError, Collector, Name, Rounds};
 use crate::libvirt::calc::DirtyRateCalc;
@@ -70,11 +70,10 @@ pub struct Sources {
     pub zero_pages: bool,
 }
 
-/// A guest's zero-page samples: the last one, and the non-zero bytes of those of the last
-/// [`FILL_WINDOW_S`] (monotonic seconds, bytes) for its fill rate.
+/// A guest's zero-page samples: the non-zero bytes of those of the last [`FILL_WINDOW_S`]
+/// (monotonic seconds, bytes), newest last: the newest is pass 1, the window the fill rate.
 struct ZeroSampled {
     pid: u32,
-    sample: Sample,
     history: std::collections::VecDeque<(f64, f64)>,
 }
 
@@ -270,19 +269,17 @@ impl ForecastCollector {
                 Ok(sample) => {
                     let t = self.clock.now().mono;
                     let bytes = sample.nonzero_share() * ram.len as f64;
-                    let z = self
-                        .zero
-                        .entry(d.uuid.clone())
-                        .or_insert_with(|| ZeroSampled {
-                            pid,
-                            sample,
-                            history: Default::default(),
-                        });
+                    let z = self.zero.entry(d.uuid.clone()).or_insert(ZeroSampled {
+                        pid,
+                        history: Default::default(),
+                    });
                     if z.pid != pid {
-                        z.history.clear();
+                        // Another QEMU process: its samples say nothing of this one's fill.
+                        *z = ZeroSampled {
+                            pid,
+                            history: Default::default(),
+                        };
                     }
-                    z.pid = pid;
-                    z.sample = sample;
                     z.history.push_back((t, bytes));
                     while z
                         .history
@@ -302,8 +299,8 @@ impl ForecastCollector {
             }
         }
         let z = self.zero.get(&d.uuid).filter(|z| z.pid == pid)?;
-        let len = ram.len as f64;
-        Some((z.sample.nonzero_share() * len, z.fill_rate(len)))
+        let (_, latest) = *z.history.back()?;
+        Some((latest, z.fill_rate(ram.len as f64)))
     }
 
     fn window(&self, from_records: Option<Window>) -> Option<Window> {

@@ -234,7 +234,6 @@ Rss:              150000 kB
         }
         for p in 2048..6144 {
             aligned[p * page..(p + 1) * page].fill(0);
-            aligned[p * page] = 0;
             std::hint::black_box(&aligned[p * page]);
         }
         let start = aligned.as_ptr() as u64;
