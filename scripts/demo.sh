@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/as-root.sh
 . scripts/as-root.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh demo
 echo "== building vm-migration-exporter and migration-lab (release)"
 cargo build --release --locked -p vm-migration-exporter -p migration-lab
 exec ./target/release/migration-lab run --preset "${PRESET:-smoke}" --out "${OUT:-lab-out}" \

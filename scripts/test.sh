@@ -7,12 +7,9 @@ cd "$(dirname "$0")/.."
 . scripts/as-root.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-bash scripts/install-deps.sh
-
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/install-deps.sh test
+echo "== cargo fetch (every crate of Cargo.lock, all platforms': cargo deny reads them offline)"
+cargo fetch --locked
 echo "== cargo deny (licences, duplicate versions, sources)"
 # Advisories need RustSec's database from GitHub; set CARGO_DENY_ADVISORIES=1 where it can be
 # fetched (it is not reachable from the machines this suite was built on).
@@ -21,6 +18,16 @@ if [ "${CARGO_DENY_ADVISORIES:-0}" = 1 ]; then
 else
   cargo deny --locked --offline check licenses bans sources
 fi
+# `test.sh setup`: only the set-up (packages, tools, crates) and the checks that need no build;
+# scripts/check-fresh.sh runs it on a fresh root.
+if [ "${1:-}" = setup ]; then
+  echo "== test.sh setup: done"
+  exit 0
+fi
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== alert rules (promtool check + unit tests, runbooks)"
 bash scripts/check-alerts.sh
 echo "== dashboards (in sync, PromQL parses, metrics exported, @grafana/schema types)"

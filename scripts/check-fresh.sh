@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Runs the README's commands on a genuinely fresh Debian 12: a minbase root made with mmdebstrap
+# (python3 without pip, curl, ca-certificates; no sudo), this checkout copied in (tracked files
+# only, uncommitted changes included), rustup's toolchain and an empty CARGO_HOME (no crate cache,
+# no cargo-deny), then chroot in a private mount + PID namespace (all mounts and processes go
+# with it, whatever happens).
+#   check-fresh.sh setup   bash scripts/test.sh setup (install-deps test, cargo fetch, cargo deny),
+#                          then cargo build of the workspace's binaries
+#   check-fresh.sh ci      bash scripts/test.sh setup only (what .ci/run runs)
+#   check-fresh.sh demo    bash scripts/demo.sh end to end (libvirtd, netns, the TUN delay link)
+#   check-fresh.sh user    as setup + demo, but as a user with sudo (installed for this mode)
+#   check-fresh.sh all     setup, demo and user, each in a root of its own
+# Environment: FRESH_REF (a commit to copy in place of the working tree), FRESH_KEEP=1 (keep the
+# root), FRESH_DIR (where roots go, /var/tmp), FRESH_TIMEOUT (seconds per step, 2400).
+# Debian packages are cached in /var/cache/vm-migration-exporter-fresh (crates are not: a crate
+# cache would hide a missing `cargo fetch`). Needs root, mmdebstrap, unshare, git.
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+src=$(pwd)
+mode=${1:-setup}
+case "$mode" in
+  setup|ci|demo|user|all) ;;
+  *) echo "check-fresh: usage: check-fresh.sh setup|ci|demo|user|all" >&2; exit 2 ;;
+esac
+say() { echo "check-fresh: $*"; }
+die() { echo "check-fresh: $*" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || die "needs root (mmdebstrap, chroot, namespaces): run it as root or with sudo"
+for t in mmdebstrap unshare chroot git flock timeout; do
+  command -v "$t" >/dev/null 2>&1 || die "no $t: install it (bash scripts/install-deps.sh test)"
+done
+step_timeout=${FRESH_TIMEOUT:-2400}
+cache=/var/cache/vm-migration-exporter-fresh/apt-archives
+mkdir -p "$cache/partial"
+
+# rustup's active toolchain on this machine, brought in read-only; the proxies are rustup itself.
+sysroot=$(rustc --print sysroot 2>/dev/null) || die "no rustc on this machine: install rustup's toolchain"
+toolchain=$(basename "$sysroot")
+rustup_bin=$(command -v rustup 2>/dev/null || echo "${CARGO_HOME:-$HOME/.cargo}/bin/rustup")
+[ -x "$rustup_bin" ] && [ -d "$sysroot/lib/rustlib" ] ||
+  die "the toolchain at $sysroot is not rustup's (no rustup binary): install Rust with rustup"
+
+mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
+  2>/dev/null | awk '($1 == "URIs:" || $1 == "deb") && $2 !~ /security/ && $2 ~ /debian\/?$/ {print $2; exit}' || true)
+mirror=${mirror:-http://deb.debian.org/debian}
+security=${mirror%/debian}/debian-security
+[ "$security" != "$mirror" ] || security=http://deb.debian.org/debian-security
+
+ref=${FRESH_REF:-}
+if [ -z "$ref" ]; then
+  ref=$(git stash create 2>/dev/null || true)
+  ref=${ref:-HEAD}
+fi
+ref_name=$(git rev-parse --short "$ref") || die "FRESH_REF=$ref is no commit here"
+
+roots=()
+cleanup() {
+  local r
+  for r in "${roots[@]}"; do
+    # The namespace took every mount and process along; a live mount here would mean
+    # something escaped: then leave the root rather than delete through it.
+    if grep -qF " $r/" /proc/self/mounts; then
+      echo "check-fresh: $r still has mounts; not deleting it" >&2
+    elif [ "${FRESH_KEEP:-0}" = 1 ]; then
+      echo "check-fresh: kept $r"
+    else
+      rm -rf --one-file-system "$r"
+    fi
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s; }
+timings=()
+# timed NAME CMD...: runs CMD, prints and records its time; a failure names the step.
+timed() {
+  local name=$1 t0 rc=0
+  shift
+  t0=$(now)
+  say "== $name"
+  "$@" || rc=$?
+  timings+=("$(printf '%-44s %5ss %s' "$name" "$(( $(now) - t0 ))" "$([ $rc = 0 ] && echo ok || echo "FAILED ($rc)")")")
+  if [ $rc != 0 ]; then
+    say "step \"$name\" failed (exit $rc) after $(( $(now) - t0 ))s; the output above says why"
+    report
+    exit 1
+  fi
+}
+report() {
+  say "timings ($mode, $ref_name):"
+  local l
+  for l in "${timings[@]}"; do echo "  $l"; done
+}
+
+# make_root DIR USER: a fresh minbase root with the checkout and the toolchain in USER's home.
+make_root() {
+  local r=$1 user=$2 home=/root uid=0
+  mmdebstrap --quiet --variant=minbase --include=python3,curl,ca-certificates \
+    --skip=essential/unlink --setup-hook="mkdir -p \"\$1/var/cache/apt/archives/\"" \
+    --setup-hook="sync-in $cache /var/cache/apt/archives/" \
+    --customize-hook="sync-out /var/cache/apt/archives $cache" \
+    bookworm "$r" \
+    "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+  # This machine's CAs: the registries are reached through them here.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$r/usr/local/share/ca-certificates/"
+    chroot "$r" update-ca-certificates >/dev/null
+  fi
+  cp /etc/resolv.conf "$r/etc/resolv.conf"
+  if [ "$user" != root ]; then
+    uid=1000 home=/home/$user
+    chroot "$r" useradd --create-home --uid $uid --shell /bin/bash "$user"
+  fi
+  # Only rustup's toolchain: proxies in an otherwise empty CARGO_HOME; the toolchain itself is
+  # bind-mounted read-only at run time.
+  mkdir -p "$r$home/.cargo/bin" "$r$home/.rustup/toolchains/$toolchain" "$r$home/src"
+  cp "$rustup_bin" "$r$home/.cargo/bin/rustup"
+  for p in cargo rustc rustdoc rustfmt cargo-fmt cargo-clippy clippy-driver; do
+    ln -s rustup "$r$home/.cargo/bin/$p"
+  done
+  printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "default"\nauto_self_update = "disable"\n' \
+    "$toolchain" > "$r$home/.rustup/settings.toml"
+  git -C "$src" archive "$ref" | tar -x -C "$r$home/src"
+  chroot "$r" chown -R "$uid:$uid" "$home"
+}
+
+# in_root DIR USER COMMAND: runs COMMAND (bash) in DIR's home/src as USER, in a private mount and
+# PID namespace; bounded by FRESH_TIMEOUT.
+in_root() {
+  local r=$1 user=$2 cmd=$3 home=/root spec=0:0
+  [ "$user" = root ] || { home=/home/$user; spec=1000:1000; }
+  local env_vars=(HOME="$home" USER="$user" LOGNAME="$user" TERM=dumb LANG=C.UTF-8
+    PATH="$home/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    CARGO_HOME="$home/.cargo" RUSTUP_HOME="$home/.rustup" RUSTUP_AUTO_INSTALL=0)
+  # The CA settings of this machine's environment (they all name the system bundle).
+  local v
+  for v in SSL_CERT_FILE PIP_CERT REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS CURL_CA_BUNDLE; do
+    [ -z "${!v:-}" ] || env_vars+=("$v=${!v}")
+  done
+  # shellcheck disable=SC2016
+  timeout --kill-after=20 "$step_timeout" \
+    unshare --mount --propagation private --pid --fork --kill-child=SIGKILL \
+    bash -c '
+      set -e
+      r=$1 spec=$2 home=$3 sysroot=$4 toolchain=$5 cache=$6 cmd=$7; shift 7
+      mount -t proc proc "$r/proc"
+      mount --rbind /sys "$r/sys"
+      mount --rbind /dev "$r/dev"
+      mount -t tmpfs tmpfs "$r/run"
+      mount -t tmpfs tmpfs "$r/tmp"
+      mount --bind "$cache" "$r/var/cache/apt/archives"
+      mount --bind "$sysroot" "$r$home/.rustup/toolchains/$toolchain"
+      mount -o remount,bind,ro "$r$home/.rustup/toolchains/$toolchain"
+      exec chroot --userspec="$spec" "$r" env -i "$@" bash -c "cd \"\$HOME/src\" && $cmd"
+    ' in_root "$r" "$spec" "$home" "$sysroot" "$toolchain" "$cache" "$cmd" "${env_vars[@]}"
+}
+
+mkdir -p "${FRESH_DIR:-/var/tmp}"
+new_root() {
+  local r
+  r=$(mktemp -d "${FRESH_DIR:-/var/tmp}/vme-fresh.XXXXXX")
+  roots+=("$r")
+  echo "$r"
+}
+
+# The lab's veths, addresses and netns names are machine-wide: one lab at a time, as the other
+# lab runs on this machine (flock /tmp/vm-migration-lab.lock).
+lab_lock() { exec 9>>/tmp/vm-migration-lab.lock && flock -w "$step_timeout" 9; }
+lab_unlock() { exec 9>&-; }
+
+run_setup() { # USER LEAN
+  local r user=$1 lean=$2
+  r=$(new_root)
+  say "fresh root $r ($user; checkout $ref_name; toolchain $toolchain; mirror $mirror)"
+  timed "mmdebstrap minbase + checkout ($user)" make_root "$r" "$user"
+  timed "bash scripts/test.sh setup ($user)" in_root "$r" "$user" "bash scripts/test.sh setup"
+  [ "$lean" = 1 ] || timed "cargo build --workspace --bins ($user)" \
+    in_root "$r" "$user" "cargo build --locked --workspace --bins"
+}
+run_demo() { # USER
+  local r user=$1
+  r=$(new_root)
+  say "fresh root $r ($user; checkout $ref_name; toolchain $toolchain; mirror $mirror)"
+  timed "mmdebstrap minbase + checkout ($user)" make_root "$r" "$user"
+  timed "wait for the lab lock" lab_lock
+  timed "bash scripts/demo.sh ($user)" in_root "$r" "$user" \
+    "bash scripts/demo.sh && test -s lab-out/results.md && ls lab-out/plots"
+  lab_unlock
+}
+run_user() {
+  local r
+  r=$(new_root)
+  say "fresh root $r (user dev with sudo; checkout $ref_name)"
+  timed "mmdebstrap minbase + checkout (dev)" make_root "$r" dev
+  timed "apt-get install sudo; dev may sudo" in_root "$r" root \
+    "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sudo >/dev/null && echo 'dev ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/dev"
+  timed "bash scripts/test.sh setup (dev, sudo)" in_root "$r" dev "bash scripts/test.sh setup"
+  timed "wait for the lab lock" lab_lock
+  timed "bash scripts/demo.sh (dev, sudo)" in_root "$r" dev "bash scripts/demo.sh && test -s lab-out/results.md"
+  lab_unlock
+}
+
+case "$mode" in
+  setup) run_setup root 0 ;;
+  ci) run_setup root 1 ;;
+  demo) run_demo root ;;
+  user) run_user ;;
+  all) run_setup root 0; run_demo root; run_user ;;
+esac
+report
+say "PASS: $mode on a fresh Debian 12 root ($ref_name)"
