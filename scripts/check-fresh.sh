@@ -36,7 +36,7 @@ mkdir -p "$cache/partial"
 sysroot=$(rustc --print sysroot 2>/dev/null) || die "no rustc on this machine: install rustup's toolchain"
 toolchain=$(basename "$sysroot")
 rustup_bin=$(command -v rustup 2>/dev/null || echo "${CARGO_HOME:-$HOME/.cargo}/bin/rustup")
-[ -x "$rustup_bin" ] && [ -d "$sysroot/lib/rustlib" ] ||
+{ [ -x "$rustup_bin" ] && [ -d "$sysroot/lib/rustlib" ]; } ||
   die "the toolchain at $sysroot is not rustup's (no rustup binary): install Rust with rustup"
 
 mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
