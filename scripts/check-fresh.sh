@@ -97,8 +97,8 @@ make_root() {
   local r=$1 user=$2 home=/root uid=0
   mmdebstrap --quiet --variant=minbase --include=python3,curl,ca-certificates \
     --skip=essential/unlink --setup-hook="mkdir -p \"\$1/var/cache/apt/archives/\"" \
-    --setup-hook="sync-in $cache /var/cache/apt/archives/" \
-    --customize-hook="sync-out /var/cache/apt/archives $cache" \
+    --setup-hook="find $cache -maxdepth 1 -name '*.deb' -exec cp -l -t \"\$1/var/cache/apt/archives/\" {} +" \
+    --customize-hook="find \"\$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -nl -t $cache/ {} +" \
     bookworm "$r" \
     "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
   # This machine's CAs: the registries are reached through them here.
@@ -107,6 +107,8 @@ make_root() {
     chroot "$r" update-ca-certificates >/dev/null
   fi
   cp /etc/resolv.conf "$r/etc/resolv.conf"
+  # The Debian packages fetched before, as hard links (each root keeps its own apt lock).
+  find "$cache" -maxdepth 1 -name '*.deb' -exec cp -l -t "$r/var/cache/apt/archives/" {} +
   if [ "$user" != root ]; then
     uid=1000 home=/home/$user
     chroot "$r" useradd --create-home --uid $uid --shell /bin/bash "$user"
@@ -127,7 +129,7 @@ make_root() {
 # in_root DIR USER COMMAND: runs COMMAND (bash) in DIR's home/src as USER, in a private mount and
 # PID namespace; bounded by FRESH_TIMEOUT.
 in_root() {
-  local r=$1 user=$2 cmd=$3 home=/root spec=0:0
+  local r=$1 user=$2 cmd=$3 home=/root spec=0:0 rc=0
   [ "$user" = root ] || { home=/home/$user; spec=1000:1000; }
   local env_vars=(HOME="$home" USER="$user" LOGNAME="$user" TERM=dumb LANG=C.UTF-8
     PATH="$home/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -142,25 +144,26 @@ in_root() {
     unshare --mount --propagation private --pid --fork --kill-child=SIGKILL \
     bash -c '
       set -e
-      r=$1 spec=$2 home=$3 sysroot=$4 toolchain=$5 cache=$6 cmd=$7; shift 7
+      r=$1 spec=$2 home=$3 sysroot=$4 toolchain=$5 cmd=$6; shift 6
       mount -t proc proc "$r/proc"
       mount --rbind /sys "$r/sys"
       mount --rbind /dev "$r/dev"
       mount -t tmpfs tmpfs "$r/run"
       mount -t tmpfs tmpfs "$r/tmp"
-      mount --bind "$cache" "$r/var/cache/apt/archives"
       mount --bind "$sysroot" "$r$home/.rustup/toolchains/$toolchain"
       mount -o remount,bind,ro "$r$home/.rustup/toolchains/$toolchain"
       exec chroot --userspec="$spec" "$r" env -i "$@" bash -c "cd \"\$HOME/src\" && $cmd"
-    ' in_root "$r" "$spec" "$home" "$sysroot" "$toolchain" "$cache" "$cmd" "${env_vars[@]}"
+    ' in_root "$r" "$spec" "$home" "$sysroot" "$toolchain" "$cmd" "${env_vars[@]}" || rc=$?
+  # New packages go to the cache for the next root.
+  find "$r/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -nl -t "$cache/" {} + || true
+  return "$rc"
 }
 
 mkdir -p "${FRESH_DIR:-/var/tmp}"
+# new_root: a new directory for a root in $r (not a command substitution: cleanup needs roots).
 new_root() {
-  local r
   r=$(mktemp -d "${FRESH_DIR:-/var/tmp}/vme-fresh.XXXXXX")
   roots+=("$r")
-  echo "$r"
 }
 
 # The lab's veths, addresses and netns names are machine-wide: one lab at a time, as the other
@@ -170,7 +173,7 @@ lab_unlock() { exec 9>&-; }
 
 run_setup() { # USER LEAN
   local r user=$1 lean=$2
-  r=$(new_root)
+  new_root
   say "fresh root $r ($user; checkout $ref_name; toolchain $toolchain; mirror $mirror)"
   timed "mmdebstrap minbase + checkout ($user)" make_root "$r" "$user"
   timed "bash scripts/test.sh setup ($user)" in_root "$r" "$user" "bash scripts/test.sh setup"
@@ -179,7 +182,7 @@ run_setup() { # USER LEAN
 }
 run_demo() { # USER
   local r user=$1
-  r=$(new_root)
+  new_root
   say "fresh root $r ($user; checkout $ref_name; toolchain $toolchain; mirror $mirror)"
   timed "mmdebstrap minbase + checkout ($user)" make_root "$r" "$user"
   timed "wait for the lab lock" lab_lock
@@ -189,7 +192,7 @@ run_demo() { # USER
 }
 run_user() {
   local r
-  r=$(new_root)
+  new_root
   say "fresh root $r (user dev with sudo; checkout $ref_name)"
   timed "mmdebstrap minbase + checkout (dev)" make_root "$r" dev
   timed "apt-get install sudo; dev may sudo" in_root "$r" root \

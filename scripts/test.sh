@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, then runs every check and test: formatting, clippy, unit,
 # integration (real binary, real libvirtd) and system tests (real QEMU migrations).
+#   bash scripts/test.sh setup   only the set-up: the test set of packages and tools, every crate
+#                                of Cargo.lock, cargo deny (scripts/check-fresh.sh runs this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/as-root.sh
