@@ -27,12 +27,14 @@ demo_packages=(
   # the guest: gcc -static builds its init (above); cpio + gzip pack the initramfs; the Debian
   # cloud kernel's modules may come compressed (xz, zstd); cargo and apt reach HTTPS registries
   cpio gzip xz-utils zstd ca-certificates
+  # the plots' text (plotters reads DejaVuSans.ttf)
+  fonts-dejavu-core
 )
 test_packages=(
   # promtool (metrics and rule checks), real Prometheus + Alertmanager for the alerting tests
   prometheus prometheus-alertmanager
   # headless browser for the landing-page test
-  chromium fonts-dejavu-core
+  chromium
   # packaging checks: the chart's YAML and the scripts, the unit (systemd-analyze), the .deb
   # (dpkg-deb, setpriv from util-linux), the container image (podman, buildah, mmdebstrap)
   yamllint shellcheck systemd dpkg-dev util-linux libcap2-bin adduser man-db curl strace
