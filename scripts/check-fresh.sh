@@ -8,19 +8,27 @@
 #                          then cargo build of the workspace's binaries
 #   check-fresh.sh ci      bash scripts/test.sh setup only (what .ci/run runs)
 #   check-fresh.sh demo    bash scripts/demo.sh end to end (libvirtd, netns, the TUN delay link)
-#   check-fresh.sh user    as setup + demo, but as a user with sudo (installed for this mode)
+#   check-fresh.sh user    ci and demo as the user dev with sudo (installed for this mode)
 #   check-fresh.sh all     setup, demo and user, each in a root of its own
+#   check-fresh.sh run CMD CMD (bash) in the checkout in a fresh root (to reproduce a failure)
+# FRESH_AS=dev runs setup, ci or demo as that user (with sudo) in place of root.
 # Environment: FRESH_REF (a commit to copy in place of the working tree), FRESH_KEEP=1 (keep the
 # root), FRESH_DIR (where roots go, /var/tmp), FRESH_TIMEOUT (seconds per step, 2400).
 # Debian packages are cached in /var/cache/vm-migration-exporter-fresh (crates are not: a crate
 # cache would hide a missing `cargo fetch`). Needs root, mmdebstrap, unshare, git.
+# The whole script is one compound command: bash reads it all before running it, so editing
+# the file during a run (a long one) cannot change what that run does (hence the `exit` on
+# the closing line). shellcheck takes the functions in it for unreachable code (SC2317).
+# shellcheck disable=SC2317
+{
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 src=$(pwd)
 mode=${1:-setup}
 case "$mode" in
   setup|ci|demo|user|all) ;;
-  *) echo "check-fresh: usage: check-fresh.sh setup|ci|demo|user|all" >&2; exit 2 ;;
+  run) [ -n "${2:-}" ] || { echo "check-fresh: run needs a command: check-fresh.sh run 'CMD'" >&2; exit 2; } ;;
+  *) echo "check-fresh: usage: check-fresh.sh setup|ci|demo|user|all|run 'CMD'" >&2; exit 2 ;;
 esac
 say() { echo "check-fresh: $*"; }
 die() { echo "check-fresh: $*" >&2; exit 2; }
@@ -74,11 +82,15 @@ now() { date +%s; }
 timings=()
 # timed NAME CMD...: runs CMD, prints and records its time; a failure names the step.
 timed() {
-  local name=$1 t0 rc=0
+  local name=$1 t0 rc=0 n
   shift
   t0=$(now)
   say "== $name"
-  "$@" || rc=$?
+  # Each line of output with the seconds since the step began: where the time goes.
+  "$@" 2>&1 | while IFS= read -r line; do
+    printf -v n '%(%s)T' -1
+    printf '[%4ss] %s\n' "$((n - t0))" "$line"
+  done || rc=$?
   timings+=("$(printf '%-44s %5ss %s' "$name" "$(( $(now) - t0 ))" "$([ $rc = 0 ] && echo ok || echo "FAILED ($rc)")")")
   if [ $rc != 0 ]; then
     say "step \"$name\" failed (exit $rc) after $(( $(now) - t0 ))s; the output above says why"
@@ -95,7 +107,7 @@ report() {
 # make_root DIR USER: a fresh minbase root with the checkout and the toolchain in USER's home.
 make_root() {
   local r=$1 user=$2 home=/root uid=0
-  mmdebstrap --quiet --variant=minbase --include=python3,curl,ca-certificates \
+  mmdebstrap --quiet --variant=minbase --dpkgopt=force-unsafe-io --include=python3,curl,ca-certificates \
     --skip=essential/unlink --setup-hook="mkdir -p \"\$1/var/cache/apt/archives/\"" \
     --setup-hook="find $cache -maxdepth 1 -name '*.deb' -exec cp -l -t \"\$1/var/cache/apt/archives/\" {} +" \
     --customize-hook="find \"\$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -nl -t $cache/ {} +" \
@@ -106,12 +118,19 @@ make_root() {
     cp /usr/local/share/ca-certificates/*.crt "$r/usr/local/share/ca-certificates/"
     chroot "$r" update-ca-certificates >/dev/null
   fi
+  # pip's and npm's settings for those CAs (sudo drops the environment's).
+  local f
+  for f in /etc/pip.conf /etc/npmrc; do
+    [ ! -f "$f" ] || cp "$f" "$r$f"
+  done
   cp /etc/resolv.conf "$r/etc/resolv.conf"
+  # dpkg without fsync (as container images do): the root is thrown away anyway.
+  echo force-unsafe-io > "$r/etc/dpkg/dpkg.cfg.d/check-fresh-unsafe-io"
   # The Debian packages fetched before, as hard links (each root keeps its own apt lock).
   find "$cache" -maxdepth 1 -name '*.deb' -exec cp -l -t "$r/var/cache/apt/archives/" {} +
   if [ "$user" != root ]; then
     uid=1000 home=/home/$user
-    chroot "$r" useradd --create-home --uid $uid --shell /bin/bash "$user"
+    chroot "$r" useradd --create-home --uid "$uid" --shell /bin/bash "$user"
   fi
   # Only rustup's toolchain: proxies in an otherwise empty CARGO_HOME; the toolchain itself is
   # bind-mounted read-only at run time.
@@ -150,9 +169,12 @@ in_root() {
       mount --rbind /dev "$r/dev"
       mount -t tmpfs tmpfs "$r/run"
       mount -t tmpfs tmpfs "$r/tmp"
-      mount --bind "$sysroot" "$r$home/.rustup/toolchains/$toolchain"
-      mount -o remount,bind,ro "$r$home/.rustup/toolchains/$toolchain"
-      exec chroot --userspec="$spec" "$r" env -i "$@" bash -c "cd \"\$HOME/src\" && $cmd"
+      tc=$r$home/.rustup/toolchains/$toolchain
+      if [ -d "$tc" ]; then
+        mount --bind "$sysroot" "$tc"
+        mount -o remount,bind,ro "$tc"
+      fi
+      exec chroot --userspec="$spec" "$r" env -i "$@" bash -c "if [ -d ~/src ]; then cd ~/src; fi && $cmd"
     ' in_root "$r" "$spec" "$home" "$sysroot" "$toolchain" "$cmd" "${env_vars[@]}" || rc=$?
   # New packages go to the cache for the next root.
   find "$r/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -nl -t "$cache/" {} + || true
@@ -160,6 +182,7 @@ in_root() {
 }
 
 mkdir -p "${FRESH_DIR:-/var/tmp}"
+r=""
 # new_root: a new directory for a root in $r (not a command substitution: cleanup needs roots).
 new_root() {
   r=$(mktemp -d "${FRESH_DIR:-/var/tmp}/vme-fresh.XXXXXX")
@@ -168,47 +191,51 @@ new_root() {
 
 # The lab's veths, addresses and netns names are machine-wide: one lab at a time, as the other
 # lab runs on this machine (flock /tmp/vm-migration-lab.lock).
-lab_lock() { exec 9>>/tmp/vm-migration-lab.lock && flock -w "$step_timeout" 9; }
+# Not through timed: its pipe would run this in a subshell, and the lock would go with it.
+lab_lock() {
+  local t0
+  t0=$(now)
+  exec 9>>/tmp/vm-migration-lab.lock
+  flock -w "$step_timeout" 9 || die "the lab lock /tmp/vm-migration-lab.lock stayed taken for ${step_timeout}s"
+  timings+=("$(printf '%-44s %5ss %s' "wait for the lab lock" "$(( $(now) - t0 ))" ok)")
+}
 lab_unlock() { exec 9>&-; }
 
-run_setup() { # USER LEAN
-  local r user=$1 lean=$2
+# fresh_root USER: a new root made for USER; a user other than root gets sudo (NOPASSWD), as a
+# developer's machine would have it.
+fresh_root() {
+  local user=$1
   new_root
   say "fresh root $r ($user; checkout $ref_name; toolchain $toolchain; mirror $mirror)"
   timed "mmdebstrap minbase + checkout ($user)" make_root "$r" "$user"
+  [ "$user" = root ] || timed "apt-get install sudo; $user may sudo" in_root "$r" root \
+    "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sudo >/dev/null && echo '$user ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/$user"
+}
+run_setup() { # USER LEAN
+  local user=$1 lean=$2
+  fresh_root "$user"
   timed "bash scripts/test.sh setup ($user)" in_root "$r" "$user" "bash scripts/test.sh setup"
   [ "$lean" = 1 ] || timed "cargo build --workspace --bins ($user)" \
     in_root "$r" "$user" "cargo build --locked --workspace --bins"
 }
 run_demo() { # USER
-  local r user=$1
-  new_root
-  say "fresh root $r ($user; checkout $ref_name; toolchain $toolchain; mirror $mirror)"
-  timed "mmdebstrap minbase + checkout ($user)" make_root "$r" "$user"
-  timed "wait for the lab lock" lab_lock
+  local user=$1
+  fresh_root "$user"
+  lab_lock
   timed "bash scripts/demo.sh ($user)" in_root "$r" "$user" \
     "bash scripts/demo.sh && test -s lab-out/results.md && ls lab-out/plots"
   lab_unlock
 }
-run_user() {
-  local r
-  new_root
-  say "fresh root $r (user dev with sudo; checkout $ref_name)"
-  timed "mmdebstrap minbase + checkout (dev)" make_root "$r" dev
-  timed "apt-get install sudo; dev may sudo" in_root "$r" root \
-    "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sudo >/dev/null && echo 'dev ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/dev"
-  timed "bash scripts/test.sh setup (dev, sudo)" in_root "$r" dev "bash scripts/test.sh setup"
-  timed "wait for the lab lock" lab_lock
-  timed "bash scripts/demo.sh (dev, sudo)" in_root "$r" dev "bash scripts/demo.sh && test -s lab-out/results.md"
-  lab_unlock
-}
 
+as=${FRESH_AS:-root}
 case "$mode" in
-  setup) run_setup root 0 ;;
-  ci) run_setup root 1 ;;
-  demo) run_demo root ;;
-  user) run_user ;;
-  all) run_setup root 0; run_demo root; run_user ;;
+  setup) run_setup "$as" 0 ;;
+  ci) run_setup "$as" 1 ;;
+  demo) run_demo "$as" ;;
+  user) run_setup dev 1; run_demo dev ;;
+  all) run_setup root 0; run_demo root; run_setup dev 1; run_demo dev ;;
+  run) fresh_root "$as"; timed "$2 ($as)" in_root "$r" "$as" "$2" ;;
 esac
 report
 say "PASS: $mode on a fresh Debian 12 root ($ref_name)"
+}; exit
