@@ -242,7 +242,7 @@ def query(prom, expr):
     return get(prom, "/api/v1/query", query=expr)["result"]
 
 
-def poll(what, f):
+def poll(f):
     deadline = time.time() + WAIT
     while True:
         try:
@@ -290,10 +290,10 @@ def run(name, route, binary, tmp, control=False):
                                   stdout=log, stderr=log, start_new_session=True)
     procs = [exporter, prometheus]
     try:
-        if not poll("Prometheus", lambda: get(prom, "/api/v1/status/buildinfo")):
+        if not poll(lambda: get(prom, "/api/v1/status/buildinfo")):
             fail(f"{name}: Prometheus did not answer within {WAIT:.0f} s (log: {d}/log)")
         # Until the target's first scrape is in (or, for the control, was scraped at all).
-        if not poll("scrape", lambda: query(prom, f'up{{instance="{exp}"}} == 1')):
+        if not poll(lambda: query(prom, f'up{{instance="{exp}"}} == 1')):
             fail(f"{name}: Prometheus did not scrape the exporter within {WAIT:.0f} s (log: {d}/log)")
         selected = query(prom, f"up{sel}")
         libvirt = query(prom, f"vm_migration_libvirt_up{sel}")
@@ -301,7 +301,7 @@ def run(name, route, binary, tmp, control=False):
         if control:
             if selected or libvirt:
                 fail(f"{name}: the control route (job {job}) is selected by {sel}: the check cannot tell")
-            if not poll("absent", lambda: query(
+            if not poll(lambda: query(
                     prom, 'ALERTS{alertname="VMMigrationExporterDown",alertstate="pending"}')):
                 fail(f"{name}: VMMigrationExporterDown did not go pending while no target matches {sel}")
             print(f"check-routes: {name}: job {job} is not selected by {sel}; "
@@ -315,8 +315,11 @@ def run(name, route, binary, tmp, control=False):
         if down:
             fail(f"{name}: VMMigrationExporterDown is {down[0]['metric']} while the exporter is scraped")
         exporter.send_signal(signal.SIGTERM)
-        exporter.wait(timeout=20)
-        alert = poll("down", lambda: query(
+        try:
+            exporter.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            fail(f"{name}: the exporter did not stop within 20 s of SIGTERM (log: {d}/log)")
+        alert = poll(lambda: query(
             prom, f'ALERTS{{alertname="VMMigrationExporterDown",alertstate="pending",instance="{exp}"}}'))
         if not alert:
             fail(f"{name}: VMMigrationExporterDown did not go pending within {WAIT:.0f} s of the exporter stopping")
