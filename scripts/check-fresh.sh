@@ -33,6 +33,11 @@ esac
 say() { echo "check-fresh: $*"; }
 die() { echo "check-fresh: $*" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || die "needs root (mmdebstrap, chroot, namespaces): run it as root or with sudo"
+if ! command -v mmdebstrap >/dev/null 2>&1; then
+  say "installing mmdebstrap"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap; } \
+    >/dev/null || die "apt-get install mmdebstrap failed: see apt (apt-get install mmdebstrap), then re-run"
+fi
 for t in mmdebstrap unshare chroot git flock timeout; do
   command -v "$t" >/dev/null 2>&1 || die "no $t: install it (bash scripts/install-deps.sh test)"
 done
