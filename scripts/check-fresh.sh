@@ -46,6 +46,7 @@ cache=/var/cache/vm-migration-exporter-fresh/apt-archives
 mkdir -p "$cache/partial"
 
 # rustup's active toolchain on this machine, brought in read-only; the proxies are rustup itself.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 sysroot=$(rustc --print sysroot 2>/dev/null) || die "no rustc on this machine: install rustup's toolchain"
 toolchain=$(basename "$sysroot")
 rustup_bin=$(command -v rustup 2>/dev/null || echo "${CARGO_HOME:-$HOME/.cargo}/bin/rustup")
