@@ -170,6 +170,8 @@ in_root() {
     bash -c '
       set -e
       r=$1 spec=$2 home=$3 sysroot=$4 toolchain=$5 cmd=$6; shift 6
+      # / a mount point of its own inside: ip netns (ip -n) makes it rslave.
+      mount --bind "$r" "$r"
       mount -t proc proc "$r/proc"
       mount --rbind /sys "$r/sys"
       mount --rbind /dev "$r/dev"
