@@ -131,7 +131,6 @@ fn pass_1(r: &RunResult) -> Option<Pass1> {
             })
             .and_then(|v| v["t"].as_f64())
     };
-    let (start, end) = (began(1)?, began(2)?);
     // (t, iteration, memory processed) of every job record of the migration.
     let jobs: Vec<(f64, u64, f64)> = records
         .iter()
@@ -145,10 +144,14 @@ fn pass_1(r: &RunResult) -> Option<Pass1> {
             ))
         })
         .collect();
-    let before = jobs.iter().rev().find(|j| j.1 == 1 && j.0 <= end)?;
-    let after = jobs.iter().find(|j| j.1 >= 2 && j.0 >= end)?;
+    let first = jobs.iter().position(|j| j.1 >= 1)?;
+    let next = jobs.iter().position(|j| j.1 >= 2)?;
+    let (before, after) = (jobs[..next].iter().rev().find(|j| j.1 == 1)?, jobs[next]);
+    // An event read late is no later than the record already showing its pass.
+    let start = began(1)?.min(jobs[first].0);
+    let end = began(2)?.max(before.0).min(after.0);
     let share = if after.0 > before.0 {
-        ((end - before.0) / (after.0 - before.0)).clamp(0.0, 1.0)
+        (end - before.0) / (after.0 - before.0)
     } else {
         1.0
     };
