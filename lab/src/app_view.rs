@@ -55,6 +55,16 @@ pub fn switchover_from_trace(trace: &str) -> Option<f64> {
         .and_then(|r| r["t"].as_f64())
 }
 
+/// Unix time the migration job started as libvirt counts it: the first job sample in an
+/// exporter trace less the job's `time_elapsed` then.
+pub fn job_start_from_trace(trace: &str) -> Option<f64> {
+    trace
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["record"] == "job")
+        .find_map(|r| Some(r["t"].as_f64()? - r["job"]["params"]["time_elapsed"].as_f64()? / 1e3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +102,18 @@ mod tests {
 not json"#;
         assert_eq!(switchover_from_trace(trace), Some(3.5));
         assert_eq!(switchover_from_trace("{}"), None);
+    }
+
+    #[test]
+    fn the_job_start_is_the_first_sample_less_its_elapsed_time() {
+        let trace = r#"{"record":"job","t":100.0,"domain":{"name":"g"},"job":null}
+{"record":"job","t":101.5,"domain":{"name":"g"},"job":{"job_type":2,"params":{"time_elapsed":385}}}
+{"record":"job","t":102.5,"domain":{"name":"g"},"job":{"job_type":2,"params":{"time_elapsed":1385}}}"#;
+        let t = job_start_from_trace(trace).expect("a job sample");
+        assert!((t - 101.115).abs() < 1e-9, "{t}");
+        assert_eq!(
+            job_start_from_trace(r#"{"record":"job","t":1.0,"job":null}"#),
+            None
+        );
     }
 }

@@ -134,6 +134,12 @@ pub struct RunResult {
     /// Seconds from `virsh migrate` to the source pausing the guest (switch-over or post-copy).
     #[serde(default)]
     pub switchover_s: Option<f64>,
+    /// Seconds from `virsh migrate` to the start of libvirt's job (from the exporter's samples).
+    #[serde(default)]
+    pub job_started_s: Option<f64>,
+    /// Where the exporter watching this migration served its metrics.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
     /// Every probe the exporter made of the guest's service (app guests only).
     #[serde(default)]
     pub app_probes: Vec<crate::app_view::AppProbe>,
@@ -154,6 +160,14 @@ impl RunResult {
 
     pub fn libvirt_number(&self, key: &str) -> Option<f64> {
         self.libvirt_completed.as_ref()?.get(key)?.parse().ok()
+    }
+
+    /// Seconds from `virsh migrate` to the end of libvirt's job: its start plus libvirt's
+    /// `time_elapsed` (completed migrations). virsh returns later, after the destination's
+    /// finish phase; `ended_s` is that.
+    pub fn libvirt_end_s(&self) -> Option<f64> {
+        let elapsed = self.libvirt_number("time_elapsed")? / 1e3;
+        Some(self.job_started_s.unwrap_or(0.0) + elapsed)
     }
 }
 
@@ -313,10 +327,8 @@ impl Lab {
                 ..Launch::new(self.src.uri(), &storage, &trace)
             },
         )?;
-        eprintln!(
-            "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",
-            exporter.addr
-        );
+        let metrics_url = format!("http://{}/metrics", exporter.addr);
+        eprintln!("migration-lab: {name}: vm-migration-exporter serving {metrics_url}");
         let ready_by = Instant::now() + Duration::from_secs(30);
         while exporter.get("/-/ready").is_none() && Instant::now() < ready_by {
             std::thread::sleep(Duration::from_millis(100));
@@ -464,10 +476,11 @@ impl Lab {
         // ... and afterwards wherever the guest runs, at the same address.
         let app_after = app_addr.and_then(|a| guest::app_wait(a, Duration::from_secs(30)).ok());
         drop(cleanup);
-        let switchover_s = std::fs::read_to_string(&trace)
-            .ok()
-            .and_then(|t| crate::app_view::switchover_from_trace(&t))
-            .map(|t| t - started_unix);
+        let trace_text = std::fs::read_to_string(&trace).unwrap_or_default();
+        let switchover_s =
+            crate::app_view::switchover_from_trace(&trace_text).map(|t| t - started_unix);
+        let job_started_s =
+            crate::app_view::job_start_from_trace(&trace_text).map(|t| t - started_unix);
         let app_probes = match app_addr {
             Some(_) => std::fs::read_to_string(trace.with_extension("log"))
                 .map(|l| crate::app_view::probes_from_log(&l, started_unix))
@@ -492,6 +505,8 @@ impl Lab {
             app_after,
             ended_s: Some(ended_s),
             switchover_s,
+            job_started_s,
+            metrics_url: Some(metrics_url),
             app_probes,
         })
     }
