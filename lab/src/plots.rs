@@ -1,6 +1,8 @@
 //! PNG plots of a lab run: total time (completed and aborted runs told apart) and downtime per
-//! scenario, data remaining over time per migration (verdict changes, the switch-over and the
-//! end marked), and for guests with a service, each probe's latency around the migration.
+//! scenario, data remaining over time per migration (verdict changes, the switch-over, libvirt's
+//! end of the job and virsh's return marked), and for guests with a service, each probe's
+//! latency around the migration. Only what was measured is drawn: samples as points, steps
+//! between close samples, nothing across gaps ([`step_runs`]).
 
 use std::path::{Path, PathBuf};
 
@@ -335,7 +337,7 @@ fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
 }
 
 /// Each probe of the guest's service around the migration: latency of good answers, failures
-/// at the top; migration start, switch-over and end marked.
+/// at the top; migration start, switch-over, libvirt's end and virsh's return marked.
 fn app_latency(path: &Path, r: &RunResult) -> Result<(), String> {
     let probes = &r.app_probes;
     let t0 = probes.iter().map(|p| p.t).fold(0.0, f64::min);
@@ -344,6 +346,8 @@ fn app_latency(path: &Path, r: &RunResult) -> Result<(), String> {
         .map(|p| p.t + p.latency_s)
         .chain(r.ended_s)
         .fold(1.0, f64::max);
+    // Room right of the last mark for its label.
+    let t1 = t1 + 0.15 * (t1 - t0);
     let top_ms = probes
         .iter()
         .map(|p| p.latency_s * 1e3)
