@@ -276,10 +276,11 @@ fn remaining(path: &Path, r: &RunResult) -> Result<(), String> {
         * 1.3;
     let ymax = layers.samples.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let title = format!(
-        "{}: data remaining ({}; {} samples), verdicts {}",
+        "{}: data remaining ({}; {} sample{}), verdicts {}",
         r.scenario.name,
         r.outcome,
         layers.samples.len(),
+        if layers.samples.len() == 1 { "" } else { "s" },
         r.verdicts_seen().join(" → ")
     );
     let mut chart = ChartBuilder::on(&root)
