@@ -7,33 +7,33 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::collector::{Feed, Name, Runner, Statuses};
+use crate::http::routes::{router, AppState};
+use crate::http::web_config::{require_basic_auth, LiveWebConfig};
+use crate::jobs::metrics::Metrics;
+use crate::jobs::sampler::{JobsCollector, Sampler, SamplerConfig};
+use crate::jobs::trace::TraceWriter;
 use crate::libvirt::{JobSource, SourceEvent};
-use crate::metrics::Metrics;
-use crate::net::netdev::NetdevCollector;
-use crate::net::peers::PeerState;
-use crate::net::probe::{ProbeCollector, Prober};
-use crate::net::probing::{Discoverer, DiscoveryCollector};
-use crate::sampler::{JobsCollector, Sampler, SamplerConfig};
-use crate::server::{router, AppState};
+use crate::netdev::NetdevCollector;
+use crate::peers::discovery::{Discoverer, DiscoveryCollector};
+use crate::peers::probe::{ProbeCollector, Prober};
+use crate::peers::state::PeerState;
+use crate::records::log::RecordLog;
 use crate::settings::Settings;
 use crate::state::{self, SharedState};
-use crate::store::RecordLog;
-use crate::trace::TraceWriter;
-use crate::web_config::{require_basic_auth, LiveWebConfig};
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum DaemonError {
     #[error("cannot listen on {addr}: {source} (check --web.listen-address)")]
     Listen {
         addr: String,
         source: std::io::Error,
     },
     #[error(transparent)]
-    Trace(#[from] crate::trace::TraceError),
+    Trace(#[from] crate::jobs::trace::TraceError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::records::log::StoreError),
     #[error(transparent)]
-    WebConfig(#[from] crate::web_config::WebConfigError),
+    WebConfig(#[from] crate::http::web_config::WebConfigError),
     #[error("cannot start a collector thread: {0}")]
     Thread(std::io::Error),
     #[error("HTTP server failed: {0}")]
@@ -55,7 +55,7 @@ pub async fn run(
     events: Receiver<SourceEvent>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     reloads: Reloads,
-) -> Result<(), AppError> {
+) -> Result<(), DaemonError> {
     let web = Web::load(&settings)?;
     let reload_status = crate::reload::ReloadStatus::new(crate::clock::unix_now());
     let shared = state::shared();
@@ -63,7 +63,7 @@ pub async fn run(
     let statuses = Statuses::default();
     let (mut registry, metrics) = Metrics::register(shared.clone(), statuses.clone());
     if let Some(log) = &records {
-        registry.register_collector(Box::new(crate::store::StoreCollector(log.stats())));
+        registry.register_collector(Box::new(crate::records::log::StoreFamilies(log.stats())));
     }
     registry.register_collector(Box::new(reload_status.clone()));
     let trace = match &settings.trace_path {
@@ -72,11 +72,11 @@ pub async fn run(
     };
     let listener = TcpListener::bind(settings.listen_address)
         .await
-        .map_err(|source| AppError::Listen {
+        .map_err(|source| DaemonError::Listen {
             addr: settings.listen_address.to_string(),
             source,
         })?;
-    let local = listener.local_addr().map_err(AppError::Serve)?;
+    let local = listener.local_addr().map_err(DaemonError::Serve)?;
     info!(address = %local, tls = web.live.tls().is_some(), basic_auth = !web.live.users().is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
 
     let mut runner = Runner::new(statuses, registry, settings.collectors.clone());
@@ -147,7 +147,7 @@ fn start_collectors(
     records: Option<RecordLog>,
     source: Arc<dyn JobSource>,
     shared: &SharedState,
-) -> Result<Started, AppError> {
+) -> Result<Started, DaemonError> {
     let probes = &settings.probe;
     let peers = PeerState::default();
     let netdev = NetdevCollector::new(settings.netdev.clone());
@@ -165,8 +165,8 @@ fn start_collectors(
         sampler = sampler.with_records(log);
     }
     let app = runner.enabled(Name::App).then(|| {
-        let view = crate::app_qos::collector::SharedHostView::default();
-        let hold = crate::app_qos::holdback::Holdback::new(settings.app.settle.as_secs_f64());
+        let view = crate::app::collector::SharedHostView::default();
+        let hold = crate::app::holdback::Holdback::new(settings.app.settle.as_secs_f64());
         (view, hold)
     });
     if let Some((view, hold)) = &app {
@@ -206,7 +206,7 @@ fn start_collectors(
     );
     let cancel = runner.cancel_token();
 
-    runner.add_rounds(netdev).map_err(AppError::Thread)?;
+    runner.add_rounds(netdev).map_err(DaemonError::Thread)?;
     if let Some(feed) = running_jobs {
         let discoverer = Discoverer::new(
             settings.netdev.procfs.clone(),
@@ -217,13 +217,13 @@ fn start_collectors(
         );
         runner
             .add_rounds(DiscoveryCollector::new(discoverer, feed))
-            .map_err(AppError::Thread)?;
+            .map_err(DaemonError::Thread)?;
     }
     let probe = ProbeCollector::new(prober, probes.peers.clone(), cancel.child_token());
     let configured = runner.enabled(Name::Probe).then(|| probe.configured());
     runner.add_tasks(probe);
     if let Some((view, hold)) = app {
-        runner.add_tasks(crate::app_qos::collector::AppCollector::new(
+        runner.add_tasks(crate::app::collector::AppCollector::new(
             settings.app.clone(),
             view,
             hold,
@@ -233,18 +233,18 @@ fn start_collectors(
     }
     let forecast_view = forecast.as_ref().map(|f| f.view());
     if let Some(f) = forecast {
-        runner.add_rounds(f).map_err(AppError::Thread)?;
+        runner.add_rounds(f).map_err(DaemonError::Thread)?;
     }
     // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
     runner
         .add_rounds(JobsCollector::new(sampler, events))
-        .map_err(AppError::Thread)?;
+        .map_err(DaemonError::Thread)?;
     Ok((configured, forecast_view))
 }
 
 /// What the running collectors hand back: the configured peers and the forecast's view.
 type Started = (
-    Option<crate::net::probe::ConfiguredPeers>,
+    Option<crate::peers::probe::ConfiguredPeers>,
     Option<ForecastView>,
 );
 
@@ -261,7 +261,10 @@ fn sampler_config(s: &Settings) -> SamplerConfig {
 }
 
 /// The record file, with its records loaded into the state.
-fn open_records(settings: &Settings, shared: &SharedState) -> Result<Option<RecordLog>, AppError> {
+fn open_records(
+    settings: &Settings,
+    shared: &SharedState,
+) -> Result<Option<RecordLog>, DaemonError> {
     let Some(dir) = &settings.storage_path else {
         return Ok(None);
     };
@@ -275,16 +278,18 @@ fn open_records(settings: &Settings, shared: &SharedState) -> Result<Option<Reco
 struct Web {
     live: LiveWebConfig,
     max_requests: usize,
-    limits: crate::serve::Limits,
+    limits: crate::http::listener::Limits,
 }
 
 impl Web {
-    fn load(settings: &Settings) -> Result<Web, AppError> {
+    fn load(settings: &Settings) -> Result<Web, DaemonError> {
         Ok(Web {
             live: LiveWebConfig::load(settings.web_config_file.as_deref())?,
             max_requests: settings.web_max_requests,
-            limits: crate::serve::Limits {
-                max_connections: crate::serve::connection_cap(settings.web_max_connections),
+            limits: crate::http::listener::Limits {
+                max_connections: crate::http::listener::connection_cap(
+                    settings.web_max_connections,
+                ),
             },
         })
     }
@@ -295,7 +300,7 @@ impl Web {
         listener: TcpListener,
         app: AppState,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), AppError> {
+    ) -> Result<(), DaemonError> {
         // Always in place: users may appear on a reload (without users it lets all through).
         let app = router(app).layer(axum::middleware::from_fn_with_state(
             self.live.clone(),
@@ -304,14 +309,14 @@ impl Web {
         // Outermost: a request over the cap is refused before it costs a bcrypt.
         let app = app
             .layer(axum::middleware::from_fn_with_state(
-                crate::serve::RequestSlots::new(self.max_requests),
-                crate::serve::limit_requests,
+                crate::http::listener::RequestSlots::new(self.max_requests),
+                crate::http::listener::limit_requests,
             ))
             .layer(axum::extract::DefaultBodyLimit::max(
-                crate::serve::MAX_HEAD_BYTES,
+                crate::http::listener::MAX_HEAD_BYTES,
             ));
-        crate::serve::serve(listener, app, self.live, self.limits, shutdown)
+        crate::http::listener::serve(listener, app, self.live, self.limits, shutdown)
             .await
-            .map_err(AppError::Serve)
+            .map_err(DaemonError::Serve)
     }
 }

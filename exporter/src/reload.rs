@@ -19,9 +19,9 @@ use tracing::{error, info, warn};
 
 use crate::clock::unix_now;
 use crate::exposition::GaugeFamily;
-use crate::net::probe::ConfiguredPeers;
+use crate::http::web_config::{LiveWebConfig, WebConfigError};
+use crate::peers::probe::ConfiguredPeers;
 use crate::settings::{self, CliError, Settings};
-use crate::web_config::{LiveWebConfig, WebConfigError};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]

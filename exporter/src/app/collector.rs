@@ -21,7 +21,7 @@ use super::outage::{ProbeResult, TargetTrack};
 use super::probe::{http_client, probe, ProbeOutcome};
 use super::targets::{AppSettings, Target};
 use crate::clock::unix_now;
-use crate::collector::{Collector, Name, TaskRounds, Tasks};
+use crate::collector::{Collect, Name, TaskRounds, Tasks};
 use crate::libvirt::DomainId;
 
 /// What the sampler saw of this host at its last round.
@@ -136,7 +136,7 @@ impl AppCollector {
     }
 }
 
-impl Collector for AppCollector {
+impl Collect for AppCollector {
     fn name(&self) -> Name {
         Name::App
     }
@@ -516,7 +516,7 @@ mod tests {
         vec![Target {
             domain: "web".into(),
             name: "http".into(),
-            check: crate::app_qos::targets::Check::Http {
+            check: crate::app::targets::Check::Http {
                 url: reqwest::Url::parse(&format!("http://{addr}/")).expect("url"),
                 expect_status: None,
             },

@@ -1,4 +1,4 @@
-//! The collector seam: every source of series is a [`Collector`], and one [`Runner`] owns their
+//! The collector seam: every source of series is a [`Collect`], and one [`Runner`] owns their
 //! threads and tasks, stops them, and keeps `vm_migration_collector_success` and
 //! `vm_migration_collector_duration_seconds` for each (node_exporter's `execute()`).
 //!
@@ -9,8 +9,8 @@
 //! - [`Tasks`]: async tasks on the runtime (the probes, each on its own interval). A round is
 //!   complete when every member has reported once since it began; [`TaskRounds`] times it.
 //!
-//! Adding a collector: a [`Name`], a type implementing [`Collector`] and one of the two, its
-//! families registered in [`Collector::register`], and one line in `app::run`.
+//! Adding a collector: a [`Name`], a type implementing [`Collect`] and one of the two, its
+//! families registered in [`Collect::register`], and one line in `app::run`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -115,14 +115,14 @@ impl CollectError {
 }
 
 /// What every collector says about itself.
-pub trait Collector: Send + 'static {
+pub trait Collect: Send + 'static {
     fn name(&self) -> Name;
     /// Register the families it exports (their encoders read what its rounds publish).
     fn register(&self, _registry: &mut Registry) {}
 }
 
 /// A collector that works in rounds on a thread of its own.
-pub trait Rounds: Collector {
+pub trait Rounds: Collect {
     /// One round: read and publish. Blocking calls are fine: scrapes never wait on it.
     fn round(&mut self) -> Result<(), CollectError>;
     /// How long to wait after a round before the next, unless woken.
@@ -154,7 +154,7 @@ pub trait Events: Send + 'static {
 
 /// A collector whose work is async tasks, started once; they run until the runner's token is
 /// cancelled and report their rounds through the [`TaskRounds`] they were built with.
-pub trait Tasks: Collector {
+pub trait Tasks: Collect {
     fn start(self: Box<Self>);
 }
 
@@ -531,7 +531,7 @@ mod tests {
         rounds: Arc<Mutex<u32>>,
         fail: bool,
     }
-    impl Collector for Counting {
+    impl Collect for Counting {
         fn name(&self) -> Name {
             Name::Netdev
         }
@@ -552,7 +552,7 @@ mod tests {
     struct Panicking {
         rounds: Arc<Mutex<u32>>,
     }
-    impl Collector for Panicking {
+    impl Collect for Panicking {
         fn name(&self) -> Name {
             Name::Netdev
         }

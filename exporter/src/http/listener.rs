@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::web_config::LiveWebConfig;
+use crate::http::web_config::LiveWebConfig;
 
 /// Time allowed for a request's headers, from when the connection starts waiting for them
 /// (so also the longest a keep-alive connection stays idle). Prometheus scrapes send their

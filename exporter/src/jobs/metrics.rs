@@ -1,10 +1,10 @@
 //! The exporter's own families, the jobs collector's and the finished-migration ones. Other
-//! collectors declare theirs next to their parsers (`net::netdev`, `net::peer_metrics`) and
+//! collectors declare theirs next to their parsers (`netdev`, `peers::metrics`) and
 //! register them through the runner ([`crate::collector`]).
 //!
 //! Two kinds here: cumulative metrics of finished migrations (counters, histograms, `last_*` gauges)
 //! live in the registry and are updated as migrations finish; live job gauges are produced at
-//! encode time from the shared [`Snapshot`](crate::state::Snapshot) by [`LiveCollector`], so a
+//! encode time from the shared [`Snapshot`](crate::state::Snapshot) by [`LiveFamilies`], so a
 //! job's series vanish the moment it is no longer running, with no stale series to clean up.
 
 use prometheus_client::collector::Collector;
@@ -18,9 +18,9 @@ use std::sync::atomic::AtomicU64;
 
 use crate::collector::{Name, Statuses};
 use crate::exposition::GaugeFamily;
+use crate::jobs::convergence::{Detail, Verdict};
+use crate::jobs::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::libvirt::jobs::Call;
-use crate::migration::convergence::{Detail, Verdict};
-use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::state::SharedState;
 
 /// Downtime buckets: 5 ms .. 60 s.
@@ -141,8 +141,8 @@ impl Metrics {
             "libvirt calls that failed, by call",
             m.call_errors.clone(),
         );
-        reg.register_collector(Box::new(LiveCollector { state, statuses }));
-        reg.register_collector(Box::new(crate::process::ProcessCollector::default()));
+        reg.register_collector(Box::new(LiveFamilies { state, statuses }));
+        reg.register_collector(Box::new(crate::process::ProcessFamilies::default()));
         (reg, std::sync::Arc::new(m))
     }
 
@@ -247,7 +247,7 @@ impl Metrics {
 
 /// Encodes the live state at scrape time.
 #[derive(Debug)]
-struct LiveCollector {
+struct LiveFamilies {
     state: SharedState,
     statuses: Statuses,
 }
@@ -260,7 +260,7 @@ fn num(v: Option<u64>) -> Option<f64> {
     v.map(|v| v as f64)
 }
 
-impl Collector for LiveCollector {
+impl Collector for LiveFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.state.lock();
 

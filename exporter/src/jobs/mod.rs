@@ -1,6 +1,13 @@
-//! Migration job tracking as pure logic: typed job stats, the tracker and the convergence model.
-//! No I/O and nothing above it in the crate: [`crate::sampler`] drives it.
+//! The `jobs` collector and what it is made of: the [`sampler`] (libvirt's domains, job stats and
+//! events, in rounds) drives the pure model ([`stats`], [`tracker`], [`convergence`]: no I/O,
+//! unit-tested and replayed on recorded traces through [`replay`] and [`trace`]); [`identity`]
+//! reads Nova's metadata; [`metrics`] holds the jobs and finished-migration families.
 
 pub mod convergence;
+pub mod identity;
+pub mod metrics;
+pub mod replay;
+pub mod sampler;
 pub mod stats;
+pub mod trace;
 pub mod tracker;

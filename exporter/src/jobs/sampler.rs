@@ -9,8 +9,6 @@
 //! state they publish. While a job runs a round happens every `interval`; otherwise every
 //! `idle_interval`, and at once when an event names a domain that is not tracked yet.
 
-pub mod replay;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -20,17 +18,17 @@ use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, Now, SystemClock};
-use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
-use crate::identity::{DomainIdentity, NOVA_NS};
+use crate::collector::{Collect, CollectError, Event, Events, Feed, Name, Rounds};
+use crate::jobs::identity::{DomainIdentity, NOVA_NS};
+use crate::jobs::metrics::Metrics;
+use crate::jobs::stats::JobStats;
+use crate::jobs::trace::{TraceRecord, TraceWriter};
+use crate::jobs::tracker::{FinishedMigration, JobObservation, Round, Tracker};
 use crate::libvirt::jobs::{
     lifecycle, Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent,
 };
-use crate::metrics::Metrics;
-use crate::migration::stats::JobStats;
-use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
+use crate::records::log::RecordLog;
 use crate::state::SharedState;
-use crate::store::RecordLog;
-use crate::trace::{TraceRecord, TraceWriter};
 
 /// Rounds (at the active interval) to keep trying a wanted completed-stats read.
 const COMPLETED_READ_TRIES: u32 = 10;
@@ -71,15 +69,15 @@ struct Core {
     unwritten: std::collections::VecDeque<FinishedMigration>,
     store_failing: bool,
     /// NIC transmit history, to add the network under a migration to its record.
-    network: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
+    network: Option<Arc<Mutex<crate::netdev::TxHistory>>>,
     /// Probe results of the peers discovered for migrations, for their records.
-    peers: Option<crate::net::peers::PeerState>,
+    peers: Option<crate::peers::state::PeerState>,
     /// The running jobs, for peer discovery (woken when they change).
     running: Option<Feed<Vec<DomainId>>>,
     /// Domains and running jobs, for the app collector; its held-back records.
     app: Option<(
-        crate::app_qos::collector::SharedHostView,
-        crate::app_qos::holdback::Holdback,
+        crate::app::collector::SharedHostView,
+        crate::app::holdback::Holdback,
     )>,
     /// Domains listed at the last round.
     domains: Vec<DomainId>,
@@ -165,8 +163,8 @@ impl Core {
             }
             SourceEvent::Domain(DomainEvent::MetadataChange { domain, uri }) => {
                 // Ours (only when guest services are probed) and Nova's.
-                let app = self.app.is_some()
-                    && uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
+                let app =
+                    self.app.is_some() && uri.as_deref() == Some(crate::app::targets::METADATA_NS);
                 let nova = uri.as_deref() == Some(NOVA_NS);
                 if app {
                     self.want_metadata.insert(domain.uuid.clone());
@@ -224,7 +222,7 @@ impl Core {
             feed.publish(active.iter().map(|j| j.domain.clone()).collect());
         }
         if let Some((view, _)) = &self.app {
-            view.publish(crate::app_qos::collector::HostView {
+            view.publish(crate::app::collector::HostView {
                 metadata: self
                     .domains
                     .iter()
@@ -333,7 +331,7 @@ impl Core {
         if self.unwritten.is_empty() && std::mem::take(&mut self.store_failing) {
             info!(written = waiting, "migration records stored again");
         }
-        while self.unwritten.len() > crate::store::IN_MEMORY {
+        while self.unwritten.len() > crate::records::log::IN_MEMORY {
             self.unwritten.pop_front();
             warn!("the record file has refused records for too long: dropping the oldest unwritten one");
         }
@@ -356,7 +354,7 @@ impl Core {
     /// it changes) and leaves the identity empty.
     fn set_identity(&mut self, dom: &DomainId, xml: Option<String>) {
         self.want_identity.remove(&dom.uuid);
-        let identity = match xml.as_deref().map(crate::identity::parse_nova) {
+        let identity = match xml.as_deref().map(crate::jobs::identity::parse_nova) {
             None => None,
             Some(Ok(id)) => {
                 self.bad_identity.remove(&dom.uuid);
@@ -452,8 +450,8 @@ impl Sampler {
     /// figures to each finished migration's record.
     pub fn with_network(
         self,
-        history: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
-        peers: Option<crate::net::peers::PeerState>,
+        history: Option<Arc<Mutex<crate::netdev::TxHistory>>>,
+        peers: Option<crate::peers::state::PeerState>,
     ) -> Self {
         {
             let mut core = self.core.lock();
@@ -467,8 +465,8 @@ impl Sampler {
     /// its domains until it has added what their services saw.
     pub fn with_app(
         self,
-        view: crate::app_qos::collector::SharedHostView,
-        hold: crate::app_qos::holdback::Holdback,
+        view: crate::app::collector::SharedHostView,
+        hold: crate::app::holdback::Holdback,
     ) -> Self {
         self.core.lock().app = Some((view, hold));
         self
@@ -628,10 +626,7 @@ impl Sampler {
             }
         };
         for dom in wanted_metadata {
-            match self
-                .source
-                .metadata(dom, crate::app_qos::targets::METADATA_NS)
-            {
+            match self.source.metadata(dom, crate::app::targets::METADATA_NS) {
                 Ok(xml) => r.metadata.push((dom.uuid.clone(), xml)),
                 Err(SourceError::NoDomain(_)) => {}
                 Err(e) => {
@@ -753,7 +748,7 @@ impl JobsCollector {
     }
 }
 
-impl Collector for JobsCollector {
+impl Collect for JobsCollector {
     fn name(&self) -> Name {
         Name::Jobs
     }
@@ -808,4 +803,5 @@ fn call_failed(core: &Mutex<Core>, call: Call, e: &SourceError) {
 }
 
 #[cfg(test)]
+#[path = "sampler_tests.rs"]
 mod tests;

@@ -1,8 +1,8 @@
 //! The sampler behind the job-source seam: a trace replayed through it must produce the live
 //! series while the job runs, none after, and the finished-migration metrics.
 
-use super::replay::{text, Replay};
 use super::*;
+use crate::jobs::replay::{text, Replay};
 use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, ParamValue, Params, RawJob};
 
 fn dom() -> DomainId {
@@ -595,7 +595,7 @@ impl Drop for Tmpfs {
 fn records_a_full_disk_refused_are_written_once_space_is_freed() {
     let fs = Tmpfs::mount("64k").expect("mount a tmpfs (the tests run as root)");
     let storage = fs.0.path().join("storage");
-    let (log, _) = crate::store::RecordLog::open(&storage, 64 << 20).expect("open");
+    let (log, _) = crate::records::log::RecordLog::open(&storage, 64 << 20).expect("open");
     let (source, sampler, state, statuses, _) = flaky_sampler();
     let mut sampler = sampler.with_records(log);
     crate::collector::execute(&statuses, Name::Jobs, || sampler.round(2.0));
@@ -632,7 +632,7 @@ fn records_a_full_disk_refused_are_written_once_space_is_freed() {
 fn nova(name: &str) -> String {
     format!(
         r#"<nova:instance xmlns:nova="{}"><nova:name>{name}</nova:name><nova:flavor name="m1.small"/><nova:owner><nova:user uuid="u-1">alice</nova:user><nova:project uuid="p-1">shop</nova:project></nova:owner></nova:instance>"#,
-        crate::identity::NOVA_NS
+        crate::jobs::identity::NOVA_NS
     )
 }
 
@@ -648,8 +648,8 @@ fn info_line(metrics: &str) -> Option<String> {
 /// came).
 #[test]
 fn nova_identity_labels_domain_info_and_the_record() {
-    use crate::identity::NOVA_NS;
-    let source = crate::trace::ReplaySource::new(trace()).with_metadata(&[(
+    use crate::jobs::identity::NOVA_NS;
+    let source = crate::jobs::trace::ReplaySource::new(trace()).with_metadata(&[(
         &dom().uuid,
         NOVA_NS,
         &nova("web-1"),
@@ -684,7 +684,7 @@ fn nova_identity_labels_domain_info_and_the_record() {
 /// domain was redefined; a domain without it (or with a bad one) has empty labels.
 #[test]
 fn nova_identity_is_reread_on_metadata_change_and_redefinition() {
-    use crate::identity::NOVA_NS;
+    use crate::jobs::identity::NOVA_NS;
     let plain = DomainId {
         name: "plain".into(),
         uuid: "0b0b0b0b-0000-4000-8000-0000000000ff".into(),
@@ -695,7 +695,7 @@ fn nova_identity_is_reread_on_metadata_change_and_redefinition() {
             domains: vec![dom(), plain.clone()],
         })
         .collect();
-    let source = crate::trace::ReplaySource::new(rounds).with_metadata(&[(
+    let source = crate::jobs::trace::ReplaySource::new(rounds).with_metadata(&[(
         &dom().uuid,
         NOVA_NS,
         &nova("before"),

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::clock::Now;
+use crate::jobs::convergence::Verdict;
 use crate::libvirt::jobs::{job_operation, ParamValue, Params};
-use crate::migration::convergence::Verdict;
 
 fn dom() -> DomainId {
     DomainId {

@@ -2,13 +2,15 @@
 //! (under `--path.procfs` and `--path.sysfs`, so the exporter works in a container and tests run
 //! on fixture trees), in node_exporter's netdev collector's footsteps.
 
+pub mod routes;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use prometheus_client::collector::Collector as Families;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
@@ -16,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::clock::unix_now;
-use crate::collector::{CollectError, Collector, Name, Rounds};
+use crate::collector::{Collect, CollectError, Name, Rounds};
 use crate::exposition::GaugeFamily;
 
 pub use crate::record::NetworkSummary;
@@ -172,7 +174,7 @@ impl NetdevCollector {
     }
 }
 
-impl Collector for NetdevCollector {
+impl Collect for NetdevCollector {
     fn name(&self) -> Name {
         Name::Netdev
     }
@@ -216,7 +218,7 @@ struct NetdevFamilies {
     latest: Arc<Mutex<Vec<Device>>>,
 }
 
-impl Families for NetdevFamilies {
+impl Collector for NetdevFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         encode_netdev(&self.latest.lock(), &mut encoder)
     }
@@ -512,18 +514,18 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         let mut registry = Registry::default();
         c.register(&mut registry);
         c.round().expect("reads");
-        let text = crate::sampler::replay::text(&registry);
+        let text = crate::jobs::replay::text(&registry);
         assert!(
             text.contains("vm_migration_network_transmit_bytes_total{device=\"eth0\"} 987654321"),
             "{text}"
         );
         std::fs::remove_file(dir.path().join("net/dev")).expect("rm");
         assert!(c.round().is_err());
-        let text = crate::sampler::replay::text(&registry);
+        let text = crate::jobs::replay::text(&registry);
         assert!(!text.contains("vm_migration_network_"), "{text}");
         std::fs::write(dir.path().join("net/dev"), DEV).expect("write");
         c.round().expect("reads again");
-        assert!(crate::sampler::replay::text(&registry).contains("device=\"eth0\""));
+        assert!(crate::jobs::replay::text(&registry).contains("device=\"eth0\""));
     }
 
     /// Issue 16: tap devices come and go with their guests; the link-speed map kept every name

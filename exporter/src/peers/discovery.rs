@@ -10,12 +10,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::discovery;
-use super::peers::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
 use super::probe::{PeerSpec, ProbeSpec, Prober};
-use super::routes;
-use crate::collector::{CollectError, Collector, Feed, Name, Rounds};
+use super::qemu_socket;
+use super::state::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
+use crate::collector::{Collect, CollectError, Feed, Name, Rounds};
 use crate::libvirt::jobs::DomainId;
+use crate::netdev::routes;
 
 /// How often discovery looks without being woken (a job's socket appears a moment after the
 /// job starts).
@@ -35,7 +35,7 @@ impl DiscoveryCollector {
     }
 }
 
-impl Collector for DiscoveryCollector {
+impl Collect for DiscoveryCollector {
     fn name(&self) -> Name {
         Name::Discovery
     }
@@ -71,14 +71,14 @@ pub enum DiscoveryError {
     #[error("{0} is not readable (check --path.procfs)")]
     Procfs(String),
     #[error("{0} (discovery needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read QEMU's fd table; see the README's privileges section)")]
-    FdTable(#[from] discovery::FdTableError),
+    FdTable(#[from] qemu_socket::FdTableError),
 }
 
 /// Finds the peers of running migrations and probes them while they run.
 pub struct Discoverer {
     procfs: PathBuf,
     /// Which processes may be a domain's QEMU.
-    trust: discovery::QemuTrust,
+    trust: qemu_socket::QemuTrust,
     probes: Vec<ProbeSpec>,
     prober: Prober,
     peers: PeerState,
@@ -93,7 +93,7 @@ pub struct Discoverer {
 impl Discoverer {
     pub fn new(
         procfs: PathBuf,
-        trust: discovery::QemuTrust,
+        trust: qemu_socket::QemuTrust,
         probes: Vec<ProbeSpec>,
         prober: Prober,
         cancel: CancellationToken,
@@ -134,16 +134,16 @@ impl Discoverer {
             // is checked again).
             let pid = match self.pids.get(uuid) {
                 Some(p)
-                    if discovery::cmdline_has_uuid(&self.procfs, *p, uuid)
+                    if qemu_socket::cmdline_has_uuid(&self.procfs, *p, uuid)
                         && self.trust.trusts(&self.procfs, *p) =>
                 {
                     Some(*p)
                 }
-                _ => discovery::find_qemu_pid(&self.procfs, uuid, &self.trust),
+                _ => qemu_socket::find_qemu_pid(&self.procfs, uuid, &self.trust),
             };
             let Some(pid) = pid else { continue };
             self.pids.insert(uuid.clone(), pid);
-            let address = match discovery::peer_of_pid(&self.procfs, pid) {
+            let address = match qemu_socket::peer_of_pid(&self.procfs, pid) {
                 Ok(a) => {
                     if std::mem::take(&mut self.fd_warned) {
                         info!(domain = %name, "QEMU's fd table is readable again; discovery works");
@@ -229,7 +229,7 @@ impl Discoverer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::probe::ProbeKind;
+    use crate::peers::probe::ProbeKind;
     use std::path::Path;
 
     const UUID: &str = "ab5e0000-0000-4000-8000-000000000001";
@@ -273,7 +273,7 @@ mod tests {
         }];
         Discoverer::new(
             procfs.to_path_buf(),
-            discovery::QemuTrust {
+            qemu_socket::QemuTrust {
                 uids: vec![0],
                 emulators: Vec::new(),
             },
@@ -388,6 +388,14 @@ mod tests {
         (out, text.lines().map(str::to_string).collect())
     }
 
+    /// This test's name as the test binary knows it (the module path without the crate's), so
+    /// the copy run as `tester` finds it wherever the module lives.
+    fn this_test_name() -> String {
+        let module = module_path!();
+        let module = module.split_once("::").map_or(module, |(_, m)| m);
+        format!("{module}::an_unreadable_fd_table_fails_the_round_and_is_logged_once")
+    }
+
     /// Set in the copy of this test that runs as the unprivileged user.
     const AS_TESTER: &str = "VME_DISCOVERY_TEST_AS_TESTER";
 
@@ -412,11 +420,7 @@ mod tests {
                 .args(["--reuid=tester", "--regid=tester", "--clear-groups"])
                 .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
                 .arg(exe)
-                .args([
-                    "--exact",
-                    "net::probing::tests::an_unreadable_fd_table_fails_the_round_and_is_logged_once",
-                    "--nocapture",
-                ])
+                .args(["--exact", &this_test_name(), "--nocapture"])
                 .env(AS_TESTER, "1")
                 .current_dir("/")
                 .output()

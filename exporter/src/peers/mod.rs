@@ -1,11 +1,9 @@
-//! The network path: NIC counters and link state ([`netdev`]), probes of peer hosts
-//! ([`probe`], state in [`peers`], families in [`peer_metrics`]) and the peer of each running
-//! migration ([`discovery`], [`probing`]).
+//! Peer hosts: the `probe` collector's ICMP/TCP probes ([`probe`]), what they know ([`state`],
+//! encoded by [`metrics`]), and the `discovery` collector ([`discovery`]), which finds the peer of
+//! each running migration from the QEMU process's socket ([`qemu_socket`]).
 
 pub mod discovery;
-pub mod netdev;
-pub mod peer_metrics;
-pub mod peers;
+pub mod metrics;
 pub mod probe;
-pub mod probing;
-pub mod routes;
+pub mod qemu_socket;
+pub mod state;

@@ -19,10 +19,10 @@ use tracing::{debug, error, info, warn};
 
 use prometheus_client::registry::Registry;
 
-use super::peer_metrics::PeerCollector;
-use super::peers::{Origin, PeerState, ProbeKey, ProbeOutcome};
 use crate::clock::unix_now;
-use crate::collector::{Collector, Name, TaskRounds, Tasks};
+use crate::collector::{Collect, Name, TaskRounds, Tasks};
+use crate::peers::metrics::PeerFamilies;
+use crate::peers::state::{Origin, PeerState, ProbeKey, ProbeOutcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeKind {
@@ -327,13 +327,13 @@ impl ProbeCollector {
     }
 }
 
-impl Collector for ProbeCollector {
+impl Collect for ProbeCollector {
     fn name(&self) -> Name {
         Name::Probe
     }
 
     fn register(&self, registry: &mut Registry) {
-        registry.register_collector(Box::new(PeerCollector::new(self.prober.peers().clone())));
+        registry.register_collector(Box::new(PeerFamilies::new(self.prober.peers().clone())));
     }
 }
 
