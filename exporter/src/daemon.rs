@@ -6,17 +6,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::collector::{Feed, Name, Runner, Statuses};
+use crate::collector::{Deps, Name, Registration, Runner, Statuses};
 use crate::http::routes::{router, AppState};
 use crate::http::web_config::{require_basic_auth, LiveWebConfig};
 use crate::jobs::metrics::Metrics;
-use crate::jobs::sampler::{JobsCollector, Sampler, SamplerConfig};
 use crate::jobs::trace::TraceWriter;
 use crate::libvirt::{JobSource, SourceEvent};
-use crate::netdev::NetdevCollector;
-use crate::peers::discovery::{Discoverer, DiscoveryCollector};
-use crate::peers::probe::{ProbeCollector, Prober};
-use crate::peers::state::PeerState;
+use crate::peers::probe::ConfiguredPeers;
 use crate::records::log::RecordLog;
 use crate::settings::Settings;
 use crate::state::{self, SharedState};
@@ -34,8 +30,8 @@ pub enum DaemonError {
     Store(#[from] crate::records::log::StoreError),
     #[error(transparent)]
     WebConfig(#[from] crate::http::web_config::WebConfigError),
-    #[error("cannot start a collector thread: {0}")]
-    Thread(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] crate::collector::registry::StartError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -80,22 +76,19 @@ pub async fn run(
     info!(address = %local, tls = web.live.tls().is_some(), basic_auth = !web.live.users().is_empty(), telemetry_path = %settings.telemetry_path, libvirt_uri = %settings.libvirt_uri, "listening");
 
     let mut runner = Runner::new(statuses, registry, settings.collectors.clone());
-    let sampler = Sampler::new(
-        source.clone(),
-        shared.clone(),
-        metrics,
-        trace,
-        sampler_config(&settings),
-    );
-    let (peers, forecast) = start_collectors(
-        &mut runner,
-        &settings,
-        sampler,
-        events,
-        records,
-        source,
-        &shared,
-    )?;
+    let mut deps = Deps::new(settings.clone(), source, shared.clone());
+    deps.put(metrics);
+    deps.put(events);
+    if let Some(t) = trace {
+        deps.put(t);
+    }
+    if let Some(log) = records {
+        deps.put(log);
+    }
+    crate::collector::registry::start_all(&COLLECTORS, &mut deps, &mut runner)?;
+    let peers = deps.take::<ConfiguredPeers>();
+    let forecast = deps.get::<ForecastView>();
+    drop(deps);
     let (registry, running) = runner.into_parts();
     let reloader = crate::reload::Reloader::new(
         reloads.args,
@@ -136,129 +129,19 @@ async fn serve_reloads(
     }
 }
 
-/// Every collector, in one list: what each needs from the others is wired here. Returns the
-/// configured peers' handle (a reload replaces them) when the probe collector runs, and what the
-/// forecast collector publishes when it runs (the API reads it).
-fn start_collectors(
-    runner: &mut Runner,
-    settings: &Settings,
-    sampler: Sampler,
-    events: Receiver<SourceEvent>,
-    records: Option<RecordLog>,
-    source: Arc<dyn JobSource>,
-    shared: &SharedState,
-) -> Result<Started, DaemonError> {
-    let probes = &settings.probe;
-    let peers = PeerState::default();
-    let netdev = NetdevCollector::new(settings.netdev.clone());
-    let discovery =
-        probes.discovery && runner.enabled(Name::Discovery) && runner.enabled(Name::Probe);
-    let running_jobs = discovery.then(|| Feed::new(runner.waker(Name::Discovery)));
-    let mut sampler = sampler.with_network(
-        runner.enabled(Name::Netdev).then(|| netdev.history()),
-        runner.enabled(Name::Probe).then(|| peers.clone()),
-    );
-    if let Some(feed) = &running_jobs {
-        sampler = sampler.with_running_jobs(feed.clone());
-    }
-    if let Some(log) = records {
-        sampler = sampler.with_records(log);
-    }
-    let app = runner.enabled(Name::App).then(|| {
-        let view = crate::app::collector::SharedHostView::default();
-        let hold = crate::app::holdback::Holdback::new(settings.app.settle.as_secs_f64());
-        (view, hold)
-    });
-    if let Some((view, hold)) = &app {
-        sampler = sampler.with_app(view.clone(), hold.clone());
-    }
-    let forecast = runner.enabled(Name::Forecast).then(|| {
-        crate::forecast::collector::ForecastCollector::new(
-            source,
-            settings.forecast.calc_uri.as_deref().map(|uri| {
-                crate::forecast::collector::Calculations {
-                    calc: Arc::new(crate::libvirt::calc::ReadWriteCalc::new(uri)),
-                    interval: settings.forecast.interval,
-                    max_concurrency: settings.forecast.max_concurrency,
-                }
-            }),
-            crate::forecast::collector::Sources {
-                shared: shared.clone(),
-                netdev: runner.enabled(Name::Netdev).then(|| netdev.history()),
-                peers: runner.enabled(Name::Probe).then(|| peers.clone()),
-                configured: probes
-                    .peers
-                    .iter()
-                    .map(|p| (p.name.clone(), p.address))
-                    .collect(),
-                procfs: settings.netdev.procfs.clone(),
-                sysfs: settings.netdev.sysfs.clone(),
-                fallback: settings.forecast.bandwidth,
-                zero_pages: settings.forecast.zero_pages,
-            },
-        )
-    });
-    let prober = Prober::new(
-        peers,
-        runner.task_rounds(Name::Probe),
-        probes.max_concurrency,
-        tokio::runtime::Handle::current(),
-    );
-    let cancel = runner.cancel_token();
-
-    runner.add_rounds(netdev).map_err(DaemonError::Thread)?;
-    if let Some(feed) = running_jobs {
-        let discoverer = Discoverer::new(
-            settings.netdev.procfs.clone(),
-            probes.qemu_trust.clone(),
-            probes.discovery_probes.clone(),
-            prober.clone(),
-            cancel.child_token(),
-        );
-        runner
-            .add_rounds(DiscoveryCollector::new(discoverer, feed))
-            .map_err(DaemonError::Thread)?;
-    }
-    let probe = ProbeCollector::new(prober, probes.peers.clone(), cancel.child_token());
-    let configured = runner.enabled(Name::Probe).then(|| probe.configured());
-    runner.add_tasks(probe);
-    if let Some((view, hold)) = app {
-        runner.add_tasks(crate::app::collector::AppCollector::new(
-            settings.app.clone(),
-            view,
-            hold,
-            runner.task_rounds(Name::App),
-            cancel.child_token(),
-        ));
-    }
-    let forecast_view = forecast.as_ref().map(|f| f.view());
-    if let Some(f) = forecast {
-        runner.add_rounds(f).map_err(DaemonError::Thread)?;
-    }
-    // Last, as before the runner: the libvirt connection opening meanwhile has a head start.
-    runner
-        .add_rounds(JobsCollector::new(sampler, events))
-        .map_err(DaemonError::Thread)?;
-    Ok((configured, forecast_view))
-}
-
-/// What the running collectors hand back: the configured peers and the forecast's view.
-type Started = (
-    Option<crate::peers::probe::ConfiguredPeers>,
-    Option<ForecastView>,
-);
+/// Every collector, in start order: one that reads what another publishes comes after it; jobs
+/// last, so the libvirt connection opening meanwhile has a head start.
+const COLLECTORS: [Registration; 6] = [
+    crate::netdev::REGISTRATION,
+    crate::peers::probe::REGISTRATION,
+    crate::peers::discovery::REGISTRATION,
+    crate::app::collector::REGISTRATION,
+    crate::forecast::collector::REGISTRATION,
+    crate::jobs::sampler::REGISTRATION,
+];
 
 /// What the forecast collector publishes.
 type ForecastView = Arc<parking_lot::Mutex<crate::forecast::report::HostView>>;
-
-fn sampler_config(s: &Settings) -> SamplerConfig {
-    SamplerConfig {
-        interval: s.sample_interval,
-        idle_interval: s.sample_idle_interval,
-        grace: s.completion_grace,
-        last_retention: s.last_retention,
-    }
-}
 
 /// The record file, with its records loaded into the state.
 fn open_records(

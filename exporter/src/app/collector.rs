@@ -21,7 +21,7 @@ use super::outage::{ProbeResult, TargetTrack};
 use super::probe::{http_client, probe, ProbeOutcome};
 use super::targets::{AppSettings, Target};
 use crate::clock::unix_now;
-use crate::collector::{Collect, Name, TaskRounds, Tasks};
+use crate::collector::{Collect, Name, Registration, TaskRounds, Tasks};
 use crate::libvirt::DomainId;
 
 /// What the sampler saw of this host at its last round.
@@ -107,6 +107,26 @@ struct Probing {
     /// Cuts the probe loop's wait short: its domain's migration started or switched over.
     wake: Arc<tokio::sync::Notify>,
 }
+
+/// The `app` collector; it publishes the host view it follows (the jobs collector fills it)
+/// and the holdback of its domains' records.
+pub const REGISTRATION: Registration = Registration {
+    name: Name::App,
+    start: |deps, runner| {
+        let view = SharedHostView::default();
+        let hold = Holdback::new(deps.settings.app.settle.as_secs_f64());
+        deps.put(view.clone());
+        deps.put(hold.clone());
+        runner.add_tasks(AppCollector::new(
+            deps.settings.app.clone(),
+            view,
+            hold,
+            runner.task_rounds(Name::App),
+            runner.cancel_token().child_token(),
+        ));
+        Ok(())
+    },
+};
 
 pub struct AppCollector {
     settings: AppSettings,

@@ -10,7 +10,12 @@
 //!   complete when every member has reported once since it began; [`TaskRounds`] times it.
 //!
 //! Adding a collector: a [`Name`], a type implementing [`Collect`] and one of the two, its
-//! families registered in [`Collect::register`], and one line in `app::run`.
+//! families registered in [`Collect::register`], a [`Registration`] in its own file, and that
+//! registration in the daemon's list (one line).
+
+pub mod registry;
+
+pub use registry::{Deps, Registration};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

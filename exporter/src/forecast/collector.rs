@@ -22,7 +22,7 @@ use super::path::{self, LibvirtCap, Window};
 use super::report::{DomainView, HostView, PeerPath};
 use super::zero_pages::{self, Mapping};
 use crate::clock::{unix_now, Clock, SystemClock};
-use crate::collector::{Collect, CollectError, Name, Rounds};
+use crate::collector::{Collect, CollectError, Name, Registration, Rounds};
 use crate::jobs::tracker::Direction;
 use crate::libvirt::calc::DirtyRateCalc;
 use crate::libvirt::{DomainId, JobSource, SourceError};
@@ -125,6 +125,38 @@ pub struct ForecastCollector {
     /// Times the zero-page samples (fill rates) on the monotonic clock.
     clock: Arc<dyn Clock>,
 }
+
+/// The `forecast` collector; it reads the NIC history and the peers' state when their collectors
+/// run, and publishes its [`HostView`] (the API evaluates it).
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Forecast,
+    start: |deps, runner| {
+        let s = &deps.settings;
+        let calculations = s.forecast.calc_uri.as_deref().map(|uri| Calculations {
+            calc: Arc::new(crate::libvirt::calc::ReadWriteCalc::new(uri)),
+            interval: s.forecast.interval,
+            max_concurrency: s.forecast.max_concurrency,
+        });
+        let sources = Sources {
+            shared: deps.state.clone(),
+            netdev: deps.get::<Arc<Mutex<crate::netdev::TxHistory>>>(),
+            peers: deps.get::<crate::peers::state::PeerState>(),
+            configured: s
+                .probe
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.address))
+                .collect(),
+            procfs: s.netdev.procfs.clone(),
+            sysfs: s.netdev.sysfs.clone(),
+            fallback: s.forecast.bandwidth,
+            zero_pages: s.forecast.zero_pages,
+        };
+        let f = ForecastCollector::new(deps.source.clone(), calculations, sources);
+        deps.put(f.view());
+        runner.add_rounds(f)
+    },
+};
 
 impl ForecastCollector {
     pub fn new(

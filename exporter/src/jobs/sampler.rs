@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, Now, SystemClock};
-use crate::collector::{Collect, CollectError, Event, Events, Feed, Name, Rounds};
+use crate::collector::{Collect, CollectError, Event, Events, Feed, Name, Registration, Rounds};
 use crate::jobs::identity::{DomainIdentity, NOVA_NS};
 use crate::jobs::metrics::Metrics;
 use crate::jobs::stats::JobStats;
@@ -53,6 +53,17 @@ impl Default for SamplerConfig {
             idle_interval: Duration::from_secs(15),
             grace: Duration::from_secs(5),
             last_retention: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl SamplerConfig {
+    pub fn from_settings(s: &crate::settings::Settings) -> Self {
+        SamplerConfig {
+            interval: s.sample_interval,
+            idle_interval: s.sample_idle_interval,
+            grace: s.completion_grace,
+            last_retention: s.last_retention,
         }
     }
 }
@@ -732,6 +743,48 @@ impl Sampler {
             || core.app.as_ref().is_some_and(|(_, h)| h.pending())
     }
 }
+
+/// The `jobs` collector. It takes the daemon's libvirt events, families, trace writer and
+/// record log; it fills what other collectors published for it (discovery's running jobs, the
+/// app collector's host view and holdback) and reads the NIC history and the peers' state for
+/// the records.
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Jobs,
+    start: |deps, runner| {
+        let (Some(events), Some(metrics)) = (
+            deps.take::<Receiver<SourceEvent>>(),
+            deps.get::<Arc<Metrics>>(),
+        ) else {
+            return Err(std::io::Error::other(
+                "no libvirt events or families to start with",
+            ));
+        };
+        let mut sampler = Sampler::new(
+            deps.source.clone(),
+            deps.state.clone(),
+            metrics,
+            deps.take::<TraceWriter>(),
+            SamplerConfig::from_settings(&deps.settings),
+        )
+        .with_network(
+            deps.get::<Arc<Mutex<crate::netdev::TxHistory>>>(),
+            deps.get::<crate::peers::state::PeerState>(),
+        );
+        if let Some(crate::peers::discovery::RunningJobs(feed)) = deps.get() {
+            sampler = sampler.with_running_jobs(feed);
+        }
+        if let Some(log) = deps.take::<RecordLog>() {
+            sampler = sampler.with_records(log);
+        }
+        if let (Some(view), Some(hold)) = (
+            deps.get::<crate::app::collector::SharedHostView>(),
+            deps.get::<crate::app::holdback::Holdback>(),
+        ) {
+            sampler = sampler.with_app(view, hold);
+        }
+        runner.add_rounds(JobsCollector::new(sampler, events))
+    },
+};
 
 /// The `jobs` collector: the sampler's rounds, and libvirt's events between them.
 pub struct JobsCollector {

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::clock::unix_now;
-use crate::collector::{Collect, CollectError, Name, Rounds};
+use crate::collector::{Collect, CollectError, Name, Registration, Rounds};
 use crate::exposition::GaugeFamily;
 
 pub use crate::record::NetworkSummary;
@@ -158,6 +158,16 @@ fn read_trimmed(p: &Path) -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
 }
+
+/// The `netdev` collector; it publishes its transmit history (records and the forecast read it).
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Netdev,
+    start: |deps, runner| {
+        let c = NetdevCollector::new(deps.settings.netdev.clone());
+        deps.put(c.history());
+        runner.add_rounds(c)
+    },
+};
 
 /// How often NIC counters are read.
 const PERIOD: Duration = Duration::from_secs(1);

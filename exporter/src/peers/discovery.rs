@@ -13,13 +13,43 @@ use tracing::{debug, info, warn};
 use super::probe::{PeerSpec, ProbeSpec, Prober};
 use super::qemu_socket;
 use super::state::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
-use crate::collector::{Collect, CollectError, Feed, Name, Rounds};
+use crate::collector::{Collect, CollectError, Feed, Name, Registration, Rounds};
 use crate::libvirt::jobs::DomainId;
 use crate::netdev::routes;
 
 /// How often discovery looks without being woken (a job's socket appears a moment after the
 /// job starts).
 const PERIOD: Duration = Duration::from_secs(1);
+
+/// The `discovery` collector, when `probe.discovery` is on and the probe collector runs (it
+/// probes the peers it finds through the probe collector's [`Prober`]). It publishes the
+/// [`RunningJobs`] feed the jobs collector fills and wakes it through.
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Discovery,
+    start: |deps, runner| {
+        let settings = &deps.settings;
+        let Some(prober) = deps.get::<Prober>() else {
+            return Ok(());
+        };
+        if !settings.probe.discovery {
+            return Ok(());
+        }
+        let feed = Feed::new(runner.waker(Name::Discovery));
+        let discoverer = Discoverer::new(
+            settings.netdev.procfs.clone(),
+            settings.probe.qemu_trust.clone(),
+            settings.probe.discovery_probes.clone(),
+            prober,
+            runner.cancel_token().child_token(),
+        );
+        deps.put(RunningJobs(feed.clone()));
+        runner.add_rounds(DiscoveryCollector::new(discoverer, feed))
+    },
+};
+
+/// The domains whose migration jobs run, as the jobs collector publishes them for discovery.
+#[derive(Clone, Debug)]
+pub struct RunningJobs(pub Feed<Vec<DomainId>>);
 
 /// The `discovery` collector: a pass whenever the sampler says the running jobs changed, and at
 /// least every second.

@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use prometheus_client::registry::Registry;
 
 use crate::clock::unix_now;
-use crate::collector::{Collect, Name, TaskRounds, Tasks};
+use crate::collector::{Collect, Name, Registration, TaskRounds, Tasks};
 use crate::peers::metrics::PeerFamilies;
 use crate::peers::state::{Origin, PeerState, ProbeKey, ProbeOutcome};
 
@@ -302,6 +302,32 @@ impl ConfiguredPeers {
         (started, gone.len())
     }
 }
+
+/// The `probe` collector; it publishes the peers' state (records and the forecast read it), the
+/// [`Prober`] (discovery probes through it) and the [`ConfiguredPeers`] (a reload replaces them).
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Probe,
+    start: |deps, runner| {
+        let settings = &deps.settings.probe;
+        let peers = PeerState::default();
+        let prober = Prober::new(
+            peers.clone(),
+            runner.task_rounds(Name::Probe),
+            settings.max_concurrency,
+            tokio::runtime::Handle::current(),
+        );
+        let probe = ProbeCollector::new(
+            prober.clone(),
+            settings.peers.clone(),
+            runner.cancel_token().child_token(),
+        );
+        deps.put(peers);
+        deps.put(prober);
+        deps.put(probe.configured());
+        runner.add_tasks(probe);
+        Ok(())
+    },
+};
 
 /// The `probe` collector: the configured peers' probes, started with it and replaced on a
 /// reload ([`ConfiguredPeers`]); discovery adds and retires discovered peers' through the
