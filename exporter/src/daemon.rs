@@ -57,11 +57,16 @@ pub async fn run(
     let shared = state::shared();
     let records = open_records(&settings, &shared)?;
     let statuses = Statuses::default();
-    let (mut registry, metrics) = Metrics::register(shared.clone(), statuses.clone());
+    let mut self_metrics: Vec<(
+        &'static str,
+        Box<dyn prometheus_client::collector::Collector>,
+    )> = vec![("reload", Box::new(reload_status.clone()))];
     if let Some(log) = &records {
-        registry.register_collector(Box::new(crate::records::log::StoreFamilies(log.stats())));
+        let families = crate::records::log::StoreFamilies(log.stats());
+        self_metrics.push(("storage", Box::new(families)));
     }
-    registry.register_collector(Box::new(reload_status.clone()));
+    let (registry, metrics) =
+        Metrics::register_with(shared.clone(), statuses.clone(), self_metrics);
     let trace = match &settings.trace_path {
         Some(p) => Some(TraceWriter::create(p)?),
         None => None,

@@ -89,8 +89,14 @@ pub struct Statuses(Arc<Mutex<BTreeMap<&'static str, CollectorStatus>>>);
 
 impl Statuses {
     fn set(&self, name: Name, success: bool, took: Duration) {
+        self.set_label(name.as_str(), success, took);
+    }
+
+    /// For what reports under a label of its own but is no [`Name`] (self-metrics, discovery's
+    /// probes).
+    fn set_label(&self, label: &'static str, success: bool, took: Duration) {
         self.0.lock().insert(
-            name.as_str(),
+            label,
             CollectorStatus {
                 success,
                 duration_seconds: took.as_secs_f64(),
@@ -240,7 +246,7 @@ impl<T: Clone + PartialEq + Default> Feed<T> {
 #[derive(Clone, Debug)]
 pub struct TaskRounds<K: Ord> {
     statuses: Statuses,
-    name: Name,
+    label: &'static str,
     inner: Arc<Mutex<RoundsInner<K>>>,
 }
 
@@ -260,14 +266,24 @@ struct OpenRound<K: Ord> {
 
 impl<K: Ord + Clone> TaskRounds<K> {
     pub fn new(statuses: Statuses, name: Name) -> Self {
+        Self::labelled(statuses, name.as_str())
+    }
+
+    /// Rounds reported under `label` (`collector="<label>"`).
+    pub fn labelled(statuses: Statuses, label: &'static str) -> Self {
         TaskRounds {
             statuses,
-            name,
+            label,
             inner: Arc::new(Mutex::new(RoundsInner {
                 members: BTreeMap::new(),
                 open: None,
             })),
         }
+    }
+
+    /// The `collector` label its rounds report under.
+    pub fn label(&self) -> &'static str {
+        self.label
     }
 
     pub fn join(&self, k: K) {
@@ -320,9 +336,32 @@ impl<K: Ord + Clone> TaskRounds<K> {
     fn close_if_done(&self, g: &mut RoundsInner<K>) {
         if g.open.as_ref().is_some_and(|o| o.pending.is_empty()) {
             if let Some(open) = g.open.take() {
-                self.statuses.set(self.name, open.ok, open.began.elapsed());
+                self.statuses
+                    .set_label(self.label, open.ok, open.began.elapsed());
             }
         }
+    }
+}
+
+/// A self-metrics encoder (the process's, the record file's, the reload status) timed like a
+/// collector's round: its encoding at scrape time is the round, reported under `label`.
+#[derive(Debug)]
+pub struct Timed {
+    pub label: &'static str,
+    pub statuses: Statuses,
+    pub inner: Box<dyn prometheus_client::collector::Collector>,
+}
+
+impl prometheus_client::collector::Collector for Timed {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let started = Instant::now();
+        let result = self.inner.encode(encoder);
+        self.statuses
+            .set_label(self.label, result.is_ok(), started.elapsed());
+        result
     }
 }
 
@@ -370,6 +409,11 @@ impl Runner {
     /// Round bookkeeping for the [`Tasks`] collector `name`.
     pub fn task_rounds<K: Ord + Clone>(&self, name: Name) -> TaskRounds<K> {
         TaskRounds::new(self.statuses.clone(), name)
+    }
+
+    /// Round bookkeeping for tasks that report under a label of their own.
+    pub fn task_rounds_labelled<K: Ord + Clone>(&self, label: &'static str) -> TaskRounds<K> {
+        TaskRounds::labelled(self.statuses.clone(), label)
     }
 
     fn wake(&mut self, name: Name) -> &mut Wake {

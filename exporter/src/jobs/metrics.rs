@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::collector::{Name, Statuses};
+use crate::collector::{Name, Statuses, Timed};
 use crate::exposition::{GaugeFamily, Labels};
 use crate::jobs::convergence::{Detail, Verdict};
 use crate::jobs::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
@@ -85,8 +85,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Build the registry: finished-migration metrics, build info and the live collector.
+    /// Build the registry: finished-migration metrics, build info and the live collector, and
+    /// the process's own families.
     pub fn register(state: SharedState, statuses: Statuses) -> (Registry, std::sync::Arc<Metrics>) {
+        Self::register_with(state, statuses, Vec::new())
+    }
+
+    /// [`Metrics::register`], with more self-metrics encoders: each (and the process's) timed
+    /// under its label and encoded before the collector statuses, so a scrape shows its own.
+    pub fn register_with(
+        state: SharedState,
+        statuses: Statuses,
+        self_metrics: Vec<(&'static str, Box<dyn Collector>)>,
+    ) -> (Registry, std::sync::Arc<Metrics>) {
         let mut reg = Registry::default();
         let m = Metrics {
             finished: Family::default(),
@@ -142,8 +153,15 @@ impl Metrics {
             "libvirt calls that failed, by call",
             m.call_errors.clone(),
         );
+        let process: Box<dyn Collector> = Box::new(crate::process::ProcessFamilies::default());
+        for (label, inner) in std::iter::once(("process", process)).chain(self_metrics) {
+            reg.register_collector(Box::new(Timed {
+                label,
+                statuses: statuses.clone(),
+                inner,
+            }));
+        }
         reg.register_collector(Box::new(LiveFamilies { state, statuses }));
-        reg.register_collector(Box::new(crate::process::ProcessFamilies::default()));
         (reg, std::sync::Arc::new(m))
     }
 

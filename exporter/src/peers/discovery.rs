@@ -39,13 +39,17 @@ pub const REGISTRATION: Registration = Registration {
             settings.netdev.procfs.clone(),
             settings.probe.qemu_trust.clone(),
             settings.probe.discovery_probes.clone(),
-            prober,
+            // Its probes are rounds of their own, not the configured peers' `probe` ones.
+            prober.with_rounds(runner.task_rounds_labelled(DISCOVERED_PROBES)),
             runner.cancel_token().child_token(),
         );
         deps.put(RunningJobs(feed.clone()));
         runner.add_rounds(DiscoveryCollector::new(discoverer, feed))
     },
 };
+
+/// The `collector` label of the discovered peers' probes.
+pub const DISCOVERED_PROBES: &str = "discovery_probe";
 
 /// The domains whose migration jobs run, as the jobs collector publishes them for discovery.
 #[derive(Clone, Debug)]

@@ -125,6 +125,15 @@ impl Prober {
         }
     }
 
+    /// The same prober (peers' state, concurrency limit, runtime) reporting its rounds in
+    /// `rounds`.
+    pub fn with_rounds(&self, rounds: TaskRounds<ProbeKey>) -> Prober {
+        Prober {
+            rounds,
+            ..self.clone()
+        }
+    }
+
     pub fn peers(&self) -> &PeerState {
         &self.net
     }
@@ -241,7 +250,7 @@ impl Prober {
         }
         let setup_failures = self.net.note_setup(key, setup_error);
         if setup_error && setup_failures == 1 {
-            warn!(peer = %key.peer, probe = key.probe, "probe cannot run; vm_migration_collector_success{{collector=\"probe\"}} is 0");
+            warn!(peer = %key.peer, probe = key.probe, collector = self.rounds.label(), "probe cannot run; the collector's vm_migration_collector_success is 0");
         }
         self.rounds.end(key, !setup_error);
     }
