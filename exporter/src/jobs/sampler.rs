@@ -74,11 +74,9 @@ struct Core {
     state: SharedState,
     metrics: Arc<Metrics>,
     trace: Option<TraceWriter>,
-    records: Option<RecordLog>,
-    /// Records the disk refused (full, read-only), oldest first: written before any newer one
-    /// once it takes them again (retried every round), so none is lost to a full disk.
-    unwritten: std::collections::VecDeque<FinishedMigration>,
-    store_failing: bool,
+    /// Records to append to the record file, taken by [`Sampler::store_records`] once the
+    /// lock is released (an append fsyncs); only while there is a record file.
+    to_store: Option<Vec<FinishedMigration>>,
     /// NIC transmit history, to add the network under a migration to its record.
     network: Option<Arc<Mutex<crate::netdev::TxHistory>>>,
     /// Probe results of the peers discovered for migrations, for their records.
@@ -119,6 +117,8 @@ const STALE_SLACK: Duration = Duration::from_secs(5);
 pub struct Sampler {
     source: Arc<dyn JobSource>,
     core: Arc<Mutex<Core>>,
+    /// The record file, written outside the core lock.
+    store: Option<Arc<Mutex<RecordStore>>>,
     /// Monotonic time of the last sweep of completed stats.
     last_completed_sweep: Option<f64>,
     cfg: SamplerConfig,
@@ -315,42 +315,13 @@ impl Core {
         // Disk writes happen after the lock that scrapes take is released. The record stays
         // in memory (API, landing page) even if the disk refuses it.
         drop(st);
-        if self.records.is_none() {
-            return;
-        }
-        self.unwritten.extend(finished);
-        self.store_unwritten();
-    }
-
-    /// Append the records the disk has not taken yet, in order, until one fails.
-    fn store_unwritten(&mut self) {
-        let Some(log) = self.records.as_mut() else {
-            return;
-        };
-        let waiting = self.unwritten.len();
-        while let Some(f) = self.unwritten.front() {
-            if let Err(e) = log.append(f) {
-                // Logged once per outage, not once per round.
-                if !self.store_failing {
-                    warn!(error = %e, waiting = self.unwritten.len(), "cannot store a migration record; kept in memory and retried every round");
-                }
-                self.store_failing = true;
-                break;
-            }
-            self.unwritten.pop_front();
-        }
-        if self.unwritten.is_empty() && std::mem::take(&mut self.store_failing) {
-            info!(written = waiting, "migration records stored again");
-        }
-        while self.unwritten.len() > crate::records::log::IN_MEMORY {
-            self.unwritten.pop_front();
-            warn!("the record file has refused records for too long: dropping the oldest unwritten one");
+        if let Some(to_store) = self.to_store.as_mut() {
+            to_store.extend(finished);
         }
     }
 
     /// Held-back records the app collector completed (or gave up on); `all` at shutdown.
     fn write_held(&mut self, now: Now, all: bool) {
-        self.store_unwritten();
         let ready = match &self.app {
             // The holdback's settle period is waited out on the monotonic clock.
             Some((_, hold)) => hold.take_ready(now.mono, all),
@@ -387,6 +358,7 @@ impl Drop for Sampler {
     fn drop(&mut self) {
         let now = self.clock.now();
         self.core.lock().write_held(now, true);
+        store_records(&self.core, self.store.as_ref());
     }
 }
 
@@ -418,9 +390,7 @@ impl Sampler {
                 state,
                 metrics,
                 trace,
-                records: None,
-                unwritten: std::collections::VecDeque::new(),
-                store_failing: false,
+                to_store: None,
                 network: None,
                 peers: None,
                 running: None,
@@ -434,6 +404,7 @@ impl Sampler {
                 want_identity: BTreeSet::new(),
                 bad_identity: BTreeSet::new(),
             })),
+            store: None,
             last_completed_sweep: None,
             cfg,
             clock: Arc::new(SystemClock),
@@ -452,8 +423,13 @@ impl Sampler {
     }
 
     /// Keep finished-migration records in this file too.
-    pub fn with_records(self, log: RecordLog) -> Self {
-        self.core.lock().records = Some(log);
+    pub fn with_records(mut self, log: RecordLog) -> Self {
+        self.core.lock().to_store = Some(Vec::new());
+        self.store = Some(Arc::new(Mutex::new(RecordStore {
+            log,
+            unwritten: std::collections::VecDeque::new(),
+            failing: false,
+        })));
         self
     }
 
@@ -491,7 +467,9 @@ impl Sampler {
 
     /// Handle a connection or domain event.
     pub fn handle(&self, now: impl Into<Now>, ev: SourceEvent) -> Event {
-        self.core.lock().handle(now.into(), ev)
+        let step = self.core.lock().handle(now.into(), ev);
+        store_records(&self.core, self.store.as_ref());
+        step
     }
 
     /// Sample every active domain once: read libvirt without holding the lock, then apply.
@@ -576,6 +554,8 @@ impl Sampler {
         }
         drop(st);
         core.flush_trace();
+        drop(core);
+        store_records(&self.core, self.store.as_ref());
         result
     }
 
@@ -825,6 +805,7 @@ impl Rounds for JobsCollector {
         let rx = self.events.take()?;
         Some(Box::new(SourceEvents {
             core: self.sampler.core.clone(),
+            store: self.sampler.store.clone(),
             clock: self.sampler.clock.clone(),
             rx,
         }))
@@ -834,6 +815,7 @@ impl Rounds for JobsCollector {
 /// libvirt's events, handled as they come (not at the next round).
 struct SourceEvents {
     core: Arc<Mutex<Core>>,
+    store: Option<Arc<Mutex<RecordStore>>>,
     clock: Arc<dyn Clock>,
     rx: Receiver<SourceEvent>,
 }
@@ -841,11 +823,61 @@ struct SourceEvents {
 impl Events for SourceEvents {
     fn next(&mut self, timeout: Duration) -> Event {
         match self.rx.recv_timeout(timeout) {
-            Ok(ev) => self.core.lock().handle(self.clock.now(), ev),
+            Ok(ev) => {
+                let step = self.core.lock().handle(self.clock.now(), ev);
+                store_records(&self.core, self.store.as_ref());
+                step
+            }
             Err(RecvTimeoutError::Timeout) => Event::Idle,
             Err(RecvTimeoutError::Disconnected) => Event::Closed,
         }
     }
+}
+
+/// The record file and the records it refused (full, read-only), oldest first: written before
+/// any newer one once it takes them again (retried every round), so none is lost to a full disk.
+struct RecordStore {
+    log: RecordLog,
+    unwritten: std::collections::VecDeque<FinishedMigration>,
+    failing: bool,
+}
+
+impl RecordStore {
+    /// Append the records the disk has not taken yet, in order, until one fails.
+    fn store_unwritten(&mut self) {
+        let waiting = self.unwritten.len();
+        while let Some(f) = self.unwritten.front() {
+            if let Err(e) = self.log.append(f) {
+                // Logged once per outage, not once per round.
+                if !self.failing {
+                    warn!(error = %e, waiting = self.unwritten.len(), "cannot store a migration record; kept in memory and retried every round");
+                }
+                self.failing = true;
+                break;
+            }
+            self.unwritten.pop_front();
+        }
+        if self.unwritten.is_empty() && std::mem::take(&mut self.failing) {
+            info!(written = waiting, "migration records stored again");
+        }
+        while self.unwritten.len() > crate::records::log::IN_MEMORY {
+            self.unwritten.pop_front();
+            warn!("the record file has refused records for too long: dropping the oldest unwritten one");
+        }
+    }
+}
+
+/// Append what the core queued for the record file, and retry what the disk refused, with the
+/// core lock released: an append fsyncs. The store's lock is taken first, so records reach the
+/// file in the order the core queued them even when rounds and events both write.
+fn store_records(core: &Mutex<Core>, store: Option<&Arc<Mutex<RecordStore>>>) {
+    let Some(store) = store else {
+        return;
+    };
+    let mut store = store.lock();
+    let queued = core.lock().to_store.as_mut().map(std::mem::take);
+    store.unwritten.extend(queued.unwrap_or_default());
+    store.store_unwritten();
 }
 
 fn call_failed(core: &Mutex<Core>, call: Call, e: &SourceError) {
