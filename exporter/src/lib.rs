@@ -22,3 +22,6 @@ pub mod records;
 pub mod reload;
 pub mod settings;
 pub mod state;
+
+#[cfg(test)]
+mod module_graph;
