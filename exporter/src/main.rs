@@ -10,7 +10,7 @@ use vm_migration_exporter::settings::{self, CliError};
 use vm_migration_exporter::{daemon, logging};
 
 /// Longest a shutdown may take after SIGTERM/SIGINT (the HTTP drain takes up to 5 s of it);
-/// systemd's default stop timeout is 90 s, and issue 16 asks for 10 s.
+/// systemd's default stop timeout is 90 s; an exporter should be gone within 10 s.
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Exit code for bad flags or configuration, as clap and the Prometheus exporters use.

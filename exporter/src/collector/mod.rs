@@ -619,8 +619,8 @@ mod tests {
         }
     }
 
-    /// Issue 16: a panic in a collector's round ended its thread for good while the process
-    /// went on serving frozen series. Now the round counts as failed and the next one runs.
+    /// A panic in a collector's round must not end its thread (the process would go on serving
+    /// frozen series): the round counts as failed and the next one runs.
     #[test]
     fn a_panicking_round_fails_and_the_collector_goes_on() {
         let state = Statuses::default();

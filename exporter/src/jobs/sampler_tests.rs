@@ -233,8 +233,8 @@ fn disconnected_source_hides_jobs_and_reports_down() {
     );
 }
 
-/// Regression: the job-completed event used to bump the counter while the live snapshot still
-/// listed the job until the next round, so one scrape could show both.
+/// The job-completed event bumps the counter and removes the job from the live snapshot in one
+/// step, so no scrape shows both.
 #[test]
 fn completion_event_removes_the_live_job_at_once() {
     let mut recs = vec![TraceRecord::Connection {
@@ -297,9 +297,9 @@ fn last_series_are_dropped_after_the_retention_but_counters_stay() {
     assert!(kept.contains(finished), "{kept}");
 }
 
-/// Issue 16: /-/ready said 200 after a first round that ran before the connection was open, and
-/// a test then read `vm_migration_libvirt_up 0`. Ready now means a round ran after the first
-/// connection attempt's outcome: connected, or failed and reported as down.
+/// Ready means a round ran after the first connection attempt's outcome (connected, or failed
+/// and reported as down), not merely a round before the connection was open, which would let a
+/// client read `vm_migration_libvirt_up 0` from a "ready" exporter.
 #[test]
 fn ready_only_after_the_first_connection_outcome() {
     let round = |t| TraceRecord::Round { t, domains: vec![] };
@@ -419,8 +419,8 @@ fn flaky_sampler_with(
     (source, sampler, state, statuses, registry)
 }
 
-/// Issue 16, node_exporter's rule: a failed jobs round (libvirt up, but the listing failed)
-/// used to leave the last round's live job series in every scrape as if current.
+/// node_exporter's rule: after a failed jobs round (libvirt up, but the listing failed) the
+/// last round's live job series are not scraped as if current.
 #[test]
 fn a_failed_jobs_round_withholds_the_live_series() {
     let (source, mut sampler, _, statuses, registry) = flaky_sampler();
@@ -455,8 +455,8 @@ fn a_failed_jobs_round_withholds_the_live_series() {
     assert!(text(&registry).contains("vm_migration_job_active{"));
 }
 
-/// Issue 16: a sampler stuck in libvirt (no round for several intervals) turned /-/ready 503
-/// but its last live job series stayed in every scrape.
+/// A sampler stuck in libvirt (no round for several intervals) turns /-/ready 503 and its last
+/// live job series leave the scrape.
 #[test]
 fn a_stuck_sampler_withholds_the_live_series() {
     let (_, mut sampler, state, statuses, registry) = flaky_sampler();
@@ -492,7 +492,7 @@ fn completes_now(s: &Sampler) {
     s.handle(s.now(), SourceEvent::Domain(done));
 }
 
-/// Issue 16, through the sampler's clock seam: an NTP step (the wall clock an hour ahead)
+/// Through the sampler's clock seam: an NTP step (the wall clock an hour ahead)
 /// while a migrated-away domain waits for its completion event must not end the wait.
 #[test]
 fn a_wall_clock_step_does_not_skip_the_completion_grace() {
@@ -589,8 +589,8 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Issue 16: a record the disk refused (full) was lost: it stayed in memory only and was never
-/// written, though the disk took records again once space was freed.
+/// A record the disk refused (full) stays queued and is written once space is freed, not kept
+/// in memory only.
 #[test]
 fn records_a_full_disk_refused_are_written_once_space_is_freed() {
     let fs = Tmpfs::mount("64k").expect("mount a tmpfs (the tests run as root)");
@@ -643,7 +643,7 @@ fn info_line(metrics: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Issue 15: Nova's identity of a domain is in `vm_migration_domain_info` while it is listed,
+/// Nova's identity of a domain is in `vm_migration_domain_info` while it is listed,
 /// and its migration's record carries it (the domain had already left when the completion
 /// came).
 #[test]

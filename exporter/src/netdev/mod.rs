@@ -564,8 +564,8 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         );
     }
 
-    /// Issue 16, node_exporter's rule: a failed read used to leave the last counters in every
-    /// scrape beside `collector_success{collector="netdev"} 0`.
+    /// node_exporter's rule: after a failed read no stale counters are scraped beside
+    /// `collector_success{collector="netdev"} 0`.
     #[test]
     fn a_failed_read_withholds_the_device_series() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -595,8 +595,8 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         assert!(crate::jobs::replay::text(&registry).contains("device=\"eth0\""));
     }
 
-    /// Issue 16: tap devices come and go with their guests; the link-speed map kept every name
-    /// ever seen, and nothing capped the histories.
+    /// Tap devices come and go with their guests: the link-speed map and the histories must
+    /// not keep every name ever seen.
     #[test]
     fn ten_thousand_tap_devices_coming_and_going_leave_bounded_state() {
         let mut h = TxHistory::default();

@@ -349,7 +349,7 @@ mod tests {
         assert!(d.running.is_empty() && d.pids.is_empty());
     }
 
-    /// Issue 16: an impostor (a user's process with the domain's `-uuid` and a connection to
+    /// An impostor (a user's process with the domain's `-uuid` and a connection to
     /// an address of the user's choosing) listed before the real QEMU must not be probed.
     #[test]
     fn an_impostor_process_is_not_taken_for_qemu() {
@@ -433,7 +433,7 @@ mod tests {
     /// Set in the copy of this test that runs as the unprivileged user.
     const AS_TESTER: &str = "VME_DISCOVERY_TEST_AS_TESTER";
 
-    /// Issue 15: a QEMU whose fd table the exporter may not read (no CAP_SYS_PTRACE /
+    /// A QEMU whose fd table the exporter may not read (no CAP_SYS_PTRACE /
     /// CAP_DAC_READ_SEARCH) fails the discovery round, with one log line naming the fd table
     /// and the capabilities, however many rounds fail; readable again, it says so once.
     /// The EACCES is real: root reads a mode-000 directory anyway, so as root the test runs

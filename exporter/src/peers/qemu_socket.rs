@@ -327,8 +327,8 @@ mod tests {
         .expect("write");
     }
 
-    /// Issue 16: any process with `-uuid <uuid>` in its command line was taken for the
-    /// domain's QEMU, so a local user could make the exporter probe an address of theirs.
+    /// Not every process with `-uuid <uuid>` in its command line is the domain's QEMU: else a
+    /// local user could make the exporter probe an address of theirs.
     #[test]
     fn only_qemu_run_as_a_trusted_user_is_taken() {
         let dir = tempfile::tempdir().expect("tempdir");
