@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::holdback::Holdback;
+use super::metrics::{SharedAppStats, TargetStats};
 use super::outage::{ProbeResult, TargetTrack};
 use super::probe::{http_client, probe, ProbeOutcome};
 use super::targets::{AppSettings, Target};
@@ -71,30 +72,6 @@ pub fn duration_buckets() -> impl Iterator<Item = f64> {
 pub fn outage_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 15)
 }
-
-/// Live figures of one target, read by scrapes.
-#[derive(Debug)]
-pub struct TargetStats {
-    pub domain: DomainId,
-    pub target: String,
-    pub up: Option<bool>,
-    pub outage_seconds: f64,
-    pub results: [u64; ProbeOutcome::ALL.len()],
-    pub duration: Histogram,
-}
-
-/// Everything the `vm_migration_app_*` families show.
-#[derive(Debug, Default)]
-pub struct AppStats {
-    /// By (domain uuid, target name).
-    pub targets: BTreeMap<(String, String), TargetStats>,
-    /// Longest outage of each domain's last migration, by (domain, target).
-    pub last_outage: BTreeMap<(DomainId, String), f64>,
-    /// Outages over finished migrations, by mode.
-    pub migration_outage: BTreeMap<&'static str, Histogram>,
-}
-
-pub type SharedAppStats = Arc<Mutex<AppStats>>;
 
 /// A target whose domain left is dropped at the latest this long after twice the settle period,
 /// even if the migration's record never came (libvirt lost the event, the holdback gave up).

@@ -11,3 +11,17 @@ pub mod sampler;
 pub mod stats;
 pub mod trace;
 pub mod tracker;
+
+/// What the jobs module's unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::libvirt::jobs::{ParamValue, Params};
+
+    /// libvirt typed parameters from (name, unsigned value) pairs.
+    pub(crate) fn params(pairs: &[(&str, u64)]) -> Params {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
+            .collect()
+    }
+}

@@ -3,20 +3,14 @@
 
 use super::*;
 use crate::jobs::replay::{text, Replay};
-use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, ParamValue, Params, RawJob};
+use crate::jobs::test_support::params as p;
+use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, RawJob};
 
 fn dom() -> DomainId {
     DomainId {
         name: "g1".into(),
         uuid: "0b0b0b0b-0000-4000-8000-000000000001".into(),
     }
-}
-
-fn p(pairs: &[(&str, u64)]) -> Params {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
-        .collect()
 }
 
 fn running(t: f64, elapsed: u64, remaining: u64) -> Vec<TraceRecord> {

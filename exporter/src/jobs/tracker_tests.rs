@@ -3,6 +3,7 @@
 use super::*;
 use crate::clock::Now;
 use crate::jobs::convergence::Verdict;
+use crate::jobs::test_support::params;
 use crate::libvirt::jobs::{job_operation, ParamValue, Params};
 
 fn dom() -> DomainId {
@@ -10,13 +11,6 @@ fn dom() -> DomainId {
         name: "g1".into(),
         uuid: "11111111-2222-4333-8444-555555555555".into(),
     }
-}
-
-fn params(pairs: &[(&str, u64)]) -> Params {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
-        .collect()
 }
 
 /// A running outgoing migration sample at `elapsed_ms` with `remaining` bytes left.

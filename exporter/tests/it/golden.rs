@@ -195,12 +195,11 @@ fn every_family() -> String {
     );
     // One probed guest service: two good probes and a refused one, and one finished migration
     // with its app-observed outage.
-    let app = vm_migration_exporter::app::collector::SharedAppStats::default();
+    let app = vm_migration_exporter::app::metrics::SharedAppStats::default();
     {
         use prometheus_client::metrics::histogram::Histogram;
-        use vm_migration_exporter::app::collector::{
-            duration_buckets, outage_buckets, TargetStats,
-        };
+        use vm_migration_exporter::app::collector::{duration_buckets, outage_buckets};
+        use vm_migration_exporter::app::metrics::TargetStats;
         let mut g = app.lock();
         let duration = Histogram::new(duration_buckets());
         for l in [0.002, 0.003, 0.0001] {
