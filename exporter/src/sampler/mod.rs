@@ -28,6 +28,7 @@ use crate::libvirt::jobs::{
 use crate::metrics::Metrics;
 use crate::migration::stats::JobStats;
 use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
+use crate::net::probing::RunningJob;
 use crate::state::SharedState;
 use crate::store::RecordLog;
 use crate::trace::{TraceRecord, TraceWriter};
@@ -75,7 +76,7 @@ struct Core {
     /// Probe results of the peers discovered for migrations, for their records.
     peers: Option<crate::net::peers::PeerState>,
     /// The running jobs, for peer discovery (woken when they change).
-    running: Option<Feed<Vec<DomainId>>>,
+    running: Option<Feed<Vec<RunningJob>>>,
     /// Domains and running jobs, for the app collector; its held-back records.
     app: Option<(
         crate::app_qos::collector::SharedHostView,
@@ -221,7 +222,15 @@ impl Core {
     fn publish_active(&mut self) {
         let active: Vec<_> = self.tracker.active_jobs().cloned().collect();
         if let Some(feed) = &self.running {
-            feed.publish(active.iter().map(|j| j.domain.clone()).collect());
+            feed.publish(
+                active
+                    .iter()
+                    .map(|j| RunningJob {
+                        domain: j.domain.clone(),
+                        direction: j.stats.direction(),
+                    })
+                    .collect(),
+            );
         }
         if let Some((view, _)) = &self.app {
             view.publish(crate::app_qos::collector::HostView {
@@ -475,7 +484,7 @@ impl Sampler {
     }
 
     /// Publish the running jobs into `feed` (peer discovery reads it).
-    pub fn with_running_jobs(self, feed: Feed<Vec<DomainId>>) -> Self {
+    pub fn with_running_jobs(self, feed: Feed<Vec<RunningJob>>) -> Self {
         self.core.lock().running = Some(feed);
         self
     }
