@@ -52,7 +52,7 @@ mkdir -p "$tmp/ctx"
 strip -o "$tmp/ctx/vm-migration-exporter" target/debug/vm-migration-exporter
 podman build --quiet --pull=never --build-arg BASE="$base" -f packaging/Containerfile -t "$image" "$tmp/ctx" >/dev/null
 echo "check-container: built $image ($(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')) on $base"
-podman run --rm --read-only --cap-drop all "$image" --version | grep -q '^vm-migration-exporter ' \
+timeout 120 podman run --rm --read-only --cap-drop all "$image" --version | grep -q '^vm-migration-exporter ' \
   || { echo "check-container: the image's binary does not run"; exit 1; }
 
 port=${CONTAINER_CHECK_PORT:-19746}
@@ -61,10 +61,11 @@ podman run -d --name "$smoke" --label vm-migration-exporter-check=1 --network ho
   "$image" "--web.listen-address=127.0.0.1:$port" --libvirt.uri=test:///default --storage.path= >/dev/null
 ok=""
 for _ in $(seq 1 100); do
-  if curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^vm_migration_libvirt_up 1'; then ok=1; break; fi
+  # Read whole, then matched: curl piped into grep -q fails on SIGPIPE under pipefail.
+  if m=$(curl -fs --max-time 2 "http://127.0.0.1:$port/metrics") && grep -q '^vm_migration_libvirt_up 1' <<<"$m"; then ok=1; break; fi
   sleep 0.1
 done
-[ -n "$ok" ] || { podman logs "$smoke" | tail -20; echo "check-container: no vm_migration_libvirt_up 1 from the container"; exit 1; }
+[ -n "$ok" ] || { timeout 30 podman logs "$smoke" 2>&1 | tail -20; echo "check-container: no vm_migration_libvirt_up 1 from the container"; exit 1; }
 podman rm -f -t 1 "$smoke" >/dev/null 2>&1; smoke=""
 echo "check-container: the container (read-only root, no capabilities) serves /metrics with libvirt_up 1"
 

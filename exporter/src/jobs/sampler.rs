@@ -27,6 +27,7 @@ use crate::jobs::tracker::{FinishedMigration, JobObservation, Round, Tracker};
 use crate::libvirt::jobs::{
     lifecycle, Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent,
 };
+use crate::peers::discovery::RunningJob;
 use crate::records::log::RecordLog;
 use crate::state::SharedState;
 
@@ -82,7 +83,7 @@ struct Core {
     /// Probe results of the peers discovered for migrations, for their records.
     peers: Option<crate::peers::state::PeerState>,
     /// The running jobs, for peer discovery (woken when they change).
-    running: Option<Feed<Vec<DomainId>>>,
+    running: Option<Feed<Vec<RunningJob>>>,
     /// Domains and running jobs, for the app collector; its held-back records.
     app: Option<(
         crate::app::collector::SharedHostView,
@@ -230,7 +231,15 @@ impl Core {
     fn publish_active(&mut self) {
         let active: Vec<_> = self.tracker.active_jobs().cloned().collect();
         if let Some(feed) = &self.running {
-            feed.publish(active.iter().map(|j| j.domain.clone()).collect());
+            feed.publish(
+                active
+                    .iter()
+                    .map(|j| RunningJob {
+                        domain: j.domain.clone(),
+                        direction: j.stats.direction(),
+                    })
+                    .collect(),
+            );
         }
         if let Some((view, _)) = &self.app {
             view.publish(crate::app::collector::HostView {
@@ -460,7 +469,7 @@ impl Sampler {
     }
 
     /// Publish the running jobs into `feed` (peer discovery reads it).
-    pub fn with_running_jobs(self, feed: Feed<Vec<DomainId>>) -> Self {
+    pub fn with_running_jobs(self, feed: Feed<Vec<RunningJob>>) -> Self {
         self.core.lock().running = Some(feed);
         self
     }

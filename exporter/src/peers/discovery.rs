@@ -16,6 +16,7 @@ use super::state::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED}
 use crate::collector::{Collect, CollectError, Feed, Name, Registration, Rounds};
 use crate::libvirt::jobs::DomainId;
 use crate::netdev::routes;
+use crate::record::Direction;
 
 /// How often discovery looks without being woken (a job's socket appears a moment after the
 /// job starts).
@@ -53,18 +54,25 @@ pub const DISCOVERED_PROBES: &str = "discovery_probe";
 
 /// The domains whose migration jobs run, as the jobs collector publishes them for discovery.
 #[derive(Clone, Debug)]
-pub struct RunningJobs(pub Feed<Vec<DomainId>>);
+pub struct RunningJobs(pub Feed<Vec<RunningJob>>);
 
 /// The `discovery` collector: a pass whenever the sampler says the running jobs changed, and at
 /// least every second.
 pub struct DiscoveryCollector {
     discoverer: Discoverer,
-    jobs: Feed<Vec<DomainId>>,
+    jobs: Feed<Vec<RunningJob>>,
+}
+
+/// A running job as discovery needs it: which domain, and which side of it this host is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningJob {
+    pub domain: DomainId,
+    pub direction: Direction,
 }
 
 impl DiscoveryCollector {
     /// `jobs` is published by the jobs sampler, which wakes this collector through it.
-    pub fn new(discoverer: Discoverer, jobs: Feed<Vec<DomainId>>) -> Self {
+    pub fn new(discoverer: Discoverer, jobs: Feed<Vec<RunningJob>>) -> Self {
         DiscoveryCollector { discoverer, jobs }
     }
 }
@@ -77,13 +85,9 @@ impl Collect for DiscoveryCollector {
 
 impl Rounds for DiscoveryCollector {
     fn round(&mut self) -> Result<(), CollectError> {
-        let jobs: Vec<(String, String)> = self
-            .jobs
-            .get()
-            .into_iter()
-            .map(|d| (d.name, d.uuid))
-            .collect();
-        self.discoverer.tick(&jobs).map_err(CollectError::new)
+        self.discoverer
+            .tick(&self.jobs.get())
+            .map_err(CollectError::new)
     }
 
     fn period(&self) -> Duration {
@@ -145,16 +149,17 @@ impl Discoverer {
         }
     }
 
-    /// One pass over the running jobs `(name, uuid)`: start probing the peers of new ones, stop
+    /// One pass over the running jobs: start probing the peers of new ones, stop
     /// probing peers nobody migrates to any more. An error when procfs or a QEMU process's fd
     /// table could not be read (the other jobs are still handled).
-    pub fn tick(&mut self, jobs: &[(String, String)]) -> Result<(), DiscoveryError> {
+    pub fn tick(&mut self, jobs: &[RunningJob]) -> Result<(), DiscoveryError> {
         let mut failure = match std::fs::metadata(&self.procfs) {
             Ok(_) => None,
             Err(_) => Some(DiscoveryError::Procfs(self.procfs.display().to_string())),
         };
-        let live: HashSet<&str> = jobs.iter().map(|(_, u)| u.as_str()).collect();
-        for (name, uuid) in jobs {
+        let live: HashSet<&str> = jobs.iter().map(|j| j.domain.uuid.as_str()).collect();
+        for job in jobs {
+            let (name, uuid) = (&job.domain.name, &job.domain.uuid);
             let known = self
                 .peers
                 .lock()
@@ -173,7 +178,7 @@ impl Discoverer {
                 {
                     Some(*p)
                 }
-                _ => qemu_socket::find_qemu_pid(&self.procfs, uuid, &self.trust),
+                _ => qemu_socket::find_qemu_pid(&self.procfs, uuid, &self.trust, job.direction),
             };
             let Some(pid) = pid else { continue };
             self.pids.insert(uuid.clone(), pid);
@@ -317,6 +322,17 @@ mod tests {
         )
     }
 
+    /// The outgoing migration of domain `g` (UUID).
+    fn job() -> RunningJob {
+        RunningJob {
+            domain: DomainId {
+                name: "g".into(),
+                uuid: UUID.into(),
+            },
+            direction: Direction::Out,
+        }
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -329,7 +345,7 @@ mod tests {
         let rt = runtime();
         let dir = procfs(true);
         let mut d = discoverer(dir.path(), &rt);
-        let jobs = vec![("g".to_string(), UUID.to_string())];
+        let jobs = vec![job()];
         d.tick(&jobs).expect("readable");
         let peer = d.peers.discovered_peer(UUID).expect("discovered");
         assert_eq!(peer.address, "10.77.0.2".parse::<IpAddr>().expect("ip"));
@@ -373,8 +389,7 @@ mod tests {
         .expect("write");
         std::os::unix::fs::symlink("socket:[7001]", fake.join("fd/3")).expect("symlink");
         let mut d = discoverer(dir.path(), &rt);
-        d.tick(&[("g".to_string(), UUID.to_string())])
-            .expect("readable");
+        d.tick(&[job()]).expect("readable");
         let peer = d.peers.discovered_peer(UUID).expect("discovered");
         assert_eq!(
             peer.address,
@@ -389,7 +404,7 @@ mod tests {
         let rt = runtime();
         let dir = procfs(false);
         let mut d = discoverer(dir.path(), &rt);
-        let jobs = vec![("g".to_string(), UUID.to_string())];
+        let jobs = vec![job()];
         d.tick(&jobs).expect("readable");
         assert_eq!(d.peers.discovered_peer(UUID), None);
         assert_eq!(d.pids.get(UUID), Some(&4242), "the QEMU pid is remembered");
@@ -422,54 +437,48 @@ mod tests {
         (out, text.lines().map(str::to_string).collect())
     }
 
-    /// This test's name as the test binary knows it (the module path without the crate's), so
-    /// the copy run as `tester` finds it wherever the module lives.
-    fn this_test_name() -> String {
-        let module = module_path!();
-        let module = module.split_once("::").map_or(module, |(_, m)| m);
-        format!("{module}::an_unreadable_fd_table_fails_the_round_and_is_logged_once")
+    /// This thread without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH in its effective set while
+    /// it lives: it gets the EACCES that the exporter without its capabilities gets from
+    /// another user's `/proc/<pid>/fd`, as root or not (capabilities are per thread; the
+    /// permitted set stays, so they come back on drop, also when the test panics).
+    struct WithoutDacCapabilities(rustix::thread::CapabilitySets);
+
+    impl WithoutDacCapabilities {
+        fn new() -> Self {
+            use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
+            let before = capabilities(None).expect("capget");
+            let mut sets = before;
+            sets.effective
+                .remove(CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH);
+            set_capabilities(None, sets).expect("capset: lower this thread's effective set");
+            WithoutDacCapabilities(before)
+        }
     }
 
-    /// Set in the copy of this test that runs as the unprivileged user.
-    const AS_TESTER: &str = "VME_DISCOVERY_TEST_AS_TESTER";
+    impl Drop for WithoutDacCapabilities {
+        fn drop(&mut self) {
+            let _ = rustix::thread::set_capabilities(None, self.0);
+        }
+    }
 
     /// A QEMU whose fd table the exporter may not read (no CAP_SYS_PTRACE /
     /// CAP_DAC_READ_SEARCH) fails the discovery round, with one log line naming the fd table
     /// and the capabilities, however many rounds fail; readable again, it says so once.
-    /// The EACCES is real: root reads a mode-000 directory anyway, so as root the test runs
-    /// itself again as the unprivileged user `tester` (setpriv, no capabilities).
+    /// The EACCES is the kernel's: a mode-000 directory read by a thread without the DAC
+    /// capabilities (root's uid alone does not read it), whoever runs the test.
     #[test]
     fn an_unreadable_fd_table_fails_the_round_and_is_logged_once() {
         use std::os::unix::fs::PermissionsExt;
         let dir = procfs(true);
         let fd = dir.path().join("4242/fd");
         std::fs::set_permissions(&fd, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-        if std::fs::read_dir(&fd).is_ok() {
-            assert!(
-                std::env::var_os(AS_TESTER).is_none(),
-                "even as tester the mode-000 directory was readable"
-            );
-            let exe = std::env::current_exe().expect("test binary");
-            let out = std::process::Command::new("setpriv")
-                .args(["--reuid=tester", "--regid=tester", "--clear-groups"])
-                .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
-                .arg(exe)
-                .args(["--exact", &this_test_name(), "--nocapture"])
-                .env(AS_TESTER, "1")
-                .current_dir("/")
-                .output()
-                .expect("setpriv (util-linux) runs the test as tester");
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success() && text.contains("1 passed"),
-                "as tester: {text}"
-            );
-            return;
-        }
+        let caps = WithoutDacCapabilities::new();
+        let denied = std::fs::read_dir(&fd).map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(
+            denied,
+            Err(std::io::ErrorKind::PermissionDenied),
+            "the mode-000 directory must be unreadable to this thread"
+        );
         let rt = runtime();
         let statuses = crate::collector::Statuses::default();
         let mut runner = crate::collector::Runner::new(
@@ -478,10 +487,7 @@ mod tests {
             [Name::Discovery].into_iter().collect(),
         );
         let feed = Feed::new(runner.waker(Name::Discovery));
-        feed.publish(vec![DomainId {
-            name: "g".into(),
-            uuid: UUID.into(),
-        }]);
+        feed.publish(vec![job()]);
         let mut c = DiscoveryCollector::new(discoverer(dir.path(), &rt), feed);
         let (ok, log) = logged(|| {
             (0..3)
@@ -506,6 +512,7 @@ mod tests {
         }
         assert_eq!(c.discoverer.peers.discovered_peer(UUID), None);
         std::fs::set_permissions(&fd, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        drop(caps);
         let (ok, log) =
             logged(|| crate::collector::execute(&statuses, Name::Discovery, || c.round()));
         assert!(ok, "readable again: the round succeeds");
