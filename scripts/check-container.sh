@@ -70,10 +70,15 @@ version=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Car
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 source_url=$(git remote get-url origin 2>/dev/null || echo "file://$root")
+# cargo in the builder reaches crates.io with this machine's CA bundle (which has any CA that a
+# TLS-inspecting proxy here needs), mounted read-only over the builder's own.
+ca=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
+ca_mount=()
+[ -f "$ca" ] && ca_mount=(--volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro")
 old_id=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 echo "check-container: podman build -f packaging/Containerfile . (BUILDER=$builder, PROFILE=$profile)"
 t0=$(date +%s)
-podman build --quiet --pull=never --layers=false --network=host --build-arg BUILDER="$builder" \
+podman build --quiet --pull=never --layers=false --network=host "${ca_mount[@]}" --build-arg BUILDER="$builder" \
   --build-arg PROFILE="$profile" --build-arg REVISION="$revision" --build-arg CREATED="$created" \
   --build-arg SOURCE="$source_url" -f packaging/Containerfile -t "$image" . >"$tmp/build.log" 2>&1 \
   || { tail -30 "$tmp/build.log" >&2; fail "podman build -f packaging/Containerfile . failed (the end of its log is above)"; }
