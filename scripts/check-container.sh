@@ -119,6 +119,7 @@ if [ "${CONTAINER_LAB:-1}" != 0 ]; then
   # The Helm chart's DaemonSet container (defaults, this image), which
   # packaging/container/podman-exporter runs with podman in place of the binary.
   render=$tmp/chart.yaml
+  [ -x helm/check/bin/helm ] || fail "helm/check/bin/helm is missing: run bash scripts/install-deps.sh"
   helm/check/bin/helm template vmx helm/vm-migration-exporter --set image.registry=localhost \
     --set image.repository=vm-migration-exporter --set image.tag=check >"$render"
   echo "check-container: live migration in the lab watched by the chart's DaemonSet container (podman)"
