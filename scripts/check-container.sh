@@ -16,7 +16,8 @@
 #     the lab watched by the image run as the Helm chart's DaemonSet container (its security
 #     context, host namespaces, hostPath mounts and args, translated to podman by
 #     packaging/container/podman-exporter), with the lab's real libvirtd socket directory mounted
-#     read-only. The lab is machine-wide: the test takes the lab's lock itself.
+#     read-only. The lab is machine-wide: run this under flock /tmp/vm-migration-lab.lock, as
+#     the other lab tests.
 # CONTAINER_PROFILE=dev builds the binary with cargo's dev profile (faster; larger image, so
 # the size budget is then not checked). Needs root (podman, mmdebstrap); tools from
 # scripts/install-deps.sh.
