@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Builds the .deb (cargo-deb, with the unit, the defaults file, the maintainer scripts and the man
-# page rendered by packaging/man), installs it on this machine, checks the unit
-# (systemd-analyze verify prints nothing; security exposure), starts the installed binary the way
-# the unit does (its user, ambient capabilities, umask, LimitNOFILE, EnvironmentFile) and scrapes
-# it, checks each capability is the one its feature needs, then purges the package.
+# Builds the .deb with scripts/build-deb.sh (cargo-deb, with the unit, the defaults file, the
+# maintainer scripts and the man page rendered by packaging/man), installs it on this machine,
+# checks the unit (systemd-analyze verify prints nothing; security exposure), starts the installed
+# binary the way the unit does (its user, ambient capabilities, umask, LimitNOFILE,
+# EnvironmentFile) and scrapes it, checks each capability is the one its feature needs, then
+# purges the package.
 #
-# The test package carries the debug binary that the test run already built (cargo build):
+# The test package carries the debug binary (--profile dev; the test run has built it already):
 # cargo-deb warns that the dev profile is not for releases. A release package:
-#   cargo run -q -p vm-migration-exporter-man | gzip -9n > target/man/vm-migration-exporter.1.gz
-#   cargo-deb -p vm-migration-exporter
+#   bash scripts/build-deb.sh
 # Needs root (dpkg -i). Machine-wide (the package, its user): one run at a time (flock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,13 +48,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "check-deb: $*" >&2; [ -f "$tmp/log" ] && tail -20 "$tmp/log" >&2; exit 1; }
 
-mkdir -p target/man target/deb
-cargo build -q --locked --bin "$pkg"
-cargo run -q --locked -p vm-migration-exporter-man | gzip -9n > target/man/$pkg.1.gz
-rm -f target/deb/"$pkg"_*.deb
-cargo-deb -q -p "$pkg" --profile dev --no-build --strip -o target/deb/ 2>&1 \
-  | grep -v -e 'dev profile is not supported' -e 'enable debug symbols' || true
-deb=$(ls target/deb/"$pkg"_*.deb)
+deb=$(bash scripts/build-deb.sh --profile dev | tail -1) || fail "bash scripts/build-deb.sh --profile dev failed (above)"
 dpkg-deb -c "$deb" | awk '{sub(/^\.?\//, "", $6); print $6}' | sort > "$tmp/contents"
 for f in usr/bin/$pkg lib/systemd/system/$pkg.service etc/default/$pkg \
   usr/share/man/man1/$pkg.1.gz usr/share/doc/$pkg/copyright; do
