@@ -71,9 +71,9 @@ mod tests {
 
     #[test]
     fn probe_lines_become_relative_times() {
-        let log = "ts=2026-11-27T20:20:00Z level=debug target=vm_migration_exporter::app_qos::collector message=\"app probe\" domain=g target=http sent=1000.5 latency_ms=2.5 result=success\n\
+        let log = "ts=2026-11-27T20:20:00Z level=debug target=vm_migration_exporter::app::collector message=\"app probe\" domain=g target=http sent=1000.5 latency_ms=2.5 result=success\n\
                    ts=2026-11-27T20:20:00Z level=debug target=log message=\"starting new connection\"\n\
-                   ts=2026-11-27T20:20:01Z level=debug target=vm_migration_exporter::app_qos::collector message=\"app probe\" domain=g target=http sent=1001 latency_ms=1001.6 result=timeout\n\
+                   ts=2026-11-27T20:20:01Z level=debug target=vm_migration_exporter::app::collector message=\"app probe\" domain=g target=http sent=1001 latency_ms=1001.6 result=timeout\n\
                    ts=2026-11-27T20:20:01Z level=debug message=\"app probe\" sent=oops latency_ms=1 result=success\n";
         let p = probes_from_log(log, 1000.0);
         assert_eq!(

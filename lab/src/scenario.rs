@@ -16,6 +16,10 @@ use crate::{Lab, LabError};
 /// 5 s.
 const INTEGRITY_WAIT: Duration = Duration::from_secs(12);
 
+/// How long `virsh migrate` may run past the scenario's deadline (its abort): a migration
+/// already in post-copy cannot be aborted and finishes its copy first.
+const ABORT_GRACE: Duration = Duration::from_secs(300);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -183,7 +187,7 @@ impl Drop for GuestGuard {
     fn drop(&mut self) {
         for uri in &self.uris {
             // Not running there (or already gone) is fine: destroy just fails.
-            let _ = Command::new("virsh")
+            let _ = testkit::bounded("virsh", testkit::VIRSH_TIMEOUT)
                 .args(["-c", uri, "destroy", &self.name])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -381,6 +385,16 @@ impl Lab {
                 break st;
             }
             let el = started.elapsed();
+            // The abort at the deadline ends virsh within seconds; one that still runs long
+            // after is killed, so a wedged daemon cannot hang the run.
+            if el >= s.deadline + ABORT_GRACE {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LabError::Migration(format!(
+                    "virsh migrate still ran {ABORT_GRACE:?} after the deadline ({:?}) and its abort; killed",
+                    s.deadline
+                )));
+            }
             let o = observe(&exporter.metrics(), name, el.as_secs_f64());
             progress(&o);
             observations.push(o);
