@@ -56,6 +56,9 @@ pub fn record(exporter: &Exporter, s: &Scenario, domain: &str) -> Option<serde_j
                 let path_known = s.rtt_ms.is_none() || !e["path"]["window_rate"].is_null();
                 e["what_if"] = report["what_if"].clone();
                 e["window"] = report["window"].clone();
+                // When the round that sampled the guest began (Unix s): the guest keeps writing
+                // between the forecast and the migration, and a comparison needs to know how long.
+                e["updated_at"] = report["updated_at"].clone();
                 if measured && path_known {
                     return Some(e);
                 }
@@ -247,6 +250,8 @@ mod tests {
             app_after: None,
             ended_s: None,
             switchover_s: None,
+            job_started_s: None,
+            metrics_url: None,
             app_probes: Vec::new(),
         }
     }
