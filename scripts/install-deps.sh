@@ -123,12 +123,6 @@ fi
 
 [ "$set_name" = test ] || exit 0
 
-# The unit test of the probe's unreadable-fd-table path re-runs itself as this unprivileged user.
-step="user tester"
-hint="create it by hand: useradd --system --user-group --no-create-home tester"
-id tester >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
-  --shell /usr/sbin/nologin tester
-
 # npm type-checks the dashboards against @grafana/schema. Only installed when missing: some images
 # ship Node.js from another package that Debian's npm would conflict with.
 step="nodejs and npm"
