@@ -8,8 +8,8 @@ use serde_json::Value;
 use vm_migration_exporter::migration::tracker::FinishedMigration;
 use vm_migration_exporter::store::{RecordLog, StoreOp};
 
-use crate::support::exporter::{value, RunningExporter, BIN};
 use crate::support::poll_until;
+use crate::support::{value, Exporter, BIN};
 
 fn record(name: &str, uuid: &str, finished_at: f64, outcome: &str) -> String {
     serde_json::json!({
@@ -28,17 +28,20 @@ fn record(name: &str, uuid: &str, finished_at: f64, outcome: &str) -> String {
 }
 
 /// The exporter with its records under `dir`.
-fn start_on(dir: &std::path::Path) -> RunningExporter {
+fn start_on(dir: &std::path::Path) -> Exporter {
     let storage = dir.to_string_lossy().to_string();
-    RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--storage.path",
-        &storage,
-    ])
+    Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--storage.path",
+            &storage,
+        ],
+    )
 }
 
-fn get_json(e: &RunningExporter, path: &str) -> (u16, Value) {
+fn get_json(e: &Exporter, path: &str) -> (u16, Value) {
     let (status, body) = e.get(path);
     (
         status,
@@ -159,7 +162,7 @@ fn unusable_storage_is_bad_configuration() {
     assert!(err.contains("--storage.path") && err.contains(&p), "{err}");
 }
 
-/// The record file can never keep the exporter from starting (issue 16): damage before the last
+/// The record file can never keep the exporter from starting: damage before the last
 /// line moves the file aside, keeps every valid record and names the moved file in the log and
 /// in a metric.
 #[test]
@@ -227,7 +230,7 @@ fn damaged_record_file_is_moved_aside_valid_records_kept() {
     assert_eq!(value(&m, "vm_migration_storage_records"), Some(2.0), "{m}");
 }
 
-/// A write torn inside a multi-byte UTF-8 character made every start fail (issue 16).
+/// A write torn inside a multi-byte UTF-8 character does not keep the exporter from starting.
 #[test]
 fn torn_last_line_inside_a_utf8_character_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
