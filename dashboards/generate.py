@@ -282,8 +282,8 @@ def detail():
                    [target(f"vm_migration_data_remaining_bytes{{{DOM}}}", "{{domain}}")], 0, 0, unit="bytes"),
         timeseries("Dirty rate vs transfer rate", "Pre-copy converges only while the guest dirties memory "
                    "slower than the link sends it.",
-                   [target(f"vm_migration_dirty_memory_rate_bytes{{{DOM}}}", "dirty {{domain}}"),
-                    target(f"vm_migration_memory_transfer_rate_bytes{{{DOM}}}", "transfer {{domain}}")],
+                   [target(f"vm_migration_dirty_memory_rate_bytes_per_second{{{DOM}}}", "dirty {{domain}}"),
+                    target(f"vm_migration_memory_transfer_rate_bytes_per_second{{{DOM}}}", "transfer {{domain}}")],
                    12, 0, unit="Bps"),
         timeseries("Memory pass (iteration)", "The pass over guest memory; a climbing count with no fall in "
                    "data remaining means no convergence.",
@@ -311,7 +311,7 @@ def detail():
                    "(0..1) and pages faulted over the network per second in post-copy.",
                    [target(f"vm_migration_auto_converge_throttle_ratio{{{DOM}}}", "throttle {{domain}}",
                            unit="percentunit"),
-                    target(f"deriv(vm_migration_postcopy_page_requests{{{DOM}}}[1m])", "page requests/s {{domain}}",
+                    target(f"rate(vm_migration_postcopy_page_requests_total{{{DOM}}}[1m])", "page requests/s {{domain}}",
                            unit="reqps")],
                    12, 22),
         timeseries("NIC transmit throughput", "Bytes per second sent by each NIC of the host, on the same "
@@ -354,7 +354,7 @@ def network():
         timeseries("NIC throughput vs link speed", "Transmit and receive rate of each NIC, with its link speed.",
                    [target(f"rate(vm_migration_network_transmit_bytes_total{{{HOST}}}[{RATE}])", "tx {{device}}"),
                     target(f"rate(vm_migration_network_receive_bytes_total{{{HOST}}}[{RATE}])", "rx {{device}}"),
-                    target(f"vm_migration_network_speed_bytes{{{HOST}}}", "link {{device}}")], 0, 0, unit="Bps"),
+                    target(f"vm_migration_network_speed_bytes_per_second{{{HOST}}}", "link {{device}}")], 0, 0, unit="Bps"),
         timeseries("NIC drops and errors", "Packets dropped or in error per second.",
                    [target(f"rate(vm_migration_network_transmit_drops_total{{{HOST}}}[{RATE}])", "tx drops {{device}}"),
                     target(f"rate(vm_migration_network_receive_drops_total{{{HOST}}}[{RATE}])", "rx drops {{device}}"),

@@ -9,7 +9,11 @@
 #  5. the PrometheusRule's groups through promtool check rules, and alerts/tests against them;
 #  6. every helm/check/bad-values/*.yaml is rejected with the message its first line expects;
 #  7. every flag the DaemonSet passes is one the exporter knows (when it is built); the forecast
-#     values become their --forecast.* flags.
+#     values become their --forecast.* flags;
+#  8. every deployment route (the chart's ServiceMonitor and PodMonitor, packaging/openstack-helm,
+#     the plain scrape config of the .deb and the container): the scrape config its monitor
+#     implies, a real Prometheus scraping a real exporter through it with the route's rules, and
+#     those rules select it (helm/check/routes.py; when the exporter is built).
 # Tools: scripts/install-deps.sh (npm ci in helm/check, helm from the kubectl layer, pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +59,16 @@ python3 alerts/check_rules.py "$out/full.rules.yml" "$full_selector" "$full_base
 grep -q 'targetLabel: job' "$out/full.yaml" && grep -q 'replacement: vmx' "$out/full.yaml" \
   || { echo "check-helm: serviceMonitor.job/podMonitor.job did not become a job relabeling"; exit 1; }
 echo "check-helm: full values: selector $full_selector on every exporter series, runbook_url from $full_base, monitors set job"
+# An empty prometheusRule.selector leaves the expressions without one (and valid: no `up{}`).
+"$helm" template vmx "$chart" --set prometheusRule.enabled=true --set prometheusRule.selector= \
+  --show-only templates/prometheusrule.yaml >"$out/no-selector.yaml"
+python3 "$check/split.py" "$out/no-selector.yaml" "$out" >/dev/null
+promtool check rules "$out/no-selector.rules.yml" >/dev/null \
+  || { promtool check rules "$out/no-selector.rules.yml"; echo "check-helm: prometheusRule.selector=\"\" renders invalid rules"; exit 1; }
+if grep -q 'vm-migration-exporter"' "$out/no-selector.rules.yml"; then
+  echo "check-helm: prometheusRule.selector=\"\" left the default selector in the rules"; exit 1
+fi
+echo "check-helm: prometheusRule.selector=\"\": rules without a selector pass promtool check rules"
 # forecast.*: the full values pass every forecast flag with its value; the defaults none (the
 # exporter stays read-only).
 python3 - "$out" <<'PY' || { echo "check-helm: the forecast values did not become the expected --forecast.* args"; exit 1; }
@@ -170,5 +184,9 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
     --storage.path= --probe.discovery=false >"$out/forecast.log" 2>&1 || rc=$?
   [ "$rc" = 124 ] || { cat "$out/forecast.log"; echo "check-helm: the exporter rejects the chart's --forecast.* args (exit $rc)"; exit 1; }
   echo "check-helm: the exporter accepts the ${#fargs[@]} --forecast.* args the full values render"
+  python3 "$check/routes.py" "$bin" "$helm" \
+    || { echo "check-helm: a deployment route's series are not what its rules select (above; helm/check/routes.py)"; exit 1; }
+else
+  echo "check-helm: $bin is not built: the DaemonSet's flags and the deployment routes were not checked (cargo build -p vm-migration-exporter first)"
 fi
 echo "check-helm: chart OK"

@@ -92,7 +92,7 @@ def dimension(expr):
         if base.endswith("_bytes_total") or base.endswith("_bytes"):
             return "byterate"
         return "rate"
-    if base.endswith("_speed_bytes") or base.endswith("_rate_bytes"):
+    if base.endswith("_bytes_per_second"):
         return "byterate"
     for suffix, dim in (("_seconds", "time"), ("_bytes", "bytes"), ("_ratio", "ratio")):
         if base.endswith(suffix):

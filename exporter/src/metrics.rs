@@ -8,16 +8,17 @@
 //! job's series vanish the moment it is no longer running, with no stale series to clean up.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::collector::{Name, Statuses};
-use crate::exposition::GaugeFamily;
+use crate::exposition::{GaugeFamily, Labels};
 use crate::libvirt::jobs::Call;
 use crate::migration::convergence::{Detail, Verdict};
 use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
@@ -179,8 +180,8 @@ impl Metrics {
                 &self.last_data_processed,
             ),
             (
-                "vm_migration_last_iterations",
-                "Memory passes of the last finished migration of the domain (libvirt memory_iteration)",
+                "vm_migration_last_iteration",
+                "The memory pass the last finished migration of the domain ended in (libvirt memory_iteration), as vm_migration_iteration counts them",
                 &self.last_iterations,
             ),
         ]
@@ -376,13 +377,12 @@ const JOB_GAUGES: &[(&str, &str, Extract)] = &[
     ("vm_migration_memory_total_bytes", "Guest memory to migrate (memory_total).", |j| num(j.stats.memory_total)),
     ("vm_migration_memory_processed_bytes", "Memory transferred so far, pages sent again included (memory_processed).", |j| num(j.stats.memory_processed)),
     ("vm_migration_memory_remaining_bytes", "Memory still to transfer (memory_remaining).", |j| num(j.stats.memory_remaining)),
-    ("vm_migration_dirty_memory_rate_bytes", "Rate the guest dirties memory, bytes per second (memory_dirty_rate x page size).", |j| num(j.stats.dirty_rate_bytes())),
-    ("vm_migration_memory_transfer_rate_bytes", "Rate memory is transferred, bytes per second (memory_bps).", |j| num(j.stats.memory_bps)),
+    ("vm_migration_dirty_memory_rate_bytes_per_second", "Rate the guest dirties memory, bytes per second (memory_dirty_rate x page size).", |j| num(j.stats.dirty_rate_bytes())),
+    ("vm_migration_memory_transfer_rate_bytes_per_second", "Rate memory is transferred, bytes per second (memory_bps).", |j| num(j.stats.memory_bps)),
     ("vm_migration_iteration", "Current pass over guest memory (memory_iteration, or the latest MIGRATION_ITERATION event if newer).", |j| num(iteration(j))),
     ("vm_migration_expected_downtime_seconds", "Downtime QEMU expects if it switched over now (downtime of a running job).", |j| secs(j.stats.downtime_ms)),
     ("vm_migration_max_downtime_seconds", "Maximum tolerated downtime set for the migration (virDomainMigrateGetMaxDowntime).", |j| secs(j.max_downtime_ms)),
     ("vm_migration_auto_converge_throttle_ratio", "Guest CPU throttle applied by auto-converge, 0..1.", |j| j.stats.auto_converge_throttle.map(|p| p as f64 / 100.0)),
-    ("vm_migration_postcopy_page_requests", "Pages the destination requested from the source in post-copy (memory_postcopy_requests).", |j| num(j.stats.memory_postcopy_requests)),
     ("vm_migration_setup_seconds", "Time spent setting up the migration before data flowed (setup_time).", |j| secs(j.stats.setup_time_ms)),
     ("vm_migration_disk_total_bytes", "Disk data to transfer for non-shared storage (disk_total).", |j| num(j.stats.disk_total)),
     ("vm_migration_disk_processed_bytes", "Disk data transferred so far (disk_processed).", |j| num(j.stats.disk_processed)),
@@ -402,8 +402,8 @@ const PROGRESS: &[&str] = &[
     "vm_migration_memory_total_bytes",
     "vm_migration_memory_processed_bytes",
     "vm_migration_memory_remaining_bytes",
-    "vm_migration_dirty_memory_rate_bytes",
-    "vm_migration_memory_transfer_rate_bytes",
+    "vm_migration_dirty_memory_rate_bytes_per_second",
+    "vm_migration_memory_transfer_rate_bytes_per_second",
     "vm_migration_iteration",
     "vm_migration_expected_downtime_seconds",
     "vm_migration_disk_total_bytes",
@@ -496,6 +496,39 @@ fn encode_jobs(jobs: &[ActiveJob], encoder: &mut DescriptorEncoder) -> Result<()
     detail.encode(encoder)?;
     for f in &gauges {
         f.encode(encoder)?;
+    }
+    encode_postcopy_requests(jobs, encoder)
+}
+
+/// `vm_migration_postcopy_page_requests_total`: a counter, as libvirt's figure only grows
+/// during a job (a new job starts it again from zero, which `rate()` takes as a reset).
+fn encode_postcopy_requests(
+    jobs: &[ActiveJob],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let series: Vec<(Labels, u64)> = jobs
+        .iter()
+        .filter_map(|j| {
+            let n = j.stats.memory_postcopy_requests?;
+            let labels = vec![
+                ("domain", j.domain.name.clone()),
+                ("uuid", j.domain.uuid.clone()),
+            ];
+            Some((labels, n))
+        })
+        .collect();
+    if series.is_empty() {
+        return Ok(());
+    }
+    // Registered without `_total`: the encoder adds it to counters.
+    let mut me = encoder.encode_descriptor(
+        "vm_migration_postcopy_page_requests",
+        "Pages the destination requested from the source in post-copy (memory_postcopy_requests).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (labels, n) in &series {
+        ConstCounter::new(*n).encode(me.encode_family(labels)?)?;
     }
     Ok(())
 }

@@ -205,7 +205,7 @@ fn observe(m: &str, dom: &str, t: f64) -> Observation {
             ],
         ),
         phase: one_of("vm_migration_phase", "phase", &["precopy", "postcopy"]),
-        postcopy_requests: sample(m, "vm_migration_postcopy_page_requests", &labels),
+        postcopy_requests: sample(m, "vm_migration_postcopy_page_requests_total", &labels),
         libvirt_up: sample(m, "vm_migration_libvirt_up", &[]),
     }
 }

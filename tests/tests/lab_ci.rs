@@ -109,7 +109,7 @@ fn assert_matches_libvirt(r: &RunResult) {
         Some(ev("data_processed"))
     );
     assert_eq!(
-        last(r, "vm_migration_last_iterations"),
+        last(r, "vm_migration_last_iteration"),
         Some(ev("memory_iteration"))
     );
 }

@@ -36,7 +36,7 @@ impl Collector for ForecastFamilies {
             "Predicted pre-copy verdict if the domain were migrated now (1 for the current state: converges, stalls, diverges, unknown).",
         );
         let mut dirty = GaugeFamily::new(
-            "vm_migration_forecast_dirty_rate_bytes",
+            "vm_migration_forecast_dirty_rate_bytes_per_second",
             "Dirty rate the forecast uses, bytes per second (a dirty-rate calculation, libvirt's domain statistics, or the domain's last migration).",
         );
         let mut duration = GaugeFamily::new(

@@ -95,6 +95,17 @@ pub fn parse_proc_net_dev(text: &str, path: &str) -> Result<Vec<(String, Counter
     Ok(out)
 }
 
+/// Name prefixes of devices that belong to one guest each: libvirt's `vnet*` and `macvtap*`,
+/// Nova's `tap*`, and the per-port `qvb*`/`qvo*`/`qbr*` of OpenStack's hybrid plugging.
+/// node_exporter already reports them, and a migration crosses the host's own NICs, not these;
+/// they come and go with the guests and would multiply the series by the number of guests.
+pub const GUEST_DEVICE_PREFIXES: [&str; 6] = ["tap", "vnet", "macvtap", "qvb", "qvo", "qbr"];
+
+/// Whether `name` is a guest's device ([`GUEST_DEVICE_PREFIXES`]).
+pub fn is_guest_device(name: &str) -> bool {
+    GUEST_DEVICE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// Reads devices from a procfs and sysfs root.
 #[derive(Clone, Debug)]
 pub struct Netdev {
@@ -102,6 +113,8 @@ pub struct Netdev {
     pub sysfs: PathBuf,
     pub include: Option<regex::Regex>,
     pub exclude: Option<regex::Regex>,
+    /// Also report the guests' own devices ([`GUEST_DEVICE_PREFIXES`]); off by default.
+    pub guest_devices: bool,
 }
 
 impl Netdev {
@@ -113,7 +126,8 @@ impl Netdev {
         })?;
         let mut out = Vec::new();
         for (name, counters) in parse_proc_net_dev(&text, &path.display().to_string())? {
-            if self.include.as_ref().is_some_and(|r| !r.is_match(&name))
+            if (!self.guest_devices && is_guest_device(&name))
+                || self.include.as_ref().is_some_and(|r| !r.is_match(&name))
                 || self.exclude.as_ref().is_some_and(|r| r.is_match(&name))
             {
                 continue;
@@ -283,7 +297,7 @@ fn encode_netdev(
         }
     }
     let mut speed = GaugeFamily::new(
-        "vm_migration_network_speed_bytes",
+        "vm_migration_network_speed_bytes_per_second",
         "Link speed of the device in bytes per second; absent when the driver does not know it.",
     );
     let mut up = GaugeFamily::new(
@@ -484,6 +498,7 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
             sysfs: dir.path().to_path_buf(),
             include: None,
             exclude: Some(regex::Regex::new("^lo$").expect("regex")),
+            guest_devices: false,
         };
         let devs = n.read().expect("reads");
         assert_eq!(
@@ -494,6 +509,47 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         assert!(devs[0].up);
         assert_eq!(devs[1].speed_bytes, None);
         assert!(!devs[1].up);
+    }
+
+    #[test]
+    fn guest_devices_are_left_out_unless_asked_for() {
+        let dev = "h1\nh2\n    eth0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n   vnet3: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n\
+                   tap5d1e-4b: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n macvtap0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n\
+                   qvb5d1e-4b: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n  vmlabs0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("net")).expect("mkdir");
+        std::fs::write(dir.path().join("net/dev"), dev).expect("write");
+        let names = |guest_devices: bool, exclude: Option<&str>| {
+            let n = Netdev {
+                procfs: dir.path().to_path_buf(),
+                sysfs: dir.path().to_path_buf(),
+                include: None,
+                exclude: exclude.map(|e| regex::Regex::new(e).expect("regex")),
+                guest_devices,
+            };
+            n.read()
+                .expect("reads")
+                .into_iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(false, None), ["eth0", "vmlabs0"]);
+        assert_eq!(
+            names(true, None),
+            [
+                "eth0",
+                "vnet3",
+                "tap5d1e-4b",
+                "macvtap0",
+                "qvb5d1e-4b",
+                "vmlabs0"
+            ]
+        );
+        // The exclude expression still applies to the guests' devices when they are included.
+        assert_eq!(
+            names(true, Some("^tap")),
+            ["eth0", "vnet3", "macvtap0", "qvb5d1e-4b", "vmlabs0"]
+        );
     }
 
     /// Issue 16, node_exporter's rule: a failed read used to leave the last counters in every
@@ -508,6 +564,7 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
             sysfs: dir.path().to_path_buf(),
             include: None,
             exclude: None,
+            guest_devices: false,
         });
         let mut registry = Registry::default();
         c.register(&mut registry);

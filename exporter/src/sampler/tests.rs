@@ -105,7 +105,7 @@ fn replayed_migration_shows_live_then_finished() {
         "{live}"
     );
     assert!(live.contains(&format!(
-        "vm_migration_dirty_memory_rate_bytes{{domain=\"g1\",uuid=\"{uuid}\"}} 4096000"
+        "vm_migration_dirty_memory_rate_bytes_per_second{{domain=\"g1\",uuid=\"{uuid}\"}} 4096000"
     )));
     assert!(live.contains(&format!(
         "vm_migration_max_downtime_seconds{{domain=\"g1\",uuid=\"{uuid}\"}} 0.3"
@@ -164,7 +164,7 @@ fn replayed_migration_shows_live_then_finished() {
         "vm_migration_last_duration_seconds{{domain=\"g1\",uuid=\"{uuid}\"}} 2.3"
     )));
     assert!(end.contains(&format!(
-        "vm_migration_last_iterations{{domain=\"g1\",uuid=\"{uuid}\"}} 3"
+        "vm_migration_last_iteration{{domain=\"g1\",uuid=\"{uuid}\"}} 3"
     )));
     assert!(
         end.contains(
@@ -284,7 +284,7 @@ fn last_series_are_dropped_after_the_retention_but_counters_stay() {
         "vm_migration_last_downtime_seconds{",
         "vm_migration_last_finished_timestamp_seconds{",
         "vm_migration_last_data_processed_bytes{",
-        "vm_migration_last_iterations{",
+        "vm_migration_last_iteration{",
     ] {
         assert!(
             kept.contains(name),

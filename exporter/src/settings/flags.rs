@@ -202,6 +202,11 @@ pub struct Cli {
     #[arg(long = "collector.netdev.device-exclude", env = "VM_MIGRATION_EXPORTER_NETDEV_DEVICE_EXCLUDE", value_parser = parse_regex, value_name = "REGEX")]
     pub netdev_exclude: Option<regex::Regex>,
 
+    /// Also report the guests' own devices (names starting with tap, vnet, macvtap, qvb, qvo,
+    /// qbr). Off: node_exporter reports them already, and migrations cross the host's NICs.
+    #[arg(long = "collector.netdev.guest-devices", env = "VM_MIGRATION_EXPORTER_NETDEV_GUEST_DEVICES", default_value = "false", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub netdev_guest_devices: bool,
+
     /// Append every raw libvirt job-stat sample and event to this file as JSON lines (used by
     /// the lab to record traces that tests replay). Off by default.
     #[arg(

@@ -212,6 +212,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
             sysfs: cli.sysfs,
             include: cli.netdev_include,
             exclude: cli.netdev_exclude,
+            guest_devices: cli.netdev_guest_devices,
         },
         probe,
         app: cfg.app.clone(),

@@ -141,6 +141,7 @@ fn every_family() -> String {
         sysfs: fixtures().join("sys"),
         include: None,
         exclude: None,
+        guest_devices: false,
     });
     netdev.register(registry);
     assert!(execute(&statuses, Name::Netdev, || netdev.round()));

@@ -155,7 +155,7 @@ impl Pair {
             value(&live, &active) == Some(1.0)
                 && value(&live, &series("vm_migration_data_remaining_bytes")).is_some()
                 // Past set-up: QEMU reports a transfer rate once data flows.
-                && value(&live, &series("vm_migration_memory_transfer_rate_bytes")).is_some()
+                && value(&live, &series("vm_migration_memory_transfer_rate_bytes_per_second")).is_some()
         });
         assert!(seen, "job never seen live; last scrape:\n{live}");
         live
@@ -213,7 +213,7 @@ fn live_migration_is_seen_live_and_counted_with_libvirts_figures() {
         Some(num(&ev, "data_processed"))
     );
     assert_eq!(
-        last("vm_migration_last_iterations"),
+        last("vm_migration_last_iteration"),
         Some(num(&ev, "memory_iteration"))
     );
     let downtimes = "vm_migration_downtime_seconds_count{mode=\"precopy\",direction=\"out\"}";
