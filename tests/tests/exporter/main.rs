@@ -12,6 +12,7 @@ mod libvirtd_faults;
 mod migration_e2e;
 mod netns;
 mod nova_identity;
+mod records_disk;
 
 /// The exporter's test helpers that speak its types, one copy for both tiers.
 #[path = "../../../exporter/tests/it/support/shared.rs"]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vm_migration_exporter::identity::NOVA_NS;
 use vm_migration_exporter::libvirt::{DomainId, SourceEvent};
+use vm_migration_exporter::migration::tracker::FinishedMigration;
 
 /// A domain identity: `g<n>`, with a fixed UUID ending in `n`.
 pub fn dom(n: usize) -> DomainId {
@@ -63,4 +64,33 @@ pub fn domain_info(metrics: &str, domain: &str) -> Option<String> {
         .find(|s| s.name == "vm_migration_domain_info" && s.labels.contains(&label))
         .filter(|s| s.value == 1.0)
         .map(|s| s.series.to_string())
+}
+
+/// A finished-migration record as the exporter writes it (JSON, one line).
+pub fn record(name: &str, uuid: &str, finished_at: f64, outcome: &str) -> String {
+    serde_json::json!({
+        "domain": {"name": name, "uuid": uuid},
+        "direction": "out", "outcome": outcome, "mode": "precopy",
+        "started_at": finished_at - 10.0, "finished_at": finished_at,
+        "duration_seconds": 10.0, "downtime_seconds": if outcome == "completed" { Some(0.05) } else { None },
+        "data_processed_bytes": 1000, "data_total_bytes": 2000, "memory_total_bytes": 2000,
+        "iterations": 3, "postcopy_requests": null, "setup_time_seconds": 0.001,
+        "dirty_rate_max_bytes": 4096, "dirty_rate_mean_bytes": 2048.0, "transfer_rate_mean_bytes": 1e6,
+        "auto_converge_throttle_max_ratio": null,
+        "verdicts": [{"t": finished_at - 9.0, "verdict": "unknown"}, {"t": finished_at - 5.0, "verdict": "converging"}],
+        "figures": "event"
+    })
+    .to_string()
+}
+
+/// Record `i`: domain `g<i>`, completed.
+pub fn rec(i: u32) -> FinishedMigration {
+    let uuid = format!("00000000-0000-4000-8000-{i:012}");
+    serde_json::from_str(&record(
+        &format!("g{i}"),
+        &uuid,
+        1000.0 + f64::from(i),
+        "completed",
+    ))
+    .expect("a record")
 }
