@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Builds the .deb (cargo-deb, with the unit, the defaults file, the maintainer scripts and the man
-# page rendered by packaging/man), installs it on this machine, checks the unit
-# (systemd-analyze verify prints nothing; security exposure), starts the installed binary the way
-# the unit does (its user, ambient capabilities, umask, LimitNOFILE, EnvironmentFile) and scrapes
-# it, checks each capability is the one its feature needs, then purges the package.
+# Builds the .deb with scripts/build-deb.sh (cargo-deb, with the unit, the defaults file, the
+# maintainer scripts and the man page rendered by packaging/man), installs it on this machine,
+# checks the unit (systemd-analyze verify prints nothing; security exposure), starts the installed
+# binary the way the unit does (its user, ambient capabilities, umask, LimitNOFILE,
+# EnvironmentFile) and scrapes it, checks each capability is the one its feature needs, then
+# purges the package.
 #
-# The test package carries the debug binary that the test run already built (cargo build):
+# The test package carries the debug binary (--profile dev; the test run has built it already):
 # cargo-deb warns that the dev profile is not for releases. A release package:
-#   cargo run -q -p vm-migration-exporter-man | gzip -9n > target/man/vm-migration-exporter.1.gz
-#   cargo-deb -p vm-migration-exporter
+#   bash scripts/build-deb.sh
 # Needs root (dpkg -i). Machine-wide (the package, its user): one run at a time (flock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 exec 9>/tmp/vm-migration-exporter-deb.lock
-flock 9
+flock -w 1200 9 || { echo "check-deb: another check-deb.sh has held /tmp/vm-migration-exporter-deb.lock for 20 minutes: end it (see fuser /tmp/vm-migration-exporter-deb.lock) and run again" >&2; exit 1; }
 
 pkg=vm-migration-exporter
 user=vm-migration-exporter
@@ -22,9 +22,24 @@ unit=/lib/systemd/system/$pkg.service
 port=${DEB_CHECK_PORT:-19745}
 tmp=$(mktemp -d)
 pids=()
+# gone PID: it has exited (or is a zombie, to be reaped).
+gone() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) || return 0; [[ $s == Z* ]]; }
+# group_gone PGID: no live process is left in the process group.
+group_gone() { ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {f = 1} END {exit f}'; }
+# stop PID: SIGTERM to the process and its process group (a traced exporter that its tracer
+# would leave behind goes with it), SIGKILL after 5 s, reaped; it returns within 7 s, even
+# when something outlives SIGKILL (then it says so and does not wait for it).
+stop() {
+  local p=$1
+  kill -TERM -- "-$p" "$p" 2>/dev/null || true
+  for _ in $(seq 1 50); do gone "$p" && group_gone "$p" && break; sleep 0.1; done
+  kill -KILL -- "-$p" "$p" 2>/dev/null || true
+  for _ in $(seq 1 20); do gone "$p" && group_gone "$p" && break; sleep 0.1; done
+  if gone "$p"; then wait "$p" 2>/dev/null || true; else echo "check-deb: process $p outlived SIGKILL; not waiting for it" >&2; fi
+  group_gone "$p" || echo "check-deb: process group $p outlived SIGKILL; not waiting for it" >&2
+}
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in "${pids[@]}"; do stop "$p"; done
   if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q installed; then
     dpkg --purge "$pkg" >/dev/null 2>&1 || true
   fi
@@ -33,13 +48,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "check-deb: $*" >&2; [ -f "$tmp/log" ] && tail -20 "$tmp/log" >&2; exit 1; }
 
-mkdir -p target/man target/deb
-cargo build -q --locked --bin "$pkg"
-cargo run -q --locked -p vm-migration-exporter-man | gzip -9n > target/man/$pkg.1.gz
-rm -f target/deb/"$pkg"_*.deb
-cargo-deb -q -p "$pkg" --profile dev --no-build --strip -o target/deb/ 2>&1 \
-  | grep -v -e 'dev profile is not supported' -e 'enable debug symbols' || true
-deb=$(ls target/deb/"$pkg"_*.deb)
+deb=$(bash scripts/build-deb.sh --profile dev | tail -1) || fail "bash scripts/build-deb.sh --profile dev failed (above)"
 dpkg-deb -c "$deb" | awk '{sub(/^\.?\//, "", $6); print $6}' | sort > "$tmp/contents"
 for f in usr/bin/$pkg lib/systemd/system/$pkg.service etc/default/$pkg \
   usr/share/man/man1/$pkg.1.gz usr/share/doc/$pkg/copyright; do
@@ -55,7 +64,8 @@ getent passwd "$user" | grep -q ':/usr/sbin/nologin$' || fail "postinst made no 
 [ "$(id -u "$user")" -lt 1000 ] || fail "$user is not a system user"
 grep -q '^ARGS=""$' /etc/default/$pkg || fail "/etc/default/$pkg has no ARGS=\"\""
 man -w $pkg >/dev/null || fail "man $pkg finds no page"
-MANWIDTH=100 man $pkg 2>/dev/null | grep -q -- '--probe.discovery' || fail "the man page lacks --probe.discovery"
+page=$(MANWIDTH=100 man $pkg 2>/dev/null) || fail "man $pkg failed"
+grep -q -- '--probe.discovery' <<<"$page" || fail "the man page lacks --probe.discovery"
 echo "check-deb: installed: user $user ($(id -u "$user")), /etc/default/$pkg, man $pkg"
 
 # systemd-analyze verify must print nothing at all.
@@ -96,17 +106,24 @@ as_unit() { # as_unit CAPS CMD...: run like the unit, with the given capability 
   export VM_MIGRATION_EXPORTER_LIBVIRT_URI=test:///default
   export VM_MIGRATION_EXPORTER_WEB_LISTEN_ADDRESS=127.0.0.1:$port
   export VM_MIGRATION_EXPORTER_PROBE_PEER=lo=127.0.0.1
+  # Its own process group (setsid: this subshell is no group leader, so no fork), which
+  # cleanup ends whole.
   # shellcheck disable=SC2086
-  exec strace -f -qq -o "$tmp/strace" prlimit --nofile="$nofile" setpriv --reuid="$user" --regid="$user" --init-groups \
+  exec setsid strace -f -qq -o "$tmp/strace" prlimit --nofile="$nofile" setpriv --reuid="$user" --regid="$user" --init-groups \
     --inh-caps="$capflags" --ambient-caps="$capflags" --bounding-set=-all,"$capflags" --no-new-privs \
     sh -c "umask $umask_; exec /usr/bin/$pkg $ARGS"
 ) >"$tmp/log" 2>&1 &
 pids+=($!)
+for _ in $(seq 1 20); do [ "$(ps -o pgid= -p "${pids[0]}" | tr -d ' ')" = "${pids[0]}" ] && break; sleep 0.1; done
+[ "$(ps -o pgid= -p "${pids[0]}" | tr -d ' ')" = "${pids[0]}" ] || fail "strace (pid ${pids[0]}) did not get its own process group"
+# scrape [curl args]: /metrics, bounded; read into a variable, not piped into grep -q (which
+# exits at its match, failing curl on SIGPIPE under pipefail).
+scrape() { curl -fsS --max-time 5 "$@" "http://127.0.0.1:$port/metrics"; }
 for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
+  curl -fs --max-time 2 "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
   sleep 0.1
 done
-curl -fs "http://127.0.0.1:$port/metrics" >"$tmp/metrics" || fail "no /metrics on 127.0.0.1:$port"
+scrape >"$tmp/metrics" || fail "no /metrics on 127.0.0.1:$port"
 grep -q '^vm_migration_libvirt_up 1' "$tmp/metrics" || fail "vm_migration_libvirt_up is not 1"
 grep -q '^vm_migration_exporter_build_info{' "$tmp/metrics" || fail "no build_info"
 # strace (for the system-call check below) runs prlimit -> setpriv -> sh -> the exporter, one pid.
@@ -119,30 +136,43 @@ status=/proc/$pid/status
 eff=$(capsh --decode="$(awk '/^CapEff:/ {print $2}' "$status")" | sed 's/.*=//')
 [ "$eff" = "cap_dac_read_search,cap_net_raw,cap_sys_ptrace" ] || fail "effective capabilities $eff"
 [ "$(awk '/Max open files/ {print $4}' "/proc/$pid/limits")" = "$nofile" ] || fail "LimitNOFILE not applied"
+up=""
 for _ in $(seq 1 50); do
-  curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^vm_migration_peer_up{peer="lo",probe="icmp".*} 1' && break
+  m=$(scrape) && grep -q '^vm_migration_peer_up{peer="lo",probe="icmp".*} 1' <<<"$m" && { up=1; break; }
   sleep 0.1
 done
-curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^vm_migration_peer_up{peer="lo",probe="icmp".*} 1' \
-  || fail "the ICMP probe of 127.0.0.1 did not answer under CAP_NET_RAW"
+[ -n "$up" ] || fail "the ICMP probe of 127.0.0.1 did not answer under CAP_NET_RAW"
 echo "check-deb: running as $user (uid $(id -u "$user")), capabilities $eff, NoNewPrivs, nofile $nofile: /metrics answers, libvirt_up 1, ICMP probe up"
-curl -fs -H 'Accept: application/openmetrics-text' "http://127.0.0.1:$port/metrics" >/dev/null
-curl -fs "http://127.0.0.1:$port/" >/dev/null
-curl -fs "http://127.0.0.1:$port/api/v1/migrations" >/dev/null
+scrape -H 'Accept: application/openmetrics-text' >/dev/null || fail "no OpenMetrics /metrics"
+curl -fsS --max-time 5 "http://127.0.0.1:$port/" >/dev/null || fail "no landing page"
+curl -fsS --max-time 5 "http://127.0.0.1:$port/api/v1/migrations" >/dev/null || fail "no /api/v1/migrations"
 # systemctl reload runs the unit's ExecReload= with $MAINPID: the exporter reloads, not exits.
 reload=$(sed -n 's/^ExecReload=//p' "$unit")
 # shellcheck disable=SC2016
 [ "$reload" = '/bin/kill -HUP $MAINPID' ] || fail "unexpected ExecReload=$reload"
+# The time of the last successful load: the start, then the reload (the success gauge alone is
+# 1 before the reload too).
+loaded() { sed -n 's/^vm_migration_exporter_config_last_reload_success_timestamp_seconds //p' <<<"$1"; }
+m=$(scrape) || fail "no /metrics before ExecReload"
+before=$(loaded "$m")
+[ -n "$before" ] || fail "no vm_migration_exporter_config_last_reload_success_timestamp_seconds"
+# shellcheck disable=SC2034 # the eval'd ExecReload= reads it
 MAINPID=$pid; eval "$reload"
 for _ in $(seq 1 50); do grep -q 'message="configuration reloaded"' "$tmp/log" && break; sleep 0.1; done
 grep -q 'message="configuration reloaded"' "$tmp/log" || fail "ExecReload did not reload: $(tail -3 "$tmp/log")"
-curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^vm_migration_exporter_config_last_reload_successful 1' \
-  || fail "vm_migration_exporter_config_last_reload_successful is not 1 after ExecReload"
+# The exporter logs the reload once its metrics say so: one scrape after the line must show it.
+m=$(scrape) || fail "no /metrics after ExecReload"
+grep -qE '^vm_migration_exporter_config_last_reload_successful 1(\.0)?$' <<<"$m" \
+  || fail "vm_migration_exporter_config_last_reload_successful is not 1 after ExecReload: $(grep reload_successful <<<"$m")"
+awk -v a="$(loaded "$m")" -v b="$before" 'BEGIN { exit !(a > b) }' \
+  || fail "the last successful load time did not advance with ExecReload ($before, then $(loaded "$m"))"
 echo "check-deb: ExecReload= reloads the running exporter (SIGHUP), which keeps serving"
+# The exporter stops on SIGTERM, then strace, which wrote the trace, ends by itself; whatever
+# is left after 5 s goes with the process group.
 kill "$pid"
-for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-kill -KILL "$pid" 2>/dev/null || true
-wait 2>/dev/null || true; pids=()
+for _ in $(seq 1 50); do gone "$pid" && gone "${pids[0]}" && break; sleep 0.1; done
+gone "$pid" || echo "check-deb: note: the exporter did not stop within 5 s of SIGTERM; killing it"
+stop "${pids[0]}"; pids=()
 
 # The unit's SystemCallFilter= (@system-service, then ~@privileged) must allow every system call
 # the exporter made (from its exec on; libvirt, HTTP, ICMP, records), or systemd would fail it
@@ -171,16 +201,22 @@ echo "check-deb: SystemCallFilter= allows all $(wc -l <"$used") system calls the
 # ICMP needs CAP_NET_RAW; QEMU's /proc/<pid>/fd (QEMU runs as libvirt-qemu) needs
 # CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH.
 qemu_user=$(id -u libvirt-qemu >/dev/null 2>&1 && echo libvirt-qemu || echo nobody)
-setpriv --reuid="$qemu_user" --regid="$qemu_user" --clear-groups sleep 30 &
+setpriv --reuid="$qemu_user" --regid="$qemu_user" --clear-groups sleep 60 &
 other=$!; pids+=("$other")
-sleep 0.2
+# Until setpriv has become the user and exec'd sleep.
+for _ in $(seq 1 50); do
+  [ "$(readlink "/proc/$other/exe")" = "$(readlink -f "$(command -v sleep)")" ] \
+    && [ "$(awk '/^Uid:/ {print $2}' "/proc/$other/status")" = "$(id -u "$qemu_user")" ] && break
+  sleep 0.1
+done
+[ "$(awk '/^Uid:/ {print $2}' "/proc/$other/status")" = "$(id -u "$qemu_user")" ] || fail "setpriv did not start sleep as $qemu_user"
 as_unit "$capflags" ls "/proc/$other/fd" >/dev/null 2>&1 || fail "with the unit's capabilities $user cannot read /proc/<pid>/fd of a $qemu_user process"
 if as_unit "+net_raw" ls "/proc/$other/fd" >/dev/null 2>&1; then
   echo "check-deb: note: $user reads another user's /proc/<pid>/fd without CAP_SYS_PTRACE (kernel.yama or a lax /proc)"
 else
   echo "check-deb: /proc/<pid>/fd of a $qemu_user process: readable with CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH, not without"
 fi
-kill "$other" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
+stop "$other"; pids=()
 
 dpkg --purge "$pkg" >/dev/null 2>&1 || fail "dpkg --purge failed"
 for f in /usr/bin/$pkg "$state" /etc/default/$pkg; do [ ! -e "$f" ] || fail "purge left $f behind"; done

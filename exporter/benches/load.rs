@@ -240,11 +240,11 @@ fn serve(addr: &str, storage: &str, soak: bool) {
     let source = Arc::new(Synthetic::new(soak, tx));
     // No reloads in the bench: the sender stays alive, nothing is ever sent.
     let (_reload_tx, requests) = tokio::sync::mpsc::unbounded_channel();
-    let reloads = vm_migration_exporter::app::Reloads {
+    let reloads = vm_migration_exporter::daemon::Reloads {
         requests,
         args: std::env::args_os().collect(),
     };
-    let r = runtime.block_on(vm_migration_exporter::app::run(
+    let r = runtime.block_on(vm_migration_exporter::daemon::run(
         settings,
         source,
         rx,

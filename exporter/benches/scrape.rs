@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use vm_migration_exporter::jobs::metrics::Metrics;
+use vm_migration_exporter::jobs::stats::JobStats;
+use vm_migration_exporter::jobs::tracker::{JobObservation, Round, Tracker};
 use vm_migration_exporter::libvirt::jobs::{job_operation, job_type, DomainId, ParamValue, Params};
-use vm_migration_exporter::metrics::Metrics;
-use vm_migration_exporter::migration::stats::JobStats;
-use vm_migration_exporter::migration::tracker::{JobObservation, Round, Tracker};
 use vm_migration_exporter::{exposition, state};
 
 const ACTIVE: usize = 50;

@@ -5,25 +5,23 @@
 #![deny(unsafe_code)]
 
 pub mod app;
-pub mod app_qos;
 pub mod clock;
 pub mod collector;
+pub mod daemon;
 pub mod exposition;
 pub mod forecast;
-pub mod identity;
+pub mod http;
+pub mod jobs;
 pub mod libvirt;
 pub mod logging;
-pub mod metrics;
-pub mod migration;
-pub mod net;
+pub mod netdev;
+pub mod peers;
 pub mod process;
 pub mod record;
+pub mod records;
 pub mod reload;
-pub mod sampler;
-pub mod serve;
-pub mod server;
 pub mod settings;
 pub mod state;
-pub mod store;
-pub mod trace;
-pub mod web_config;
+
+#[cfg(test)]
+mod module_graph;

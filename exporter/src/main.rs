@@ -7,10 +7,10 @@ use std::sync::mpsc;
 
 use vm_migration_exporter::libvirt::LibvirtSource;
 use vm_migration_exporter::settings::{self, CliError};
-use vm_migration_exporter::{app, logging};
+use vm_migration_exporter::{daemon, logging};
 
 /// Longest a shutdown may take after SIGTERM/SIGINT (the HTTP drain takes up to 5 s of it);
-/// systemd's default stop timeout is 90 s, and issue 16 asks for 10 s.
+/// systemd's default stop timeout is 90 s; an exporter should be gone within 10 s.
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Exit code for bad flags or configuration, as clap and the Prometheus exporters use.
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     };
     logging::init(settings.log_level, settings.log_format);
     // Go raises it for every exporter; systemd's soft 1024 is too few for a busy listener.
-    match vm_migration_exporter::serve::raise_nofile_limit() {
+    match vm_migration_exporter::http::listener::raise_nofile_limit() {
         Ok((old, new)) if new > old => tracing::info!(old, new, "raised the open-files limit"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
@@ -41,9 +41,11 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
             // A storage directory we cannot use is bad configuration, like a bad flag.
-            match e.downcast_ref::<app::AppError>() {
+            match e.downcast_ref::<daemon::DaemonError>() {
                 Some(
-                    app::AppError::Store(_) | app::AppError::Trace(_) | app::AppError::WebConfig(_),
+                    daemon::DaemonError::Store(_)
+                    | daemon::DaemonError::Trace(_)
+                    | daemon::DaemonError::WebConfig(_),
                 ) => ExitCode::from(EXIT_BAD_CONFIG),
                 _ => ExitCode::FAILURE,
             }
@@ -60,8 +62,8 @@ fn run(settings: settings::Settings, args: Vec<std::ffi::OsString>) -> anyhow::R
     let requests = runtime.block_on(async { reload_signal() })?;
     let (tx, rx) = mpsc::channel();
     let source = LibvirtSource::start(&settings.libvirt_uri, settings.reconnect_max_backoff, tx);
-    let reloads = app::Reloads { requests, args };
-    let result = runtime.block_on(app::run(
+    let reloads = daemon::Reloads { requests, args };
+    let result = runtime.block_on(daemon::run(
         settings,
         source.clone(),
         rx,

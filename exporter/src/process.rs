@@ -75,15 +75,15 @@ pub fn parse_rss_bytes(status: &str) -> Option<u64> {
 
 /// Encodes the `process_*` families of the process under `dir` (`/proc/self`) at scrape time.
 #[derive(Debug)]
-pub struct ProcessCollector {
+pub struct ProcessFamilies {
     dir: PathBuf,
     /// `/proc/stat`, for the boot time.
     proc_stat: PathBuf,
 }
 
-impl Default for ProcessCollector {
+impl Default for ProcessFamilies {
     fn default() -> Self {
-        ProcessCollector {
+        ProcessFamilies {
             dir: PathBuf::from("/proc/self"),
             proc_stat: PathBuf::from("/proc/stat"),
         }
@@ -94,7 +94,7 @@ fn read(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }
 
-impl Collector for ProcessCollector {
+impl Collector for ProcessFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stat = read(&self.dir.join("stat")).and_then(|t| parse_stat(&t));
         if let Some(s) = stat {

@@ -153,7 +153,7 @@ pub struct AppMigrationRecord {
     pub outage_to_downtime_ratio: Option<f64>,
 }
 
-/// Who a domain is to OpenStack, from Nova's metadata (`crate::identity`): the labels of
+/// Who a domain is to OpenStack, from Nova's metadata (`crate::jobs::identity`): the labels of
 /// `vm_migration_domain_info` besides `domain` and `uuid`; empty where Nova wrote nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DomainIdentity {

@@ -19,9 +19,9 @@ use tracing::{error, info, warn};
 
 use crate::clock::unix_now;
 use crate::exposition::GaugeFamily;
-use crate::net::probe::ConfiguredPeers;
+use crate::http::web_config::{LiveWebConfig, WebConfigError};
+use crate::peers::probe::ConfiguredPeers;
 use crate::settings::{self, CliError, Settings};
-use crate::web_config::{LiveWebConfig, WebConfigError};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -103,17 +103,29 @@ impl Reloader {
         }
     }
 
-    /// One reload: logs its outcome in one line and sets the status metrics.
+    /// One reload: sets the status metrics, then logs its outcome in one line (a reader who
+    /// sees the line finds the metrics already saying so).
     pub fn reload(&mut self) -> Result<(), ReloadError> {
         let result = self.try_reload();
-        if let Err(e) = &result {
-            error!(error = %e, "reload failed; the previous configuration stays in force");
-        }
         self.status.set(result.is_ok(), unix_now());
-        result
+        match &result {
+            Ok(done) => info!(
+                config_file = %path_or_none(&done.config_file),
+                web_config_file = %path_or_none(&done.web_config_file),
+                tls = done.tls,
+                basic_auth = done.basic_auth,
+                peers_started = done.peers_started,
+                peers_stopped = done.peers_stopped,
+                "configuration reloaded"
+            ),
+            Err(e) => {
+                error!(error = %e, "reload failed; the previous configuration stays in force")
+            }
+        }
+        result.map(|_| ())
     }
 
-    fn try_reload(&mut self) -> Result<(), ReloadError> {
+    fn try_reload(&mut self) -> Result<Reloaded, ReloadError> {
         // Flags and environment are the process's own; the config file is read again.
         let new = settings::parse(self.args.clone()).map_err(|e| match e {
             CliError::Display(_) => ReloadError::Settings("unexpected --help".into()),
@@ -123,7 +135,7 @@ impl Reloader {
         let web = LiveWebConfig::read(new.web_config_file.as_deref())?;
         let (tls, basic_auth) = (web.tls.is_some(), !web.users.is_empty());
         self.web.put(web);
-        let (started, stopped) = match &self.peers {
+        let (peers_started, peers_stopped) = match &self.peers {
             Some(p) => p.apply(&new.probe.peers),
             None => (0, 0),
         };
@@ -134,17 +146,25 @@ impl Reloader {
                 "reload: these settings changed and take effect at the next restart"
             );
         }
-        info!(
-            config_file = %path_or_none(&new.config_file),
-            web_config_file = %path_or_none(&new.web_config_file),
+        Ok(Reloaded {
+            config_file: new.config_file,
+            web_config_file: new.web_config_file,
             tls,
             basic_auth,
-            peers_started = started,
-            peers_stopped = stopped,
-            "configuration reloaded"
-        );
-        Ok(())
+            peers_started,
+            peers_stopped,
+        })
     }
+}
+
+/// What a successful reload put in force, for its log line.
+struct Reloaded {
+    config_file: Option<std::path::PathBuf>,
+    web_config_file: Option<std::path::PathBuf>,
+    tls: bool,
+    basic_auth: bool,
+    peers_started: usize,
+    peers_stopped: usize,
 }
 
 fn path_or_none(p: &Option<std::path::PathBuf>) -> String {
@@ -193,4 +213,85 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     );
     check(old.app != new.app, "app");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each log line written while `f` runs, with the status metric's "successful" at the
+    /// moment the line was written.
+    fn logged_with_status(status: &ReloadStatus, f: impl FnOnce()) -> Vec<(bool, String)> {
+        #[derive(Clone)]
+        struct Writer(ReloadStatus, Arc<Mutex<Vec<(bool, String)>>>);
+        impl std::io::Write for Writer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let seen = self.0.get().0;
+                self.1
+                    .lock()
+                    .push((seen, String::from_utf8_lossy(b).into_owned()));
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let w = Writer(status.clone(), Arc::default());
+        let lines = w.1.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let out = lines.lock().clone();
+        out
+    }
+
+    /// Whoever reads a reload's outcome in the log (an operator, `systemctl reload`'s caller,
+    /// the package check) then finds `..._last_reload_successful` saying the same.
+    #[test]
+    fn the_status_metric_is_set_before_the_outcome_is_logged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, "probe:\n  peers: []\n").expect("write");
+        let args: Vec<OsString> = vec![
+            "vm-migration-exporter".into(),
+            "--config.file".into(),
+            config.clone().into(),
+        ];
+        let started = settings::parse(args.clone()).expect("settings");
+        let status = ReloadStatus::new(0.0);
+        let mut r = Reloader::new(
+            args,
+            started,
+            LiveWebConfig::new(None, Default::default()),
+            None,
+            status.clone(),
+        );
+
+        std::fs::write(&config, "probe: [unclosed\n").expect("write");
+        let lines = logged_with_status(&status, || assert!(r.reload().is_err()));
+        let failed: Vec<_> = lines
+            .iter()
+            .filter(|(_, l)| l.contains("reload failed"))
+            .collect();
+        assert_eq!(failed.len(), 1, "{lines:#?}");
+        assert!(
+            !failed[0].0,
+            "logged while the metric still said 1: {lines:#?}"
+        );
+
+        std::fs::write(&config, "probe:\n  peers: []\n").expect("write");
+        let lines = logged_with_status(&status, || r.reload().expect("reload"));
+        let reloaded: Vec<_> = lines
+            .iter()
+            .filter(|(_, l)| l.contains("configuration reloaded"))
+            .collect();
+        assert_eq!(reloaded.len(), 1, "{lines:#?}");
+        assert!(
+            reloaded[0].0,
+            "logged while the metric still said 0: {lines:#?}"
+        );
+        assert!(status.get().0);
+    }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::jobs::tracker::{ActiveJob, FinishedMigration};
 use crate::libvirt::jobs::DomainId;
-use crate::migration::tracker::{ActiveJob, FinishedMigration};
 use crate::record::DomainIdentity;
 
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ impl Snapshot {
 
     pub fn push_finished(&mut self, f: FinishedMigration) {
         self.records.push_back(f);
-        while self.records.len() > crate::store::IN_MEMORY {
+        while self.records.len() > crate::records::log::IN_MEMORY {
             self.records.pop_front();
         }
     }

@@ -55,15 +55,25 @@ pub fn switchover_from_trace(trace: &str) -> Option<f64> {
         .and_then(|r| r["t"].as_f64())
 }
 
+/// Unix time the migration job started as libvirt counts it: the first job sample in an
+/// exporter trace less the job's `time_elapsed` then.
+pub fn job_start_from_trace(trace: &str) -> Option<f64> {
+    trace
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["record"] == "job")
+        .find_map(|r| Some(r["t"].as_f64()? - r["job"]["params"]["time_elapsed"].as_f64()? / 1e3))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn probe_lines_become_relative_times() {
-        let log = "ts=2026-11-27T20:20:00Z level=debug target=vm_migration_exporter::app_qos::collector message=\"app probe\" domain=g target=http sent=1000.5 latency_ms=2.5 result=success\n\
+        let log = "ts=2026-11-27T20:20:00Z level=debug target=vm_migration_exporter::app::collector message=\"app probe\" domain=g target=http sent=1000.5 latency_ms=2.5 result=success\n\
                    ts=2026-11-27T20:20:00Z level=debug target=log message=\"starting new connection\"\n\
-                   ts=2026-11-27T20:20:01Z level=debug target=vm_migration_exporter::app_qos::collector message=\"app probe\" domain=g target=http sent=1001 latency_ms=1001.6 result=timeout\n\
+                   ts=2026-11-27T20:20:01Z level=debug target=vm_migration_exporter::app::collector message=\"app probe\" domain=g target=http sent=1001 latency_ms=1001.6 result=timeout\n\
                    ts=2026-11-27T20:20:01Z level=debug message=\"app probe\" sent=oops latency_ms=1 result=success\n";
         let p = probes_from_log(log, 1000.0);
         assert_eq!(
@@ -92,5 +102,18 @@ mod tests {
 not json"#;
         assert_eq!(switchover_from_trace(trace), Some(3.5));
         assert_eq!(switchover_from_trace("{}"), None);
+    }
+
+    #[test]
+    fn the_job_start_is_the_first_sample_less_its_elapsed_time() {
+        let trace = r#"{"record":"job","t":100.0,"domain":{"name":"g"},"job":null}
+{"record":"job","t":101.5,"domain":{"name":"g"},"job":{"job_type":2,"params":{"time_elapsed":385}}}
+{"record":"job","t":102.5,"domain":{"name":"g"},"job":{"job_type":2,"params":{"time_elapsed":1385}}}"#;
+        let t = job_start_from_trace(trace).expect("a job sample");
+        assert!((t - 101.115).abs() < 1e-9, "{t}");
+        assert_eq!(
+            job_start_from_trace(r#"{"record":"job","t":1.0,"job":null}"#),
+            None
+        );
     }
 }

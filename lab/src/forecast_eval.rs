@@ -247,6 +247,8 @@ mod tests {
             app_after: None,
             ended_s: None,
             switchover_s: None,
+            job_started_s: None,
+            metrics_url: None,
             app_probes: Vec::new(),
         }
     }

@@ -18,7 +18,9 @@ pub mod scenario_file;
 use std::path::{Path, PathBuf};
 
 // The pieces live in the test kit (shared with the exporter's tests); the lab is built of them.
-pub use testkit::{events, exporter, guest, host, is_root, net, prom, Host, LabError};
+pub use testkit::{
+    bounded, events, exporter, guest, host, is_root, net, prom, Host, LabError, VIRSH_TIMEOUT,
+};
 
 /// Network namespace and source-side veth of the lab.
 pub const NETNS: &str = "vmlab-dst";

@@ -118,15 +118,19 @@ fn main() -> ExitCode {
             scenario,
             out,
             exporter,
-        } => match scenario {
-            Some(file) => migration_lab::scenario_file::load(&file),
-            None => presets::by_name(&preset).ok_or_else(|| {
-                LabError::Setup(format!(
-                    "unknown --preset {preset}: use smoke, ci, paper, convergence or app, or --scenario FILE"
-                ))
-            }),
+        } => {
+            // Scenario files are benches (lab/scenarios/forecast.yml is the forecast's).
+            let evaluate = scenario.is_some() || presets::evaluates(&preset);
+            match scenario {
+                Some(file) => migration_lab::scenario_file::load(&file),
+                None => presets::by_name(&preset).ok_or_else(|| {
+                    LabError::Setup(format!(
+                        "unknown --preset {preset}: use smoke, ci, paper, convergence or app, or --scenario FILE"
+                    ))
+                }),
+            }
+            .and_then(|scenarios| run(&cli.lab_dir, &scenarios, &out, exporter, evaluate, &say))
         }
-        .and_then(|scenarios| run(&cli.lab_dir, &scenarios, &out, exporter, &say)),
         Cmd::Cost {
             out,
             dirty_mbps,
@@ -136,7 +140,12 @@ fn main() -> ExitCode {
             .map_err(|e| LabError::Setup(format!("--out {}: {e}", out.display())))
             .and_then(|()| Lab::up(&cli.lab_dir, exporter.as_deref(), &say))
             .and_then(|lab| {
-                migration_lab::cost::run(&lab, &out, dirty_mbps, std::time::Duration::from_secs(seconds))
+                migration_lab::cost::run(
+                    &lab,
+                    &out,
+                    dirty_mbps,
+                    std::time::Duration::from_secs(seconds),
+                )
             })
             .map(|(a, b)| {
                 let md = migration_lab::cost::markdown(dirty_mbps, &a, &b);
@@ -189,6 +198,7 @@ fn run(
     scenarios: &[migration_lab::scenario::Scenario],
     out: &std::path::Path,
     exporter: Option<PathBuf>,
+    evaluate: bool,
     say: &dyn Fn(&str),
 ) -> Result<(), LabError> {
     std::fs::create_dir_all(out)
@@ -229,12 +239,24 @@ fn run(
     }
     drop(lab);
     println!("{}", report::markdown(&results));
-    forecast_report(&results, out);
+    if evaluate {
+        forecast_report(&results, out);
+    } else {
+        // A first run: what the table means for the guest's users (the forecast's grading
+        // against the project's goals is for the benches: `migration-lab forecast`).
+        println!("{}", report::app_summary(&results));
+    }
     println!(
         "results: {0}/results.md, {0}/results.csv, {0}/results.json; traces: {0}/traces/",
         out.display()
     );
     plot(&results, out);
+    // The checkout this binary was built from, when it is still there.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .filter(|r| r.join("dashboards").is_dir());
+    let url = results.iter().rev().find_map(|r| r.metrics_url.as_deref());
+    println!("\n{}", report::next_steps(repo, url));
     Ok(())
 }
 

@@ -16,6 +16,10 @@ use crate::{Lab, LabError};
 /// 5 s.
 const INTEGRITY_WAIT: Duration = Duration::from_secs(12);
 
+/// How long `virsh migrate` may run past the scenario's deadline (its abort): a migration
+/// already in post-copy cannot be aborted and finishes its copy first.
+const ABORT_GRACE: Duration = Duration::from_secs(300);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -134,6 +138,12 @@ pub struct RunResult {
     /// Seconds from `virsh migrate` to the source pausing the guest (switch-over or post-copy).
     #[serde(default)]
     pub switchover_s: Option<f64>,
+    /// Seconds from `virsh migrate` to the start of libvirt's job (from the exporter's samples).
+    #[serde(default)]
+    pub job_started_s: Option<f64>,
+    /// Where the exporter watching this migration served its metrics.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
     /// Every probe the exporter made of the guest's service (app guests only).
     #[serde(default)]
     pub app_probes: Vec<crate::app_view::AppProbe>,
@@ -155,6 +165,14 @@ impl RunResult {
     pub fn libvirt_number(&self, key: &str) -> Option<f64> {
         self.libvirt_completed.as_ref()?.get(key)?.parse().ok()
     }
+
+    /// Seconds from `virsh migrate` to the end of libvirt's job: its start plus libvirt's
+    /// `time_elapsed` (completed migrations). virsh returns later, after the destination's
+    /// finish phase; `ended_s` is that.
+    pub fn libvirt_end_s(&self) -> Option<f64> {
+        let elapsed = self.libvirt_number("time_elapsed")? / 1e3;
+        Some(self.job_started_s.unwrap_or(0.0) + elapsed)
+    }
 }
 
 /// Destroys a scenario's guest on both hosts when dropped, so a run that fails half-way (an
@@ -169,7 +187,7 @@ impl Drop for GuestGuard {
     fn drop(&mut self) {
         for uri in &self.uris {
             // Not running there (or already gone) is fine: destroy just fails.
-            let _ = Command::new("virsh")
+            let _ = testkit::bounded("virsh", testkit::VIRSH_TIMEOUT)
                 .args(["-c", uri, "destroy", &self.name])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -308,10 +326,8 @@ impl Lab {
                 ..Launch::new(self.src.uri(), &storage, &trace)
             },
         )?;
-        eprintln!(
-            "migration-lab: {name}: vm-migration-exporter serving http://{}/metrics",
-            exporter.addr
-        );
+        let metrics_url = format!("http://{}/metrics", exporter.addr);
+        eprintln!("migration-lab: {name}: vm-migration-exporter serving {metrics_url}");
         let ready_by = Instant::now() + Duration::from_secs(30);
         while exporter.body("/-/ready").is_none() && Instant::now() < ready_by {
             std::thread::sleep(Duration::from_millis(100));
@@ -364,6 +380,16 @@ impl Lab {
                 break st;
             }
             let el = started.elapsed();
+            // The abort at the deadline ends virsh within seconds; one that still runs long
+            // after is killed, so a wedged daemon cannot hang the run.
+            if el >= s.deadline + ABORT_GRACE {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LabError::Migration(format!(
+                    "virsh migrate still ran {ABORT_GRACE:?} after the deadline ({:?}) and its abort; killed",
+                    s.deadline
+                )));
+            }
             let o = observe(&exporter.metrics(), name, el.as_secs_f64());
             progress(&o);
             observations.push(o);
@@ -459,10 +485,11 @@ impl Lab {
         // ... and afterwards wherever the guest runs, at the same address.
         let app_after = app_addr.and_then(|a| guest::app_wait(a, Duration::from_secs(30)).ok());
         drop(cleanup);
-        let switchover_s = std::fs::read_to_string(&trace)
-            .ok()
-            .and_then(|t| crate::app_view::switchover_from_trace(&t))
-            .map(|t| t - started_unix);
+        let trace_text = std::fs::read_to_string(&trace).unwrap_or_default();
+        let switchover_s =
+            crate::app_view::switchover_from_trace(&trace_text).map(|t| t - started_unix);
+        let job_started_s =
+            crate::app_view::job_start_from_trace(&trace_text).map(|t| t - started_unix);
         let app_probes = match app_addr {
             Some(_) => std::fs::read_to_string(trace.with_extension("log"))
                 .map(|l| crate::app_view::probes_from_log(&l, started_unix))
@@ -487,6 +514,8 @@ impl Lab {
             app_after,
             ended_s: Some(ended_s),
             switchover_s,
+            job_started_s,
+            metrics_url: Some(metrics_url),
             app_probes,
         })
     }

@@ -188,12 +188,18 @@ impl Host {
     /// Runs `virsh -c <uri> <args>` (read-write) and returns its stdout; an error carries
     /// stderr.
     pub fn virsh(&self, args: &[&str]) -> io::Result<String> {
-        let out = Command::new("virsh")
+        let out = crate::bounded("virsh", crate::VIRSH_TIMEOUT)
             .arg("-c")
             .arg(&self.uri)
             .args(args)
             .stdin(Stdio::null())
             .output()?;
+        if matches!(out.status.code(), Some(124 | 137)) {
+            return Err(io::Error::other(format!(
+                "virsh {args:?} did not return within {:?} (libvirtd wedged?)",
+                crate::VIRSH_TIMEOUT
+            )));
+        }
         if !out.status.success() {
             return Err(io::Error::other(format!(
                 "virsh {args:?} failed: {}",

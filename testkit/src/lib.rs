@@ -30,6 +30,19 @@ pub enum LabError {
     Exporter(String),
 }
 
+/// `program` under coreutils' `timeout`: SIGTERM after `limit`, SIGKILL 10 s later (exit
+/// status 124 or 137 then), so a wedged daemon cannot hang a test or its clean-up.
+pub fn bounded(program: &str, limit: std::time::Duration) -> std::process::Command {
+    let mut c = std::process::Command::new("timeout");
+    c.arg("--kill-after=10")
+        .arg(limit.as_secs().max(1).to_string())
+        .arg(program);
+    c
+}
+
+/// How long one `virsh` command (not a migration) may take.
+pub const VIRSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()

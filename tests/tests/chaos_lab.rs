@@ -16,6 +16,8 @@ use system_tests::{exporter_bin, lab_dir, one_lab_at_a_time, scratch};
 /// QEMU's cap while a case needs the migration to keep running (MiB/s): a 256 MiB idle guest
 /// then takes well over a minute.
 const SLOW_MIBS: &str = "1";
+/// The longest a `virsh migrate` of these tests may run (they lift the cap or abort well before).
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A small idle guest: quick to boot under TCG, and no dirtier taking a core.
 fn small(name: &str) -> GuestSpec {
@@ -37,7 +39,7 @@ struct GuestGuard(String, [String; 2]);
 impl Drop for GuestGuard {
     fn drop(&mut self) {
         for uri in &self.1 {
-            let _ = Command::new("virsh")
+            let _ = migration_lab::bounded("virsh", migration_lab::VIRSH_TIMEOUT)
                 .args(["-c", uri, "destroy", &self.0])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -99,7 +101,8 @@ impl<'a> Case<'a> {
             args.extend(["--bandwidth", b]);
         }
         let target = format!("tcp://{}", migration_lab::net::DEST_ADDR);
-        Command::new("virsh")
+        // Bounded: a test that waits for it cannot hang on a wedged daemon.
+        migration_lab::bounded("virsh", MIGRATE_TIMEOUT)
             .args(&args)
             .args([self.name.as_str(), self.lab.dst.uri(), target.as_str()])
             .stdout(Stdio::null())

@@ -3,7 +3,7 @@
 //! before the lab migrates it; the verdicts must match what then happened. And the domain's
 //! migration bandwidth cap set in libvirt (`virsh migrate-setspeed`) limits its forecast.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use migration_lab::exporter::{Exporter, Launch};
@@ -89,7 +89,7 @@ struct GuestGuard(String, String);
 
 impl Drop for GuestGuard {
     fn drop(&mut self) {
-        let _ = Command::new("virsh")
+        let _ = migration_lab::bounded("virsh", migration_lab::VIRSH_TIMEOUT)
             .args(["-c", &self.1, "destroy", &self.0])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -145,7 +145,7 @@ fn the_cap_set_in_libvirt_limits_the_forecast() {
     let serial = lab.src.dir().join(format!("log/qemu/{name}.serial"));
     guest::wait_running(&serial, Duration::from_secs(90)).expect("the guest boots");
     // Why the cap needs the read-write connection: libvirt refuses it read-only.
-    let ro = Command::new("virsh")
+    let ro = migration_lab::bounded("virsh", migration_lab::VIRSH_TIMEOUT)
         .args(["-r", "-c", lab.src.uri(), "migrate-getspeed", name])
         .output()
         .expect("virsh -r");

@@ -23,13 +23,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use vm_migration_exporter::jobs::convergence::Verdict;
+use vm_migration_exporter::jobs::replay::{text, Replay};
+use vm_migration_exporter::jobs::sampler::SamplerConfig;
+use vm_migration_exporter::jobs::stats::Direction;
+use vm_migration_exporter::jobs::trace::{read_trace, TraceRecord};
+use vm_migration_exporter::jobs::tracker::Outcome;
 use vm_migration_exporter::libvirt::jobs::{lifecycle, DomainEvent};
-use vm_migration_exporter::migration::convergence::Verdict;
-use vm_migration_exporter::migration::stats::Direction;
-use vm_migration_exporter::migration::tracker::Outcome;
-use vm_migration_exporter::sampler::replay::{text, Replay};
-use vm_migration_exporter::sampler::SamplerConfig;
-use vm_migration_exporter::trace::{read_trace, TraceRecord};
 
 const ALERT: &str = "VMMigrationNotConverging";
 /// Alert target: fires within this many seconds of the start of a run that does not converge.

@@ -22,12 +22,12 @@ use super::path::{self, LibvirtCap, Window};
 use super::report::{DomainView, HostView, PeerPath};
 use super::zero_pages::{self, Mapping};
 use crate::clock::{unix_now, Clock, SystemClock};
-use crate::collector::{CollectError, Collector, Name, Rounds};
+use crate::collector::{Collect, CollectError, Name, Registration, Rounds};
+use crate::jobs::tracker::Direction;
 use crate::libvirt::calc::DirtyRateCalc;
 use crate::libvirt::{DomainId, JobSource, SourceError};
-use crate::migration::tracker::Direction;
-use crate::net::netdev::TxHistory;
-use crate::net::peers::PeerState;
+use crate::netdev::TxHistory;
+use crate::peers::state::PeerState;
 use crate::state::SharedState;
 
 /// Seconds QEMU samples pages for one calculation. Short: a pass of a migration on a fast path
@@ -126,6 +126,38 @@ pub struct ForecastCollector {
     clock: Arc<dyn Clock>,
 }
 
+/// The `forecast` collector; it reads the NIC history and the peers' state when their collectors
+/// run, and publishes its [`HostView`] (the API evaluates it).
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Forecast,
+    start: |deps, runner| {
+        let s = &deps.settings;
+        let calculations = s.forecast.calc_uri.as_deref().map(|uri| Calculations {
+            calc: Arc::new(crate::libvirt::calc::ReadWriteCalc::new(uri)),
+            interval: s.forecast.interval,
+            max_concurrency: s.forecast.max_concurrency,
+        });
+        let sources = Sources {
+            shared: deps.state.clone(),
+            netdev: deps.get::<Arc<Mutex<crate::netdev::TxHistory>>>(),
+            peers: deps.get::<crate::peers::state::PeerState>(),
+            configured: s
+                .probe
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.address))
+                .collect(),
+            procfs: s.netdev.procfs.clone(),
+            sysfs: s.netdev.sysfs.clone(),
+            fallback: s.forecast.bandwidth,
+            zero_pages: s.forecast.zero_pages,
+        };
+        let f = ForecastCollector::new(deps.source.clone(), calculations, sources);
+        deps.put(f.view());
+        runner.add_rounds(f)
+    },
+};
+
 impl ForecastCollector {
     pub fn new(
         source: Arc<dyn JobSource>,
@@ -202,7 +234,7 @@ impl ForecastCollector {
             .into_iter()
             .filter_map(|name| {
                 let address = *peers.get(&name)?;
-                let device = crate::net::routes::device_for(&self.sources.procfs, address);
+                let device = crate::netdev::routes::device_for(&self.sources.procfs, address);
                 let (used, speed) = match (&self.sources.netdev, &device) {
                     (Some(h), Some(dev)) => h.lock().recent(dev, now, RECENT_S),
                     _ => (None, None),
@@ -418,7 +450,7 @@ struct Burst {
 /// Calculations per guest per interval, one after another.
 pub const BURST: u32 = 5;
 
-impl Collector for ForecastCollector {
+impl Collect for ForecastCollector {
     fn name(&self) -> Name {
         Name::Forecast
     }
@@ -611,11 +643,11 @@ impl Rounds for ForecastCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::stats::JobStats;
+    use crate::jobs::tracker::{JobObservation, Round, Tracker};
     use crate::libvirt::calc::MaxSpeed;
     use crate::libvirt::jobs::{job_operation, job_type};
     use crate::libvirt::{ParamValue, Params, RawJob};
-    use crate::migration::stats::JobStats;
-    use crate::migration::tracker::{JobObservation, Round, Tracker};
 
     fn dom(n: u8) -> DomainId {
         DomainId {

@@ -1,5 +1,5 @@
 //! Before a migration starts: will it converge, how long will it take, what should be done
-//! instead, and how long evacuating the host would take (issue 17).
+//! instead, and how long evacuating the host would take.
 //!
 //! - [`model`]: the forecast of one guest (pure; the live verdict's model applied beforehand).
 //! - [`dirty`]: where the dirty rate and memory figures come from (libvirt's domain statistics,

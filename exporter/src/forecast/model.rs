@@ -23,7 +23,7 @@
 
 use serde::Serialize;
 
-use crate::migration::convergence::{project, CAUTIOUS_RATIO, TREND_MARGIN};
+use crate::jobs::convergence::{project, CAUTIOUS_RATIO, TREND_MARGIN};
 
 /// A forced switch-over pausing the guest up to this long is recommended as "raise max
 /// downtime"; longer pauses break TCP sessions and guest watchdogs: post-copy instead.
@@ -147,7 +147,7 @@ pub fn forecast(i: &Inputs) -> Forecast {
     let max_dt = if i.max_downtime_s.is_finite() && i.max_downtime_s > 0.0 {
         i.max_downtime_s
     } else {
-        crate::migration::convergence::DEFAULT_MAX_DOWNTIME_S
+        crate::jobs::convergence::DEFAULT_MAX_DOWNTIME_S
     };
     let m = first_pass_bytes(m, i.fill_rate, r, i.memory_limit);
     let l = d / r;
@@ -218,7 +218,7 @@ fn round_up_10ms(s: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::convergence::FALLING_CONVERGES_BELOW;
+    use crate::jobs::convergence::FALLING_CONVERGES_BELOW;
 
     const MIB: f64 = 1048576.0;
 

@@ -10,8 +10,8 @@ use super::dirty::{DirtyRate, FirstPassSource};
 use super::model::{self, Forecast, Inputs};
 use super::path::{self, LibvirtCap, PathEstimate, PathInputs, Window};
 use super::plan::{self, Plan};
+use crate::jobs::convergence::DEFAULT_MAX_DOWNTIME_S;
 use crate::libvirt::DomainId;
-use crate::migration::convergence::DEFAULT_MAX_DOWNTIME_S;
 
 /// One running domain's inputs.
 #[derive(Clone, Debug, PartialEq, Serialize)]

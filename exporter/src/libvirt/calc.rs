@@ -43,16 +43,8 @@ impl ReadWriteCalc {
     }
 
     fn error(&self, call: Call, e: LvError) -> SourceError {
-        if e.is_unsupported() {
-            return SourceError::Unsupported {
-                call,
-                message: e.to_string(),
-            };
-        }
-        SourceError::Call {
-            call,
-            message: format!("{e} (on the read-write connection to {})", self.uri),
-        }
+        let message = format!("{e} (on the read-write connection to {})", self.uri);
+        super::conn::call_error(call, &e, message)
     }
 
     /// `f` on the domain, on the (re)opened connection. One call at a time on this connection:

@@ -217,16 +217,7 @@ impl LibvirtSource {
             live.report_dead(&e.message);
             return SourceError::NotConnected(e.message);
         }
-        if e.is_unsupported() {
-            return SourceError::Unsupported {
-                call,
-                message: e.to_string(),
-            };
-        }
-        SourceError::Call {
-            call,
-            message: e.to_string(),
-        }
+        call_error(call, &e, e.to_string())
     }
 
     /// The domain, for `call` (whose error a failed lookup is).
@@ -490,4 +481,15 @@ fn manage(shared: &Shared, ctl: &Receiver<Ctl>) {
 fn take_live(shared: &Shared) {
     let last = shared.live.write().take();
     drop(last);
+}
+/// A failed call on a live connection: `Unsupported` when the driver lacks the call (its
+/// message as libvirt said it), else `Call` with `message`.
+pub(super) fn call_error(call: Call, e: &LvError, message: String) -> SourceError {
+    if e.is_unsupported() {
+        return SourceError::Unsupported {
+            call,
+            message: e.to_string(),
+        };
+    }
+    SourceError::Call { call, message }
 }

@@ -853,9 +853,8 @@ mod tests {
         }
     }
 
-    /// Issue 16: the sampler recognised the destination's "no live stats here" answer by its
-    /// English text, which a translated libvirt (LANG=fr_FR) does not send. The decision is
-    /// now libvirt's error code.
+    /// The destination's "no live stats here" answer is recognised by libvirt's error code, not
+    /// its English text, which a translated libvirt (LANG=fr_FR) does not send.
     #[test]
     fn job_stats_refusals_are_told_by_code_not_by_text() {
         let incoming = LvError {

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::net::probe::{KindError, ProbeKind};
+use crate::peers::probe::{KindError, ProbeKind};
 
 /// The file's settings, checked and typed.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -44,7 +44,7 @@ pub struct Config {
     pub sample: SampleConfig,
     pub probe: ProbeConfig,
     /// Guest services to probe (`app:`).
-    pub app: crate::app_qos::targets::AppSettings,
+    pub app: crate::app::targets::AppSettings,
 }
 
 /// The file as written (strict: unknown keys are errors).
@@ -57,7 +57,7 @@ struct RawConfig {
     sample: SampleConfig,
     #[serde(default)]
     probe: RawProbe,
-    app: Option<crate::app_qos::targets::AppFile>,
+    app: Option<crate::app::targets::AppFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -12,7 +12,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, Parser, ValueEnum};
 
 use crate::collector::Name;
-use crate::net::probe::ProbeKind;
+use crate::peers::probe::ProbeKind;
 
 /// Default port: 9177 is taken by the existing libvirt exporters, so this one uses 9745.
 pub const DEFAULT_LISTEN: &str = ":9745";
@@ -166,7 +166,7 @@ pub struct Cli {
 
     /// Largest size of the record file; past it, the file is rewritten with the newest records
     /// that fit in half of it.
-    #[arg(long = "storage.retention-size", env = "VM_MIGRATION_EXPORTER_STORAGE_RETENTION_SIZE", default_value = "64MiB", value_parser = crate::store::parse_size, value_name = "SIZE")]
+    #[arg(long = "storage.retention-size", env = "VM_MIGRATION_EXPORTER_STORAGE_RETENTION_SIZE", default_value = "64MiB", value_parser = crate::records::log::parse_size, value_name = "SIZE")]
     pub storage_retention_size: u64,
 
     /// How long a domain's `vm_migration_last_*` series stay after its last migration finished

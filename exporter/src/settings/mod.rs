@@ -16,7 +16,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use crate::collector::Name;
-use crate::net::probe::{KindError, PeerSpec, ProbeKind, ProbeSpec};
+use crate::peers::probe::{KindError, PeerSpec, ProbeKind, ProbeSpec};
 use file::{Config, ConfigError, ProbeConfig};
 pub use flags::{Cli, LogFormat, LogLevel, ProbeArgs, DEFAULT_LISTEN};
 
@@ -43,10 +43,10 @@ pub struct Settings {
     pub storage_retention_size: u64,
     /// `None`: keep `last_*` series until restart.
     pub last_retention: Option<Duration>,
-    pub netdev: crate::net::netdev::Netdev,
+    pub netdev: crate::netdev::Netdev,
     pub probe: ProbeSettings,
     /// Guest services to probe (the config file's `app:` section).
-    pub app: crate::app_qos::targets::AppSettings,
+    pub app: crate::app::targets::AppSettings,
     /// Collectors to run (`--collector.<name>` / `--no-collector.<name>`).
     pub collectors: BTreeSet<Name>,
     pub forecast: ForecastSettings,
@@ -207,7 +207,7 @@ fn merge(cli: Cli, m: &ArgMatches, cfg: Config) -> Result<Settings, CliError> {
         storage_path: (!cli.storage_path.is_empty()).then(|| PathBuf::from(cli.storage_path)),
         storage_retention_size: cli.storage_retention_size,
         last_retention: (!cli.last_retention.is_zero()).then_some(cli.last_retention),
-        netdev: crate::net::netdev::Netdev {
+        netdev: crate::netdev::Netdev {
             procfs: cli.procfs,
             sysfs: cli.sysfs,
             include: cli.netdev_include,
@@ -236,7 +236,7 @@ pub struct ProbeSettings {
     /// The probes run against discovered peers.
     pub discovery_probes: Vec<ProbeSpec>,
     /// Which processes discovery takes for a domain's QEMU.
-    pub qemu_trust: crate::net::discovery::QemuTrust,
+    pub qemu_trust: crate::peers::qemu_socket::QemuTrust,
 }
 
 /// Why the probe flags and the file's `probe:` section make no [`ProbeSettings`].
@@ -351,8 +351,8 @@ fn resolve_probes(
 }
 
 /// The users QEMU may run as (given, or those of the defaults that exist) and the emulators.
-fn qemu_trust(a: &ProbeArgs) -> Result<crate::net::discovery::QemuTrust, String> {
-    use crate::net::discovery::resolve_user;
+fn qemu_trust(a: &ProbeArgs) -> Result<crate::peers::qemu_socket::QemuTrust, String> {
+    use crate::peers::qemu_socket::resolve_user;
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let uids = match &a.discovery_qemu_users {
         Some(users) => users
@@ -372,7 +372,7 @@ fn qemu_trust(a: &ProbeArgs) -> Result<crate::net::discovery::QemuTrust, String>
             )
             .collect(),
     };
-    Ok(crate::net::discovery::QemuTrust {
+    Ok(crate::peers::qemu_socket::QemuTrust {
         uids,
         emulators: a.discovery_emulators.clone(),
     })

@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
+use vm_migration_exporter::jobs::stats::JobStats;
+use vm_migration_exporter::jobs::tracker::{JobObservation, Round, Tracker};
 use vm_migration_exporter::libvirt::jobs::{DomainEvent, ParamValue, Params, RawJob};
-use vm_migration_exporter::migration::stats::JobStats;
-use vm_migration_exporter::migration::tracker::{JobObservation, Round, Tracker};
-use vm_migration_exporter::store::RecordLog;
+use vm_migration_exporter::records::log::RecordLog;
 
 use crate::support::dom;
 
@@ -86,23 +86,23 @@ proptest! {
 
     #[test]
     fn web_config_parser_never_panics(b in input("web_config")) {
-        let _ = vm_migration_exporter::web_config::WebConfig::parse(&text(&b));
+        let _ = vm_migration_exporter::http::web_config::WebConfig::parse(&text(&b));
     }
 
     #[test]
     fn proc_net_dev_parser_never_panics(b in input("proc_net_dev")) {
-        let _ = vm_migration_exporter::net::netdev::parse_proc_net_dev(&text(&b), "/proc/net/dev");
+        let _ = vm_migration_exporter::netdev::parse_proc_net_dev(&text(&b), "/proc/net/dev");
     }
 
     #[test]
     fn proc_net_tcp_parser_never_panics(b in input("proc_net_tcp")) {
-        let _ = vm_migration_exporter::net::discovery::parse_proc_net_tcp(&text(&b));
+        let _ = vm_migration_exporter::peers::qemu_socket::parse_proc_net_tcp(&text(&b));
     }
 
     #[test]
     fn route_parsers_never_panic(b in input("route"), b6 in input("ipv6_route")) {
-        let _ = vm_migration_exporter::net::routes::parse_ipv4(&text(&b));
-        let _ = vm_migration_exporter::net::routes::parse_ipv6(&text(&b6));
+        let _ = vm_migration_exporter::netdev::routes::parse_ipv4(&text(&b));
+        let _ = vm_migration_exporter::netdev::routes::parse_ipv6(&text(&b6));
     }
 }
 
@@ -213,7 +213,7 @@ proptest! {
     #[test]
     fn job_stats_and_events_never_panic(steps in proptest::collection::vec(step(), 1..40)) {
         let state = vm_migration_exporter::state::shared();
-        let (registry, metrics) = vm_migration_exporter::metrics::Metrics::register(state.clone(), Default::default());
+        let (registry, metrics) = vm_migration_exporter::jobs::metrics::Metrics::register(state.clone(), Default::default());
         let mut tracker = Tracker::new(5.0);
         let mut now = 1_700_000_000.0;
         let mut finished = Vec::new();

@@ -8,18 +8,18 @@ use std::path::Path;
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use vm_migration_exporter::collector::{execute, Collector, Name, Rounds, TaskRounds};
+use vm_migration_exporter::collector::{execute, Collect, Name, Rounds, TaskRounds};
+use vm_migration_exporter::jobs::replay::{text, Replay};
+use vm_migration_exporter::jobs::sampler::SamplerConfig;
+use vm_migration_exporter::jobs::trace::TraceRecord;
 use vm_migration_exporter::libvirt::jobs::{
     job_operation, job_type, Call, DomainEvent, DomainId, ParamValue, Params, RawJob,
 };
-use vm_migration_exporter::net::netdev::{Netdev, NetdevCollector};
-use vm_migration_exporter::net::peers::{
+use vm_migration_exporter::netdev::{Netdev, NetdevCollector};
+use vm_migration_exporter::peers::probe::{ProbeCollector, Prober};
+use vm_migration_exporter::peers::state::{
     DiscoveredPeer, Origin, PeerState, ProbeKey, ProbeOutcome,
 };
-use vm_migration_exporter::net::probe::{ProbeCollector, Prober};
-use vm_migration_exporter::sampler::replay::{text, Replay};
-use vm_migration_exporter::sampler::SamplerConfig;
-use vm_migration_exporter::trace::TraceRecord;
 
 use crate::support::{dom, normalise};
 
@@ -123,11 +123,11 @@ fn every_family() -> String {
     // g2 is an OpenStack instance (Nova's metadata); g1 and g3 are plain libvirt domains.
     let nova = format!(
         r#"<nova:instance xmlns:nova="{}"><nova:name>web-2</nova:name><nova:flavor name="m1.small"/><nova:owner><nova:user uuid="6d3c2b1a">alice</nova:user><nova:project uuid="a1b2c3d4">shop</nova:project></nova:owner></nova:instance>"#,
-        vm_migration_exporter::identity::NOVA_NS
+        vm_migration_exporter::jobs::identity::NOVA_NS
     );
-    let source = vm_migration_exporter::trace::ReplaySource::new(trace()).with_metadata(&[(
+    let source = vm_migration_exporter::jobs::trace::ReplaySource::new(trace()).with_metadata(&[(
         &dom(2).uuid,
-        vm_migration_exporter::identity::NOVA_NS,
+        vm_migration_exporter::jobs::identity::NOVA_NS,
         &nova,
     )]);
     let mut replay = Replay::with_source(source, SamplerConfig::default());
@@ -188,12 +188,11 @@ fn every_family() -> String {
     );
     // One probed guest service: two good probes and a refused one, and one finished migration
     // with its app-observed outage.
-    let app = vm_migration_exporter::app_qos::collector::SharedAppStats::default();
+    let app = vm_migration_exporter::app::metrics::SharedAppStats::default();
     {
         use prometheus_client::metrics::histogram::Histogram;
-        use vm_migration_exporter::app_qos::collector::{
-            duration_buckets, outage_buckets, TargetStats,
-        };
+        use vm_migration_exporter::app::collector::{duration_buckets, outage_buckets};
+        use vm_migration_exporter::app::metrics::TargetStats;
         let mut g = app.lock();
         let duration = Histogram::new(duration_buckets());
         for l in [0.002, 0.003, 0.0001] {
@@ -219,7 +218,7 @@ fn every_family() -> String {
         g.migration_outage.insert("precopy", outage);
     }
     registry.register_collector(Box::new(
-        vm_migration_exporter::app_qos::metrics::AppFamilies::new(app),
+        vm_migration_exporter::app::metrics::AppFamilies::new(app),
     ));
     // The forecast of two guests (one converging, one not) over the configured peer's path.
     {
@@ -275,12 +274,10 @@ fn every_family() -> String {
     )
     .expect("write");
     let (log, _) =
-        vm_migration_exporter::store::RecordLog::open(dir.path(), 1 << 20).expect("open");
-    replay
-        .registry
-        .register_collector(Box::new(vm_migration_exporter::store::StoreCollector(
-            log.stats(),
-        )));
+        vm_migration_exporter::records::log::RecordLog::open(dir.path(), 1 << 20).expect("open");
+    replay.registry.register_collector(Box::new(
+        vm_migration_exporter::records::log::StoreFamilies(log.stats()),
+    ));
     // The start counts as the first successful load.
     replay
         .registry

@@ -57,7 +57,7 @@ fn half_open_flood_at_a_1024_fd_limit_leaves_metrics_answering() {
         &["--libvirt.uri", "test:///default"],
     );
     // The test itself holds 1,100 sockets too.
-    let (_, ours) = vm_migration_exporter::serve::raise_nofile_limit().expect("getrlimit");
+    let (_, ours) = vm_migration_exporter::http::listener::raise_nofile_limit().expect("getrlimit");
     assert!(
         ours >= 1200,
         "this test needs an open-files hard limit of 1200, have {ours}"

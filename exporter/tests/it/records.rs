@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use vm_migration_exporter::migration::tracker::FinishedMigration;
-use vm_migration_exporter::store::{RecordLog, StoreOp};
+use vm_migration_exporter::jobs::tracker::FinishedMigration;
+use vm_migration_exporter::records::log::{RecordLog, StoreOp};
 
 use crate::support::{poll_until, rec, record, value, Exporter, BIN};
 

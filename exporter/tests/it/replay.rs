@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
+use vm_migration_exporter::jobs::convergence::Verdict;
+use vm_migration_exporter::jobs::replay::Replay;
+use vm_migration_exporter::jobs::sampler::SamplerConfig;
+use vm_migration_exporter::jobs::stats::{Direction, JobStats};
+use vm_migration_exporter::jobs::trace::{read_trace, TraceRecord};
+use vm_migration_exporter::jobs::tracker::{FigureSource, FinishedMigration, Outcome, Phase};
 use vm_migration_exporter::libvirt::jobs::DomainEvent;
-use vm_migration_exporter::migration::convergence::Verdict;
-use vm_migration_exporter::migration::stats::{Direction, JobStats};
-use vm_migration_exporter::migration::tracker::{FigureSource, FinishedMigration, Outcome, Phase};
-use vm_migration_exporter::sampler::replay::Replay;
-use vm_migration_exporter::sampler::SamplerConfig;
-use vm_migration_exporter::trace::{read_trace, TraceRecord};
 
 fn fixture(name: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

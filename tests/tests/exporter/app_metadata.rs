@@ -5,7 +5,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use vm_migration_exporter::app_qos::targets::METADATA_NS;
+use vm_migration_exporter::app::targets::METADATA_NS;
 use vm_migration_exporter::libvirt::{DomainEvent, JobSource, LibvirtSource, SourceEvent};
 
 use testkit::expect_message as expect_event;

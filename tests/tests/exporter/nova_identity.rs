@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use vm_migration_exporter::identity::NOVA_NS;
+use vm_migration_exporter::jobs::identity::NOVA_NS;
 
 use testkit::exporter::Exporter;
 use testkit::host::tiny_guest_xml;

@@ -2,8 +2,8 @@
 //! there after a restart, none glued to another, and the exporter starts and serves on a full
 //! disk.
 
-use vm_migration_exporter::migration::tracker::FinishedMigration;
-use vm_migration_exporter::store::{RecordLog, StoreOp};
+use vm_migration_exporter::jobs::tracker::FinishedMigration;
+use vm_migration_exporter::records::log::{RecordLog, StoreOp};
 
 use testkit::exporter::{value, Exporter};
 

@@ -5,9 +5,9 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use vm_migration_exporter::identity::NOVA_NS;
+use vm_migration_exporter::jobs::identity::NOVA_NS;
+use vm_migration_exporter::jobs::tracker::FinishedMigration;
 use vm_migration_exporter::libvirt::{DomainId, SourceEvent};
-use vm_migration_exporter::migration::tracker::FinishedMigration;
 
 /// A domain identity: `g<n>`, with a fixed UUID ending in `n`.
 pub fn dom(n: usize) -> DomainId {

@@ -1,22 +1,16 @@
 //! The sampler behind the job-source seam: a trace replayed through it must produce the live
 //! series while the job runs, none after, and the finished-migration metrics.
 
-use super::replay::{text, Replay};
 use super::*;
-use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, ParamValue, Params, RawJob};
+use crate::jobs::replay::{text, Replay};
+use crate::jobs::test_support::params as p;
+use crate::libvirt::jobs::{job_operation, job_type, DomainEvent, RawJob};
 
 fn dom() -> DomainId {
     DomainId {
         name: "g1".into(),
         uuid: "0b0b0b0b-0000-4000-8000-000000000001".into(),
     }
-}
-
-fn p(pairs: &[(&str, u64)]) -> Params {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
-        .collect()
 }
 
 fn running(t: f64, elapsed: u64, remaining: u64) -> Vec<TraceRecord> {
@@ -233,8 +227,8 @@ fn disconnected_source_hides_jobs_and_reports_down() {
     );
 }
 
-/// Regression: the job-completed event used to bump the counter while the live snapshot still
-/// listed the job until the next round, so one scrape could show both.
+/// The job-completed event bumps the counter and removes the job from the live snapshot in one
+/// step, so no scrape shows both.
 #[test]
 fn completion_event_removes_the_live_job_at_once() {
     let mut recs = vec![TraceRecord::Connection {
@@ -297,9 +291,9 @@ fn last_series_are_dropped_after_the_retention_but_counters_stay() {
     assert!(kept.contains(finished), "{kept}");
 }
 
-/// Issue 16: /-/ready said 200 after a first round that ran before the connection was open, and
-/// a test then read `vm_migration_libvirt_up 0`. Ready now means a round ran after the first
-/// connection attempt's outcome: connected, or failed and reported as down.
+/// Ready means a round ran after the first connection attempt's outcome (connected, or failed
+/// and reported as down), not merely a round before the connection was open, which would let a
+/// client read `vm_migration_libvirt_up 0` from a "ready" exporter.
 #[test]
 fn ready_only_after_the_first_connection_outcome() {
     let round = |t| TraceRecord::Round { t, domains: vec![] };
@@ -419,8 +413,8 @@ fn flaky_sampler_with(
     (source, sampler, state, statuses, registry)
 }
 
-/// Issue 16, node_exporter's rule: a failed jobs round (libvirt up, but the listing failed)
-/// used to leave the last round's live job series in every scrape as if current.
+/// node_exporter's rule: after a failed jobs round (libvirt up, but the listing failed) the
+/// last round's live job series are not scraped as if current.
 #[test]
 fn a_failed_jobs_round_withholds_the_live_series() {
     let (source, mut sampler, _, statuses, registry) = flaky_sampler();
@@ -455,8 +449,8 @@ fn a_failed_jobs_round_withholds_the_live_series() {
     assert!(text(&registry).contains("vm_migration_job_active{"));
 }
 
-/// Issue 16: a sampler stuck in libvirt (no round for several intervals) turned /-/ready 503
-/// but its last live job series stayed in every scrape.
+/// A sampler stuck in libvirt (no round for several intervals) turns /-/ready 503 and its last
+/// live job series leave the scrape.
 #[test]
 fn a_stuck_sampler_withholds_the_live_series() {
     let (_, mut sampler, state, statuses, registry) = flaky_sampler();
@@ -492,7 +486,7 @@ fn completes_now(s: &Sampler) {
     s.handle(s.now(), SourceEvent::Domain(done));
 }
 
-/// Issue 16, through the sampler's clock seam: an NTP step (the wall clock an hour ahead)
+/// Through the sampler's clock seam: an NTP step (the wall clock an hour ahead)
 /// while a migrated-away domain waits for its completion event must not end the wait.
 #[test]
 fn a_wall_clock_step_does_not_skip_the_completion_grace() {
@@ -589,13 +583,13 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Issue 16: a record the disk refused (full) was lost: it stayed in memory only and was never
-/// written, though the disk took records again once space was freed.
+/// A record the disk refused (full) stays queued and is written once space is freed, not kept
+/// in memory only.
 #[test]
 fn records_a_full_disk_refused_are_written_once_space_is_freed() {
     let fs = Tmpfs::mount("64k").expect("mount a tmpfs (the tests run as root)");
     let storage = fs.0.path().join("storage");
-    let (log, _) = crate::store::RecordLog::open(&storage, 64 << 20).expect("open");
+    let (log, _) = crate::records::log::RecordLog::open(&storage, 64 << 20).expect("open");
     let (source, sampler, state, statuses, _) = flaky_sampler();
     let mut sampler = sampler.with_records(log);
     crate::collector::execute(&statuses, Name::Jobs, || sampler.round(2.0));
@@ -632,7 +626,7 @@ fn records_a_full_disk_refused_are_written_once_space_is_freed() {
 fn nova(name: &str) -> String {
     format!(
         r#"<nova:instance xmlns:nova="{}"><nova:name>{name}</nova:name><nova:flavor name="m1.small"/><nova:owner><nova:user uuid="u-1">alice</nova:user><nova:project uuid="p-1">shop</nova:project></nova:owner></nova:instance>"#,
-        crate::identity::NOVA_NS
+        crate::jobs::identity::NOVA_NS
     )
 }
 
@@ -643,13 +637,13 @@ fn info_line(metrics: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Issue 15: Nova's identity of a domain is in `vm_migration_domain_info` while it is listed,
+/// Nova's identity of a domain is in `vm_migration_domain_info` while it is listed,
 /// and its migration's record carries it (the domain had already left when the completion
 /// came).
 #[test]
 fn nova_identity_labels_domain_info_and_the_record() {
-    use crate::identity::NOVA_NS;
-    let source = crate::trace::ReplaySource::new(trace()).with_metadata(&[(
+    use crate::jobs::identity::NOVA_NS;
+    let source = crate::jobs::trace::ReplaySource::new(trace()).with_metadata(&[(
         &dom().uuid,
         NOVA_NS,
         &nova("web-1"),
@@ -684,7 +678,7 @@ fn nova_identity_labels_domain_info_and_the_record() {
 /// domain was redefined; a domain without it (or with a bad one) has empty labels.
 #[test]
 fn nova_identity_is_reread_on_metadata_change_and_redefinition() {
-    use crate::identity::NOVA_NS;
+    use crate::jobs::identity::NOVA_NS;
     let plain = DomainId {
         name: "plain".into(),
         uuid: "0b0b0b0b-0000-4000-8000-0000000000ff".into(),
@@ -695,7 +689,7 @@ fn nova_identity_is_reread_on_metadata_change_and_redefinition() {
             domains: vec![dom(), plain.clone()],
         })
         .collect();
-    let source = crate::trace::ReplaySource::new(rounds).with_metadata(&[(
+    let source = crate::jobs::trace::ReplaySource::new(rounds).with_metadata(&[(
         &dom().uuid,
         NOVA_NS,
         &nova("before"),

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::outage::ProbeResult;
-use crate::app_qos::targets::Check;
+use crate::app::targets::Check;
 
 /// Why a probe was not good: the `result` label of `vm_migration_app_probes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

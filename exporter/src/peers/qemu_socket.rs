@@ -7,6 +7,10 @@
 //! most bytes queued for sending (a migration stream keeps its send queue full), then the
 //! first. QEMU's monitor and chardevs are UNIX sockets and do not appear here.
 //!
+//! While a domain migrates between two libvirt instances on one machine both ends' QEMU
+//! processes carry its `-uuid`; the direction of the job decides which one is this side's
+//! ([`find_qemu_pid`]).
+//!
 //! Any local user can start a process whose command line says `-uuid <uuid>` and which holds a
 //! TCP connection to an address of their choosing: only processes that really are QEMU as
 //! libvirt runs it ([`QemuTrust`]: the executable, and the user it runs as) are taken.
@@ -14,6 +18,8 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+
+use crate::record::Direction;
 
 /// Which processes may be a domain's QEMU.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,17 +168,48 @@ pub fn socket_inodes(procfs: &Path, pid: u32) -> std::io::Result<HashSet<u64>> {
     Ok(out)
 }
 
-/// The trusted QEMU process whose command line has `-uuid <uuid>` (started by libvirt).
-pub fn find_qemu_pid(procfs: &Path, uuid: &str, trust: &QemuTrust) -> Option<u32> {
+/// The trusted QEMU process whose command line has `-uuid <uuid>` (started by libvirt) on this
+/// host's side of a migration going `direction`.
+///
+/// Two such processes exist on one machine while a domain migrates between two libvirt
+/// instances on it (the lab; a migration to the same host): the destination's QEMU, started for
+/// the incoming migration, holds the other end of the migration connection, so its socket names
+/// the source as the peer. The source's QEMU ran before the migration began and the
+/// destination's was started for it, so the older one is the source's: the newer one for an
+/// incoming job. The order of `/proc`'s listing (pid order) says nothing once pids wrap.
+pub fn find_qemu_pid(
+    procfs: &Path,
+    uuid: &str,
+    trust: &QemuTrust,
+    direction: Direction,
+) -> Option<u32> {
+    let mut found: Vec<(Option<u64>, u32)> = Vec::new();
     for e in std::fs::read_dir(procfs).ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         if cmdline_has_uuid(procfs, pid, uuid) && trust.trusts(procfs, pid) {
-            return Some(pid);
+            found.push((start_time(procfs, pid), pid));
         }
     }
-    None
+    if found.len() > 1 {
+        // One whose start time cannot be read any more has exited meanwhile.
+        found.retain(|(t, _)| t.is_some());
+    }
+    let oldest_first = |a: &(Option<u64>, u32), b: &(Option<u64>, u32)| a.cmp(b);
+    match direction {
+        Direction::Out => found.into_iter().min_by(oldest_first),
+        Direction::In => found.into_iter().max_by(oldest_first),
+    }
+    .map(|(_, pid)| pid)
+}
+
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22).
+pub fn start_time(procfs: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(procfs.join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 pub fn cmdline_has_uuid(procfs: &Path, pid: u32, uuid: &str) -> bool {
@@ -300,10 +337,20 @@ mod tests {
             uids: vec![0, 64055],
             emulators: Vec::new(),
         };
-        let pid = find_qemu_pid(p, "ab5e0000-0000-4000-8000-000000000001", &trust);
+        let pid = find_qemu_pid(
+            p,
+            "ab5e0000-0000-4000-8000-000000000001",
+            &trust,
+            Direction::Out,
+        );
         assert_eq!(pid, Some(4242));
         assert_eq!(
-            find_qemu_pid(p, "00000000-0000-0000-0000-000000000000", &trust),
+            find_qemu_pid(
+                p,
+                "00000000-0000-0000-0000-000000000000",
+                &trust,
+                Direction::Out
+            ),
             None
         );
         assert_eq!(
@@ -327,8 +374,8 @@ mod tests {
         .expect("write");
     }
 
-    /// Issue 16: any process with `-uuid <uuid>` in its command line was taken for the
-    /// domain's QEMU, so a local user could make the exporter probe an address of theirs.
+    /// Not every process with `-uuid <uuid>` in its command line is the domain's QEMU: else a
+    /// local user could make the exporter probe an address of theirs.
     #[test]
     fn only_qemu_run_as_a_trusted_user_is_taken() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -341,7 +388,7 @@ mod tests {
         // A user's script, and a user's own copy of QEMU: impostors with lower pids.
         process(p, 100, "/usr/bin/python3.11", 1000, uuid);
         process(p, 101, "/home/mallory/qemu-system-x86_64", 1000, uuid);
-        assert_eq!(find_qemu_pid(p, uuid, &trust), None);
+        assert_eq!(find_qemu_pid(p, uuid, &trust, Direction::Out), None);
         process(
             p,
             4242,
@@ -349,13 +396,91 @@ mod tests {
             64055,
             uuid,
         );
-        assert_eq!(find_qemu_pid(p, uuid, &trust), Some(4242));
+        assert_eq!(find_qemu_pid(p, uuid, &trust, Direction::Out), Some(4242));
         process(p, 4300, "/opt/kvm/bin/kvm", 0, "other");
         assert!(trust.trusts(p, 4300), "the configured emulator");
         // Effective uid root but started by a user (setuid): not libvirt's QEMU.
         std::fs::write(p.join("101/status"), "Uid:\t1000\t0\t0\t0\n").expect("write");
         assert!(!trust.trusts(p, 101));
         assert!(!trust.trusts(p, 999), "no such process");
+    }
+
+    /// `/proc/<pid>/stat` of a process started `ticks` after boot (its name holds a space and
+    /// a parenthesis, as a thread name may).
+    fn started(p: &Path, pid: u32, ticks: u64) {
+        std::fs::write(
+            p.join(pid.to_string()).join("stat"),
+            format!("{pid} (qemu (x) 1) S 1 {pid} {pid} 0 -1 4194560 1 0 0 0 5 3 0 0 20 0 9 0 {ticks} 1000 100 18446744073709551615\n"),
+        )
+        .expect("write");
+    }
+
+    /// Both ends of a migration between two libvirt instances on one machine (the lab): the
+    /// source's QEMU (root network namespace, its socket 10.77.0.1 -> 10.77.0.2:49152) and the
+    /// destination's, started later for the incoming migration (its namespace, the accepted
+    /// end 10.77.0.2:49152 -> 10.77.0.1). Whatever their pids (they wrap) and the order in
+    /// which the directory lists them, the source's side is the older process and its peer is
+    /// the destination, and the other way round for the incoming job.
+    #[test]
+    fn the_source_qemu_is_told_from_the_destination_qemu_on_one_host() {
+        let uuid = "ab5e0000-0000-4000-8000-000000000001";
+        let trust = QemuTrust {
+            uids: vec![0],
+            emulators: Vec::new(),
+        };
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        // 10.77.0.1:45678 -> 10.77.0.2:49152 (0xC000), and the same connection seen from the
+        // other end; each namespace also has the destination's listening socket or not.
+        let src_tcp = format!("{header}   0: 01004D0A:B26E 02004D0A:C000 01 0002A000:00000000 00:00000000 00000000     0        0 6001 1 0000000000000000 20 4 30 10 -1\n");
+        let dst_tcp = format!("{header}   0: 02004D0A:C000 01004D0A:B26E 01 00000000:00000000 00:00000000 00000000     0        0 6002 1 0000000000000000 20 4 30 10 -1\n");
+        // (source pid, destination pid): the destination's pid is the higher one, then (pids
+        // wrapped) the lower one. The directories are made in the same order both times, so a
+        // listing-order pick is wrong in one of the two.
+        for (src, dst) in [(3000u32, 31000u32), (31000, 3000)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let p = dir.path();
+            for pid in [3000u32, 31000] {
+                process(p, pid, "/usr/bin/qemu-system-x86_64", 0, uuid);
+                std::fs::create_dir_all(p.join(format!("{pid}/fd"))).expect("mkdir");
+                std::fs::create_dir_all(p.join(format!("{pid}/net"))).expect("mkdir");
+            }
+            started(p, src, 5_000);
+            started(p, dst, 912_345);
+            std::fs::write(p.join(format!("{src}/net/tcp")), &src_tcp).expect("write");
+            std::fs::write(p.join(format!("{dst}/net/tcp")), &dst_tcp).expect("write");
+            std::os::unix::fs::symlink("socket:[6001]", p.join(format!("{src}/fd/31")))
+                .expect("symlink");
+            std::os::unix::fs::symlink("socket:[6002]", p.join(format!("{dst}/fd/27")))
+                .expect("symlink");
+
+            let out = find_qemu_pid(p, uuid, &trust, Direction::Out);
+            assert_eq!(out, Some(src), "source {src}, destination {dst}");
+            assert_eq!(
+                peer_of_pid(p, src).expect("readable"),
+                Some("10.77.0.2".parse().expect("ip"))
+            );
+            let incoming = find_qemu_pid(p, uuid, &trust, Direction::In);
+            assert_eq!(incoming, Some(dst), "source {src}, destination {dst}");
+            assert_eq!(
+                peer_of_pid(p, dst).expect("readable"),
+                Some("10.77.0.1".parse().expect("ip"))
+            );
+            // Alone (a real host: the other end is elsewhere), either direction takes it.
+            std::fs::remove_dir_all(p.join(dst.to_string())).expect("rm");
+            assert_eq!(find_qemu_pid(p, uuid, &trust, Direction::In), Some(src));
+        }
+    }
+
+    #[test]
+    fn start_time_is_field_22_of_stat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("77")).expect("mkdir");
+        started(p, 77, 4_242_424);
+        assert_eq!(start_time(p, 77), Some(4_242_424));
+        std::fs::write(p.join("77/stat"), "77 (qemu) S 1").expect("write");
+        assert_eq!(start_time(p, 77), None, "truncated");
+        assert_eq!(start_time(p, 78), None, "no such process");
     }
 
     #[test]

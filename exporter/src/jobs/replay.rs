@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
-use super::{Sampler, SamplerConfig};
+use super::sampler::{Sampler, SamplerConfig};
 use crate::collector::{execute, CollectError, Event, Name, Statuses};
+use crate::jobs::metrics::Metrics;
+use crate::jobs::trace::{ReplaySource, TraceRecord};
 use crate::libvirt::jobs::SourceEvent;
-use crate::metrics::Metrics;
 use crate::state::SharedState;
-use crate::trace::{ReplaySource, TraceRecord};
 
 pub struct Replay {
     /// What the daemon would publish: live jobs, records.

@@ -2,21 +2,15 @@
 
 use super::*;
 use crate::clock::Now;
+use crate::jobs::convergence::Verdict;
+use crate::jobs::test_support::params;
 use crate::libvirt::jobs::{job_operation, ParamValue, Params};
-use crate::migration::convergence::Verdict;
 
 fn dom() -> DomainId {
     DomainId {
         name: "g1".into(),
         uuid: "11111111-2222-4333-8444-555555555555".into(),
     }
-}
-
-fn params(pairs: &[(&str, u64)]) -> Params {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), ParamValue::UInt(*v)))
-        .collect()
 }
 
 /// A running outgoing migration sample at `elapsed_ms` with `remaining` bytes left.
@@ -471,8 +465,8 @@ fn at(wall: f64, mono: f64) -> Now {
     Now { wall, mono }
 }
 
-/// Issue 16: the completion grace was measured on the wall clock, so an NTP step forward
-/// while a migrated domain waited for its `JOB_COMPLETED` skipped the wait (the migration was
+/// The completion grace is waited out on the monotonic clock: an NTP step forward while a
+/// migrated domain waits for its `JOB_COMPLETED` must not skip the wait (the migration would be
 /// counted `failed` from its last sample, and once more when the event came).
 #[test]
 fn a_wall_clock_step_forward_does_not_skip_the_grace() {
@@ -528,9 +522,9 @@ fn a_wall_clock_step_back_does_not_hide_the_next_migration() {
     assert!(t.is_active(&dom().uuid), "the new job is live");
 }
 
-/// Issue 16: what the tracker remembers per domain (its last counted completed job, when its
-/// last migration ended) was never forgotten; a host where guests come and go grew without
-/// bound. 10,000 domains migrating in and leaving again leave bounded state.
+/// What the tracker remembers per domain (its last counted completed job, when its last
+/// migration ended) is bounded on a host where guests come and go: 10,000 domains migrating in
+/// and leaving again leave bounded state.
 #[test]
 fn ten_thousand_domains_coming_and_going_leave_bounded_state() {
     let mut t = Tracker::new(5.0);

@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::holdback::Holdback;
+use super::metrics::{SharedAppStats, TargetStats};
 use super::outage::{ProbeResult, TargetTrack};
 use super::probe::{http_client, probe, ProbeOutcome};
 use super::targets::{AppSettings, Target};
 use crate::clock::unix_now;
-use crate::collector::{Collector, Name, TaskRounds, Tasks};
+use crate::collector::{Collect, Name, Registration, TaskRounds, Tasks};
 use crate::libvirt::DomainId;
 
 /// What the sampler saw of this host at its last round.
@@ -72,30 +73,6 @@ pub fn outage_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 15)
 }
 
-/// Live figures of one target, read by scrapes.
-#[derive(Debug)]
-pub struct TargetStats {
-    pub domain: DomainId,
-    pub target: String,
-    pub up: Option<bool>,
-    pub outage_seconds: f64,
-    pub results: [u64; ProbeOutcome::ALL.len()],
-    pub duration: Histogram,
-}
-
-/// Everything the `vm_migration_app_*` families show.
-#[derive(Debug, Default)]
-pub struct AppStats {
-    /// By (domain uuid, target name).
-    pub targets: BTreeMap<(String, String), TargetStats>,
-    /// Longest outage of each domain's last migration, by (domain, target).
-    pub last_outage: BTreeMap<(DomainId, String), f64>,
-    /// Outages over finished migrations, by mode.
-    pub migration_outage: BTreeMap<&'static str, Histogram>,
-}
-
-pub type SharedAppStats = Arc<Mutex<AppStats>>;
-
 /// A target whose domain left is dropped at the latest this long after twice the settle period,
 /// even if the migration's record never came (libvirt lost the event, the holdback gave up).
 const LEFT_MAX_EXTRA_S: f64 = 30.0;
@@ -107,6 +84,26 @@ struct Probing {
     /// Cuts the probe loop's wait short: its domain's migration started or switched over.
     wake: Arc<tokio::sync::Notify>,
 }
+
+/// The `app` collector; it publishes the host view it follows (the jobs collector fills it)
+/// and the holdback of its domains' records.
+pub const REGISTRATION: Registration = Registration {
+    name: Name::App,
+    start: |deps, runner| {
+        let view = SharedHostView::default();
+        let hold = Holdback::new(deps.settings.app.settle.as_secs_f64());
+        deps.put(view.clone());
+        deps.put(hold.clone());
+        runner.add_tasks(AppCollector::new(
+            deps.settings.app.clone(),
+            view,
+            hold,
+            runner.task_rounds(Name::App),
+            runner.cancel_token().child_token(),
+        ));
+        Ok(())
+    },
+};
 
 pub struct AppCollector {
     settings: AppSettings,
@@ -136,7 +133,7 @@ impl AppCollector {
     }
 }
 
-impl Collector for AppCollector {
+impl Collect for AppCollector {
     fn name(&self) -> Name {
         Name::App
     }
@@ -516,7 +513,7 @@ mod tests {
         vec![Target {
             domain: "web".into(),
             name: "http".into(),
-            check: crate::app_qos::targets::Check::Http {
+            check: crate::app::targets::Check::Http {
                 url: reqwest::Url::parse(&format!("http://{addr}/")).expect("url"),
                 expect_status: None,
             },

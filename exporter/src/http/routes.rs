@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::exposition;
-use crate::migration::tracker::Phase;
+use crate::jobs::tracker::Phase;
 use crate::state::SharedState;
 
 #[derive(Clone)]

@@ -1,10 +1,10 @@
 //! The exporter's own families, the jobs collector's and the finished-migration ones. Other
-//! collectors declare theirs next to their parsers (`net::netdev`, `net::peer_metrics`) and
+//! collectors declare theirs next to their parsers (`netdev`, `peers::metrics`) and
 //! register them through the runner ([`crate::collector`]).
 //!
 //! Two kinds here: cumulative metrics of finished migrations (counters, histograms, `last_*` gauges)
 //! live in the registry and are updated as migrations finish; live job gauges are produced at
-//! encode time from the shared [`Snapshot`](crate::state::Snapshot) by [`LiveCollector`], so a
+//! encode time from the shared [`Snapshot`](crate::state::Snapshot) by [`LiveFamilies`], so a
 //! job's series vanish the moment it is no longer running, with no stale series to clean up.
 
 use prometheus_client::collector::Collector;
@@ -17,11 +17,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::collector::{Name, Statuses};
+use crate::collector::{Name, Statuses, Timed};
 use crate::exposition::{GaugeFamily, Labels};
+use crate::jobs::convergence::{Detail, Verdict};
+use crate::jobs::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::libvirt::jobs::Call;
-use crate::migration::convergence::{Detail, Verdict};
-use crate::migration::tracker::{ActiveJob, FinishedMigration, Outcome, Phase};
 use crate::state::SharedState;
 
 /// Downtime buckets: 5 ms .. 60 s.
@@ -85,8 +85,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Build the registry: finished-migration metrics, build info and the live collector.
+    /// Build the registry: finished-migration metrics, build info and the live collector, and
+    /// the process's own families.
     pub fn register(state: SharedState, statuses: Statuses) -> (Registry, std::sync::Arc<Metrics>) {
+        Self::register_with(state, statuses, Vec::new())
+    }
+
+    /// [`Metrics::register`], with more self-metrics encoders: each (and the process's) timed
+    /// under its label and encoded before the collector statuses, so a scrape shows its own.
+    pub fn register_with(
+        state: SharedState,
+        statuses: Statuses,
+        self_metrics: Vec<(&'static str, Box<dyn Collector>)>,
+    ) -> (Registry, std::sync::Arc<Metrics>) {
         let mut reg = Registry::default();
         let m = Metrics {
             finished: Family::default(),
@@ -142,8 +153,15 @@ impl Metrics {
             "libvirt calls that failed, by call",
             m.call_errors.clone(),
         );
-        reg.register_collector(Box::new(LiveCollector { state, statuses }));
-        reg.register_collector(Box::new(crate::process::ProcessCollector::default()));
+        let process: Box<dyn Collector> = Box::new(crate::process::ProcessFamilies::default());
+        for (label, inner) in std::iter::once(("process", process)).chain(self_metrics) {
+            reg.register_collector(Box::new(Timed {
+                label,
+                statuses: statuses.clone(),
+                inner,
+            }));
+        }
+        reg.register_collector(Box::new(LiveFamilies { state, statuses }));
         (reg, std::sync::Arc::new(m))
     }
 
@@ -248,7 +266,7 @@ impl Metrics {
 
 /// Encodes the live state at scrape time.
 #[derive(Debug)]
-struct LiveCollector {
+struct LiveFamilies {
     state: SharedState,
     statuses: Statuses,
 }
@@ -261,7 +279,7 @@ fn num(v: Option<u64>) -> Option<f64> {
     v.map(|v| v as f64)
 }
 
-impl Collector for LiveCollector {
+impl Collector for LiveFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.state.lock();
 

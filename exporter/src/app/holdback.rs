@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::migration::tracker::FinishedMigration;
+use crate::jobs::tracker::FinishedMigration;
 
 /// Extra wait past the settle period before the sampler writes a held record as it is.
 const SAFETY_S: f64 = 10.0;

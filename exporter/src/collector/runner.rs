@@ -1,16 +1,5 @@
-//! The collector seam: every source of series is a [`Collector`], and one [`Runner`] owns their
-//! threads and tasks, stops them, and keeps `vm_migration_collector_success` and
-//! `vm_migration_collector_duration_seconds` for each (node_exporter's `execute()`).
-//!
-//! Two ways to run:
-//! - [`Rounds`]: a round on a thread of its own, every [`Rounds::period`] and at once when its
-//!   [`Waker`] fires; libvirt's events, if the collector takes any, on a second thread
-//!   ([`Events`]). The runner times each round.
-//! - [`Tasks`]: async tasks on the runtime (the probes, each on its own interval). A round is
-//!   complete when every member has reported once since it began; [`TaskRounds`] times it.
-//!
-//! Adding a collector: a [`Name`], a type implementing [`Collector`] and one of the two, its
-//! families registered in [`Collector::register`], and one line in `app::run`.
+//! The runner: threads for [`Rounds`] collectors, tasks for [`Tasks`] ones, the timing of every
+//! round ([`execute`], [`TaskRounds`], [`Timed`]), waking ([`Waker`], [`Feed`]) and stopping.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -23,140 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-/// Every collector, named once: the `collector` label and `--collector.<name>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Name {
-    Jobs,
-    Netdev,
-    Discovery,
-    Probe,
-    App,
-    Forecast,
-}
-
-impl Name {
-    /// In the order the runner starts them.
-    pub const ALL: [Name; 6] = [
-        Name::Jobs,
-        Name::Netdev,
-        Name::Discovery,
-        Name::Probe,
-        Name::App,
-        Name::Forecast,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Name::Jobs => "jobs",
-            Name::Netdev => "netdev",
-            Name::Discovery => "discovery",
-            Name::Probe => "probe",
-            Name::App => "app",
-            Name::Forecast => "forecast",
-        }
-    }
-
-    /// What it collects, for `--help`.
-    pub fn help(self) -> &'static str {
-        match self {
-            Name::Jobs => "libvirt migration jobs: live progress, convergence, finished migrations",
-            Name::Netdev => "NIC counters and link state (--path.procfs, --path.sysfs)",
-            Name::Discovery => {
-                "the peer of each running migration, from QEMU's migration socket (needs probe)"
-            }
-            Name::Probe => "ICMP/TCP probes of configured and discovered peers",
-            Name::App => "HTTP/TCP probes of guest services (the config file's app: section), fast while the guest migrates",
-            Name::Forecast => "per-domain migratability forecast and host evacuation plan (dirty rates: libvirt's domain statistics and records; calculations only with --forecast.enable)",
-        }
-    }
-}
-
-/// The last round of one collector.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct CollectorStatus {
-    pub success: bool,
-    pub duration_seconds: f64,
-}
-
-/// The last round of every collector that ran one, by name; the runner writes, scrapes read.
-#[derive(Clone, Debug, Default)]
-pub struct Statuses(Arc<Mutex<BTreeMap<&'static str, CollectorStatus>>>);
-
-impl Statuses {
-    fn set(&self, name: Name, success: bool, took: Duration) {
-        self.0.lock().insert(
-            name.as_str(),
-            CollectorStatus {
-                success,
-                duration_seconds: took.as_secs_f64(),
-            },
-        );
-    }
-
-    pub fn get(&self, name: Name) -> Option<CollectorStatus> {
-        self.0.lock().get(name.as_str()).copied()
-    }
-
-    /// By name (the order `/metrics` lists them in).
-    pub fn all(&self) -> Vec<(&'static str, CollectorStatus)> {
-        self.0.lock().iter().map(|(n, s)| (*n, *s)).collect()
-    }
-}
-
-/// Why a round failed: the collector exports `collector_success 0`.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct CollectError(Box<dyn std::error::Error + Send + Sync>);
-
-impl CollectError {
-    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        CollectError(e.into())
-    }
-}
-
-/// What every collector says about itself.
-pub trait Collector: Send + 'static {
-    fn name(&self) -> Name;
-    /// Register the families it exports (their encoders read what its rounds publish).
-    fn register(&self, _registry: &mut Registry) {}
-}
-
-/// A collector that works in rounds on a thread of its own.
-pub trait Rounds: Collector {
-    /// One round: read and publish. Blocking calls are fine: scrapes never wait on it.
-    fn round(&mut self) -> Result<(), CollectError>;
-    /// How long to wait after a round before the next, unless woken.
-    fn period(&self) -> Duration;
-    /// Events to handle between rounds, on a second thread (taken once, at start).
-    fn events(&mut self) -> Option<Box<dyn Events>> {
-        None
-    }
-}
-
-/// What one wait for an event gave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// Nothing arrived in time.
-    Idle,
-    /// One event handled; `round_now` asks for a round at once.
-    Handled { round_now: bool },
-    /// The source is down: the collector fails until its next round says otherwise.
-    Failed,
-    /// The event source is gone.
-    Closed,
-}
-
-/// The event side of a [`Rounds`] collector.
-pub trait Events: Send + 'static {
-    /// Wait up to `timeout` for one event and handle it.
-    fn next(&mut self, timeout: Duration) -> Event;
-}
-
-/// A collector whose work is async tasks, started once; they run until the runner's token is
-/// cancelled and report their rounds through the [`TaskRounds`] they were built with.
-pub trait Tasks: Collector {
-    fn start(self: Box<Self>);
-}
+use super::{CollectError, Event, Name, Rounds, Statuses, Tasks};
 
 /// Time `round` and record its result for `name`: the one place that sets
 /// `collector_success` and `collector_duration_seconds`.
@@ -235,7 +91,7 @@ impl<T: Clone + PartialEq + Default> Feed<T> {
 #[derive(Clone, Debug)]
 pub struct TaskRounds<K: Ord> {
     statuses: Statuses,
-    name: Name,
+    label: &'static str,
     inner: Arc<Mutex<RoundsInner<K>>>,
 }
 
@@ -255,14 +111,24 @@ struct OpenRound<K: Ord> {
 
 impl<K: Ord + Clone> TaskRounds<K> {
     pub fn new(statuses: Statuses, name: Name) -> Self {
+        Self::labelled(statuses, name.as_str())
+    }
+
+    /// Rounds reported under `label` (`collector="<label>"`).
+    pub fn labelled(statuses: Statuses, label: &'static str) -> Self {
         TaskRounds {
             statuses,
-            name,
+            label,
             inner: Arc::new(Mutex::new(RoundsInner {
                 members: BTreeMap::new(),
                 open: None,
             })),
         }
+    }
+
+    /// The `collector` label its rounds report under.
+    pub fn label(&self) -> &'static str {
+        self.label
     }
 
     pub fn join(&self, k: K) {
@@ -315,9 +181,32 @@ impl<K: Ord + Clone> TaskRounds<K> {
     fn close_if_done(&self, g: &mut RoundsInner<K>) {
         if g.open.as_ref().is_some_and(|o| o.pending.is_empty()) {
             if let Some(open) = g.open.take() {
-                self.statuses.set(self.name, open.ok, open.began.elapsed());
+                self.statuses
+                    .set_label(self.label, open.ok, open.began.elapsed());
             }
         }
+    }
+}
+
+/// A self-metrics encoder (the process's, the record file's, the reload status) timed like a
+/// collector's round: its encoding at scrape time is the round, reported under `label`.
+#[derive(Debug)]
+pub struct Timed {
+    pub label: &'static str,
+    pub statuses: Statuses,
+    pub inner: Box<dyn prometheus_client::collector::Collector>,
+}
+
+impl prometheus_client::collector::Collector for Timed {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let started = Instant::now();
+        let result = self.inner.encode(encoder);
+        self.statuses
+            .set_label(self.label, result.is_ok(), started.elapsed());
+        result
     }
 }
 
@@ -365,6 +254,11 @@ impl Runner {
     /// Round bookkeeping for the [`Tasks`] collector `name`.
     pub fn task_rounds<K: Ord + Clone>(&self, name: Name) -> TaskRounds<K> {
         TaskRounds::new(self.statuses.clone(), name)
+    }
+
+    /// Round bookkeeping for tasks that report under a label of their own.
+    pub fn task_rounds_labelled<K: Ord + Clone>(&self, label: &'static str) -> TaskRounds<K> {
+        TaskRounds::labelled(self.statuses.clone(), label)
     }
 
     fn wake(&mut self, name: Name) -> &mut Wake {
@@ -471,6 +365,7 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::{Collect, CollectorStatus};
 
     fn status(statuses: &Statuses) -> Option<CollectorStatus> {
         statuses.get(Name::Probe)
@@ -531,7 +426,7 @@ mod tests {
         rounds: Arc<Mutex<u32>>,
         fail: bool,
     }
-    impl Collector for Counting {
+    impl Collect for Counting {
         fn name(&self) -> Name {
             Name::Netdev
         }
@@ -552,7 +447,7 @@ mod tests {
     struct Panicking {
         rounds: Arc<Mutex<u32>>,
     }
-    impl Collector for Panicking {
+    impl Collect for Panicking {
         fn name(&self) -> Name {
             Name::Netdev
         }
@@ -570,8 +465,8 @@ mod tests {
         }
     }
 
-    /// Issue 16: a panic in a collector's round ended its thread for good while the process
-    /// went on serving frozen series. Now the round counts as failed and the next one runs.
+    /// A panic in a collector's round must not end its thread (the process would go on serving
+    /// frozen series): the round counts as failed and the next one runs.
     #[test]
     fn a_panicking_round_fails_and_the_collector_goes_on() {
         let state = Statuses::default();

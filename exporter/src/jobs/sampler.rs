@@ -9,8 +9,6 @@
 //! state they publish. While a job runs a round happens every `interval`; otherwise every
 //! `idle_interval`, and at once when an event names a domain that is not tracked yet.
 
-pub mod replay;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -20,17 +18,18 @@ use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, Now, SystemClock};
-use crate::collector::{CollectError, Collector, Event, Events, Feed, Name, Rounds};
-use crate::identity::{DomainIdentity, NOVA_NS};
+use crate::collector::{Collect, CollectError, Event, Events, Feed, Name, Registration, Rounds};
+use crate::jobs::identity::{DomainIdentity, NOVA_NS};
+use crate::jobs::metrics::Metrics;
+use crate::jobs::stats::JobStats;
+use crate::jobs::trace::{TraceRecord, TraceWriter};
+use crate::jobs::tracker::{FinishedMigration, JobObservation, Round, Tracker};
 use crate::libvirt::jobs::{
     lifecycle, Call, DomainEvent, DomainId, JobSource, SourceError, SourceEvent,
 };
-use crate::metrics::Metrics;
-use crate::migration::stats::JobStats;
-use crate::migration::tracker::{FinishedMigration, JobObservation, Round, Tracker};
+use crate::peers::discovery::RunningJob;
+use crate::records::log::RecordLog;
 use crate::state::SharedState;
-use crate::store::RecordLog;
-use crate::trace::{TraceRecord, TraceWriter};
 
 /// Rounds (at the active interval) to keep trying a wanted completed-stats read.
 const COMPLETED_READ_TRIES: u32 = 10;
@@ -59,27 +58,36 @@ impl Default for SamplerConfig {
     }
 }
 
+impl SamplerConfig {
+    pub fn from_settings(s: &crate::settings::Settings) -> Self {
+        SamplerConfig {
+            interval: s.sample_interval,
+            idle_interval: s.sample_idle_interval,
+            grace: s.completion_grace,
+            last_retention: s.last_retention,
+        }
+    }
+}
+
 /// What rounds and events share: the tracker and everything that publishes its results.
 struct Core {
     tracker: Tracker,
     state: SharedState,
     metrics: Arc<Metrics>,
     trace: Option<TraceWriter>,
-    records: Option<RecordLog>,
-    /// Records the disk refused (full, read-only), oldest first: written before any newer one
-    /// once it takes them again (retried every round), so none is lost to a full disk.
-    unwritten: std::collections::VecDeque<FinishedMigration>,
-    store_failing: bool,
+    /// Records to append to the record file, taken by [`Sampler::store_records`] once the
+    /// lock is released (an append fsyncs); only while there is a record file.
+    to_store: Option<Vec<FinishedMigration>>,
     /// NIC transmit history, to add the network under a migration to its record.
-    network: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
+    network: Option<Arc<Mutex<crate::netdev::TxHistory>>>,
     /// Probe results of the peers discovered for migrations, for their records.
-    peers: Option<crate::net::peers::PeerState>,
+    peers: Option<crate::peers::state::PeerState>,
     /// The running jobs, for peer discovery (woken when they change).
-    running: Option<Feed<Vec<DomainId>>>,
+    running: Option<Feed<Vec<RunningJob>>>,
     /// Domains and running jobs, for the app collector; its held-back records.
     app: Option<(
-        crate::app_qos::collector::SharedHostView,
-        crate::app_qos::holdback::Holdback,
+        crate::app::collector::SharedHostView,
+        crate::app::holdback::Holdback,
     )>,
     /// Domains listed at the last round.
     domains: Vec<DomainId>,
@@ -110,6 +118,8 @@ const STALE_SLACK: Duration = Duration::from_secs(5);
 pub struct Sampler {
     source: Arc<dyn JobSource>,
     core: Arc<Mutex<Core>>,
+    /// The record file, written outside the core lock.
+    store: Option<Arc<Mutex<RecordStore>>>,
     /// Monotonic time of the last sweep of completed stats.
     last_completed_sweep: Option<f64>,
     cfg: SamplerConfig,
@@ -165,8 +175,8 @@ impl Core {
             }
             SourceEvent::Domain(DomainEvent::MetadataChange { domain, uri }) => {
                 // Ours (only when guest services are probed) and Nova's.
-                let app = self.app.is_some()
-                    && uri.as_deref() == Some(crate::app_qos::targets::METADATA_NS);
+                let app =
+                    self.app.is_some() && uri.as_deref() == Some(crate::app::targets::METADATA_NS);
                 let nova = uri.as_deref() == Some(NOVA_NS);
                 if app {
                     self.want_metadata.insert(domain.uuid.clone());
@@ -221,10 +231,18 @@ impl Core {
     fn publish_active(&mut self) {
         let active: Vec<_> = self.tracker.active_jobs().cloned().collect();
         if let Some(feed) = &self.running {
-            feed.publish(active.iter().map(|j| j.domain.clone()).collect());
+            feed.publish(
+                active
+                    .iter()
+                    .map(|j| RunningJob {
+                        domain: j.domain.clone(),
+                        direction: j.stats.direction(),
+                    })
+                    .collect(),
+            );
         }
         if let Some((view, _)) = &self.app {
-            view.publish(crate::app_qos::collector::HostView {
+            view.publish(crate::app::collector::HostView {
                 metadata: self
                     .domains
                     .iter()
@@ -306,42 +324,13 @@ impl Core {
         // Disk writes happen after the lock that scrapes take is released. The record stays
         // in memory (API, landing page) even if the disk refuses it.
         drop(st);
-        if self.records.is_none() {
-            return;
-        }
-        self.unwritten.extend(finished);
-        self.store_unwritten();
-    }
-
-    /// Append the records the disk has not taken yet, in order, until one fails.
-    fn store_unwritten(&mut self) {
-        let Some(log) = self.records.as_mut() else {
-            return;
-        };
-        let waiting = self.unwritten.len();
-        while let Some(f) = self.unwritten.front() {
-            if let Err(e) = log.append(f) {
-                // Logged once per outage, not once per round.
-                if !self.store_failing {
-                    warn!(error = %e, waiting = self.unwritten.len(), "cannot store a migration record; kept in memory and retried every round");
-                }
-                self.store_failing = true;
-                break;
-            }
-            self.unwritten.pop_front();
-        }
-        if self.unwritten.is_empty() && std::mem::take(&mut self.store_failing) {
-            info!(written = waiting, "migration records stored again");
-        }
-        while self.unwritten.len() > crate::store::IN_MEMORY {
-            self.unwritten.pop_front();
-            warn!("the record file has refused records for too long: dropping the oldest unwritten one");
+        if let Some(to_store) = self.to_store.as_mut() {
+            to_store.extend(finished);
         }
     }
 
     /// Held-back records the app collector completed (or gave up on); `all` at shutdown.
     fn write_held(&mut self, now: Now, all: bool) {
-        self.store_unwritten();
         let ready = match &self.app {
             // The holdback's settle period is waited out on the monotonic clock.
             Some((_, hold)) => hold.take_ready(now.mono, all),
@@ -356,7 +345,7 @@ impl Core {
     /// it changes) and leaves the identity empty.
     fn set_identity(&mut self, dom: &DomainId, xml: Option<String>) {
         self.want_identity.remove(&dom.uuid);
-        let identity = match xml.as_deref().map(crate::identity::parse_nova) {
+        let identity = match xml.as_deref().map(crate::jobs::identity::parse_nova) {
             None => None,
             Some(Ok(id)) => {
                 self.bad_identity.remove(&dom.uuid);
@@ -378,6 +367,7 @@ impl Drop for Sampler {
     fn drop(&mut self) {
         let now = self.clock.now();
         self.core.lock().write_held(now, true);
+        store_records(&self.core, self.store.as_ref());
     }
 }
 
@@ -409,9 +399,7 @@ impl Sampler {
                 state,
                 metrics,
                 trace,
-                records: None,
-                unwritten: std::collections::VecDeque::new(),
-                store_failing: false,
+                to_store: None,
                 network: None,
                 peers: None,
                 running: None,
@@ -425,6 +413,7 @@ impl Sampler {
                 want_identity: BTreeSet::new(),
                 bad_identity: BTreeSet::new(),
             })),
+            store: None,
             last_completed_sweep: None,
             cfg,
             clock: Arc::new(SystemClock),
@@ -443,8 +432,13 @@ impl Sampler {
     }
 
     /// Keep finished-migration records in this file too.
-    pub fn with_records(self, log: RecordLog) -> Self {
-        self.core.lock().records = Some(log);
+    pub fn with_records(mut self, log: RecordLog) -> Self {
+        self.core.lock().to_store = Some(Vec::new());
+        self.store = Some(Arc::new(Mutex::new(RecordStore {
+            log,
+            unwritten: std::collections::VecDeque::new(),
+            failing: false,
+        })));
         self
     }
 
@@ -452,8 +446,8 @@ impl Sampler {
     /// figures to each finished migration's record.
     pub fn with_network(
         self,
-        history: Option<Arc<Mutex<crate::net::netdev::TxHistory>>>,
-        peers: Option<crate::net::peers::PeerState>,
+        history: Option<Arc<Mutex<crate::netdev::TxHistory>>>,
+        peers: Option<crate::peers::state::PeerState>,
     ) -> Self {
         {
             let mut core = self.core.lock();
@@ -467,22 +461,24 @@ impl Sampler {
     /// its domains until it has added what their services saw.
     pub fn with_app(
         self,
-        view: crate::app_qos::collector::SharedHostView,
-        hold: crate::app_qos::holdback::Holdback,
+        view: crate::app::collector::SharedHostView,
+        hold: crate::app::holdback::Holdback,
     ) -> Self {
         self.core.lock().app = Some((view, hold));
         self
     }
 
     /// Publish the running jobs into `feed` (peer discovery reads it).
-    pub fn with_running_jobs(self, feed: Feed<Vec<DomainId>>) -> Self {
+    pub fn with_running_jobs(self, feed: Feed<Vec<RunningJob>>) -> Self {
         self.core.lock().running = Some(feed);
         self
     }
 
     /// Handle a connection or domain event.
     pub fn handle(&self, now: impl Into<Now>, ev: SourceEvent) -> Event {
-        self.core.lock().handle(now.into(), ev)
+        let step = self.core.lock().handle(now.into(), ev);
+        store_records(&self.core, self.store.as_ref());
+        step
     }
 
     /// Sample every active domain once: read libvirt without holding the lock, then apply.
@@ -567,6 +563,8 @@ impl Sampler {
         }
         drop(st);
         core.flush_trace();
+        drop(core);
+        store_records(&self.core, self.store.as_ref());
         result
     }
 
@@ -628,10 +626,7 @@ impl Sampler {
             }
         };
         for dom in wanted_metadata {
-            match self
-                .source
-                .metadata(dom, crate::app_qos::targets::METADATA_NS)
-            {
+            match self.source.metadata(dom, crate::app::targets::METADATA_NS) {
                 Ok(xml) => r.metadata.push((dom.uuid.clone(), xml)),
                 Err(SourceError::NoDomain(_)) => {}
                 Err(e) => {
@@ -738,6 +733,48 @@ impl Sampler {
     }
 }
 
+/// The `jobs` collector. It takes the daemon's libvirt events, families, trace writer and
+/// record log; it fills what other collectors published for it (discovery's running jobs, the
+/// app collector's host view and holdback) and reads the NIC history and the peers' state for
+/// the records.
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Jobs,
+    start: |deps, runner| {
+        let (Some(events), Some(metrics)) = (
+            deps.take::<Receiver<SourceEvent>>(),
+            deps.get::<Arc<Metrics>>(),
+        ) else {
+            return Err(std::io::Error::other(
+                "no libvirt events or families to start with",
+            ));
+        };
+        let mut sampler = Sampler::new(
+            deps.source.clone(),
+            deps.state.clone(),
+            metrics,
+            deps.take::<TraceWriter>(),
+            SamplerConfig::from_settings(&deps.settings),
+        )
+        .with_network(
+            deps.get::<Arc<Mutex<crate::netdev::TxHistory>>>(),
+            deps.get::<crate::peers::state::PeerState>(),
+        );
+        if let Some(crate::peers::discovery::RunningJobs(feed)) = deps.get() {
+            sampler = sampler.with_running_jobs(feed);
+        }
+        if let Some(log) = deps.take::<RecordLog>() {
+            sampler = sampler.with_records(log);
+        }
+        if let (Some(view), Some(hold)) = (
+            deps.get::<crate::app::collector::SharedHostView>(),
+            deps.get::<crate::app::holdback::Holdback>(),
+        ) {
+            sampler = sampler.with_app(view, hold);
+        }
+        runner.add_rounds(JobsCollector::new(sampler, events))
+    },
+};
+
 /// The `jobs` collector: the sampler's rounds, and libvirt's events between them.
 pub struct JobsCollector {
     sampler: Sampler,
@@ -753,7 +790,7 @@ impl JobsCollector {
     }
 }
 
-impl Collector for JobsCollector {
+impl Collect for JobsCollector {
     fn name(&self) -> Name {
         Name::Jobs
     }
@@ -777,6 +814,7 @@ impl Rounds for JobsCollector {
         let rx = self.events.take()?;
         Some(Box::new(SourceEvents {
             core: self.sampler.core.clone(),
+            store: self.sampler.store.clone(),
             clock: self.sampler.clock.clone(),
             rx,
         }))
@@ -786,6 +824,7 @@ impl Rounds for JobsCollector {
 /// libvirt's events, handled as they come (not at the next round).
 struct SourceEvents {
     core: Arc<Mutex<Core>>,
+    store: Option<Arc<Mutex<RecordStore>>>,
     clock: Arc<dyn Clock>,
     rx: Receiver<SourceEvent>,
 }
@@ -793,11 +832,61 @@ struct SourceEvents {
 impl Events for SourceEvents {
     fn next(&mut self, timeout: Duration) -> Event {
         match self.rx.recv_timeout(timeout) {
-            Ok(ev) => self.core.lock().handle(self.clock.now(), ev),
+            Ok(ev) => {
+                let step = self.core.lock().handle(self.clock.now(), ev);
+                store_records(&self.core, self.store.as_ref());
+                step
+            }
             Err(RecvTimeoutError::Timeout) => Event::Idle,
             Err(RecvTimeoutError::Disconnected) => Event::Closed,
         }
     }
+}
+
+/// The record file and the records it refused (full, read-only), oldest first: written before
+/// any newer one once it takes them again (retried every round), so none is lost to a full disk.
+struct RecordStore {
+    log: RecordLog,
+    unwritten: std::collections::VecDeque<FinishedMigration>,
+    failing: bool,
+}
+
+impl RecordStore {
+    /// Append the records the disk has not taken yet, in order, until one fails.
+    fn store_unwritten(&mut self) {
+        let waiting = self.unwritten.len();
+        while let Some(f) = self.unwritten.front() {
+            if let Err(e) = self.log.append(f) {
+                // Logged once per outage, not once per round.
+                if !self.failing {
+                    warn!(error = %e, waiting = self.unwritten.len(), "cannot store a migration record; kept in memory and retried every round");
+                }
+                self.failing = true;
+                break;
+            }
+            self.unwritten.pop_front();
+        }
+        if self.unwritten.is_empty() && std::mem::take(&mut self.failing) {
+            info!(written = waiting, "migration records stored again");
+        }
+        while self.unwritten.len() > crate::records::log::IN_MEMORY {
+            self.unwritten.pop_front();
+            warn!("the record file has refused records for too long: dropping the oldest unwritten one");
+        }
+    }
+}
+
+/// Append what the core queued for the record file, and retry what the disk refused, with the
+/// core lock released: an append fsyncs. The store's lock is taken first, so records reach the
+/// file in the order the core queued them even when rounds and events both write.
+fn store_records(core: &Mutex<Core>, store: Option<&Arc<Mutex<RecordStore>>>) {
+    let Some(store) = store else {
+        return;
+    };
+    let mut store = store.lock();
+    let queued = core.lock().to_store.as_mut().map(std::mem::take);
+    store.unwritten.extend(queued.unwrap_or_default());
+    store.store_unwritten();
 }
 
 fn call_failed(core: &Mutex<Core>, call: Call, e: &SourceError) {
@@ -808,4 +897,5 @@ fn call_failed(core: &Mutex<Core>, call: Call, e: &SourceError) {
 }
 
 #[cfg(test)]
+#[path = "sampler_tests.rs"]
 mod tests;

@@ -1,8 +1,8 @@
 //! The HTTP(S) listener: our own accept loop over hyper, so that every connection is bounded.
 //!
 //! `axum::serve` sets no header-read timeout and accepts without limit; on a host with the
-//! 1024-descriptor soft limit systemd gives, 1,100 clients that sent half a request each kept
-//! `/metrics` unreachable (issue 16). Here:
+//! 1024-descriptor soft limit systemd gives, 1,100 clients that send half a request each would
+//! keep `/metrics` unreachable. Here:
 //! - the soft `RLIMIT_NOFILE` is raised to the hard limit at start (Go does this for every
 //!   exporter), and the connection cap is kept below it so `accept` never runs out of
 //!   descriptors;
@@ -29,11 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::web_config::LiveWebConfig;
+use crate::http::web_config::LiveWebConfig;
 
 /// Time allowed for a request's headers, from when the connection starts waiting for them
 /// (so also the longest a keep-alive connection stays idle). Prometheus scrapes send their
-/// request at once; 10 s is Go's exporter-toolkit-style bound asked for in issue 16.
+/// request at once; 10 s is the exporter-toolkit-style bound Go exporters use.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,17 +5,17 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 
-use super::peers::{PeerState, ProbeKey, RESULTS};
+use super::state::{PeerState, ProbeKey, RESULTS};
 use crate::exposition::{GaugeFamily, Labels};
 
 #[derive(Debug)]
-pub struct PeerCollector {
+pub struct PeerFamilies {
     peers: PeerState,
 }
 
-impl PeerCollector {
+impl PeerFamilies {
     pub fn new(peers: PeerState) -> Self {
-        PeerCollector { peers }
+        PeerFamilies { peers }
     }
 }
 
@@ -27,7 +27,7 @@ fn labels(k: &ProbeKey) -> Labels {
     ]
 }
 
-impl Collector for PeerCollector {
+impl Collector for PeerFamilies {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let g = self.peers.lock();
         if !g.probes.is_empty() {

@@ -10,32 +10,74 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::discovery;
-use super::peers::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
 use super::probe::{PeerSpec, ProbeSpec, Prober};
-use super::routes;
-use crate::collector::{CollectError, Collector, Feed, Name, Rounds};
+use super::qemu_socket;
+use super::state::{DiscoveredPeer, Origin, PeerState, ProbeKey, KEEP_DISCOVERED};
+use crate::collector::{Collect, CollectError, Feed, Name, Registration, Rounds};
 use crate::libvirt::jobs::DomainId;
+use crate::netdev::routes;
+use crate::record::Direction;
 
 /// How often discovery looks without being woken (a job's socket appears a moment after the
 /// job starts).
 const PERIOD: Duration = Duration::from_secs(1);
 
+/// The `discovery` collector, when `probe.discovery` is on and the probe collector runs (it
+/// probes the peers it finds through the probe collector's [`Prober`]). It publishes the
+/// [`RunningJobs`] feed the jobs collector fills and wakes it through.
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Discovery,
+    start: |deps, runner| {
+        let settings = &deps.settings;
+        let Some(prober) = deps.get::<Prober>() else {
+            return Ok(());
+        };
+        if !settings.probe.discovery {
+            return Ok(());
+        }
+        let feed = Feed::new(runner.waker(Name::Discovery));
+        let discoverer = Discoverer::new(
+            settings.netdev.procfs.clone(),
+            settings.probe.qemu_trust.clone(),
+            settings.probe.discovery_probes.clone(),
+            // Its probes are rounds of their own, not the configured peers' `probe` ones.
+            prober.with_rounds(runner.task_rounds_labelled(DISCOVERED_PROBES)),
+            runner.cancel_token().child_token(),
+        );
+        deps.put(RunningJobs(feed.clone()));
+        runner.add_rounds(DiscoveryCollector::new(discoverer, feed))
+    },
+};
+
+/// The `collector` label of the discovered peers' probes.
+pub const DISCOVERED_PROBES: &str = "discovery_probe";
+
+/// The domains whose migration jobs run, as the jobs collector publishes them for discovery.
+#[derive(Clone, Debug)]
+pub struct RunningJobs(pub Feed<Vec<RunningJob>>);
+
 /// The `discovery` collector: a pass whenever the sampler says the running jobs changed, and at
 /// least every second.
 pub struct DiscoveryCollector {
     discoverer: Discoverer,
-    jobs: Feed<Vec<DomainId>>,
+    jobs: Feed<Vec<RunningJob>>,
+}
+
+/// A running job as discovery needs it: which domain, and which side of it this host is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningJob {
+    pub domain: DomainId,
+    pub direction: Direction,
 }
 
 impl DiscoveryCollector {
     /// `jobs` is published by the jobs sampler, which wakes this collector through it.
-    pub fn new(discoverer: Discoverer, jobs: Feed<Vec<DomainId>>) -> Self {
+    pub fn new(discoverer: Discoverer, jobs: Feed<Vec<RunningJob>>) -> Self {
         DiscoveryCollector { discoverer, jobs }
     }
 }
 
-impl Collector for DiscoveryCollector {
+impl Collect for DiscoveryCollector {
     fn name(&self) -> Name {
         Name::Discovery
     }
@@ -43,13 +85,9 @@ impl Collector for DiscoveryCollector {
 
 impl Rounds for DiscoveryCollector {
     fn round(&mut self) -> Result<(), CollectError> {
-        let jobs: Vec<(String, String)> = self
-            .jobs
-            .get()
-            .into_iter()
-            .map(|d| (d.name, d.uuid))
-            .collect();
-        self.discoverer.tick(&jobs).map_err(CollectError::new)
+        self.discoverer
+            .tick(&self.jobs.get())
+            .map_err(CollectError::new)
     }
 
     fn period(&self) -> Duration {
@@ -71,14 +109,14 @@ pub enum DiscoveryError {
     #[error("{0} is not readable (check --path.procfs)")]
     Procfs(String),
     #[error("{0} (discovery needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read QEMU's fd table; see the README's privileges section)")]
-    FdTable(#[from] discovery::FdTableError),
+    FdTable(#[from] qemu_socket::FdTableError),
 }
 
 /// Finds the peers of running migrations and probes them while they run.
 pub struct Discoverer {
     procfs: PathBuf,
     /// Which processes may be a domain's QEMU.
-    trust: discovery::QemuTrust,
+    trust: qemu_socket::QemuTrust,
     probes: Vec<ProbeSpec>,
     prober: Prober,
     peers: PeerState,
@@ -93,7 +131,7 @@ pub struct Discoverer {
 impl Discoverer {
     pub fn new(
         procfs: PathBuf,
-        trust: discovery::QemuTrust,
+        trust: qemu_socket::QemuTrust,
         probes: Vec<ProbeSpec>,
         prober: Prober,
         cancel: CancellationToken,
@@ -111,16 +149,17 @@ impl Discoverer {
         }
     }
 
-    /// One pass over the running jobs `(name, uuid)`: start probing the peers of new ones, stop
+    /// One pass over the running jobs: start probing the peers of new ones, stop
     /// probing peers nobody migrates to any more. An error when procfs or a QEMU process's fd
     /// table could not be read (the other jobs are still handled).
-    pub fn tick(&mut self, jobs: &[(String, String)]) -> Result<(), DiscoveryError> {
+    pub fn tick(&mut self, jobs: &[RunningJob]) -> Result<(), DiscoveryError> {
         let mut failure = match std::fs::metadata(&self.procfs) {
             Ok(_) => None,
             Err(_) => Some(DiscoveryError::Procfs(self.procfs.display().to_string())),
         };
-        let live: HashSet<&str> = jobs.iter().map(|(_, u)| u.as_str()).collect();
-        for (name, uuid) in jobs {
+        let live: HashSet<&str> = jobs.iter().map(|j| j.domain.uuid.as_str()).collect();
+        for job in jobs {
+            let (name, uuid) = (&job.domain.name, &job.domain.uuid);
             let known = self
                 .peers
                 .lock()
@@ -134,16 +173,16 @@ impl Discoverer {
             // is checked again).
             let pid = match self.pids.get(uuid) {
                 Some(p)
-                    if discovery::cmdline_has_uuid(&self.procfs, *p, uuid)
+                    if qemu_socket::cmdline_has_uuid(&self.procfs, *p, uuid)
                         && self.trust.trusts(&self.procfs, *p) =>
                 {
                     Some(*p)
                 }
-                _ => discovery::find_qemu_pid(&self.procfs, uuid, &self.trust),
+                _ => qemu_socket::find_qemu_pid(&self.procfs, uuid, &self.trust, job.direction),
             };
             let Some(pid) = pid else { continue };
             self.pids.insert(uuid.clone(), pid);
-            let address = match discovery::peer_of_pid(&self.procfs, pid) {
+            let address = match qemu_socket::peer_of_pid(&self.procfs, pid) {
                 Ok(a) => {
                     if std::mem::take(&mut self.fd_warned) {
                         info!(domain = %name, "QEMU's fd table is readable again; discovery works");
@@ -229,7 +268,7 @@ impl Discoverer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::probe::ProbeKind;
+    use crate::peers::probe::ProbeKind;
     use std::path::Path;
 
     const UUID: &str = "ab5e0000-0000-4000-8000-000000000001";
@@ -273,7 +312,7 @@ mod tests {
         }];
         Discoverer::new(
             procfs.to_path_buf(),
-            discovery::QemuTrust {
+            qemu_socket::QemuTrust {
                 uids: vec![0],
                 emulators: Vec::new(),
             },
@@ -281,6 +320,17 @@ mod tests {
             prober,
             CancellationToken::new(),
         )
+    }
+
+    /// The outgoing migration of domain `g` (UUID).
+    fn job() -> RunningJob {
+        RunningJob {
+            domain: DomainId {
+                name: "g".into(),
+                uuid: UUID.into(),
+            },
+            direction: Direction::Out,
+        }
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -295,7 +345,7 @@ mod tests {
         let rt = runtime();
         let dir = procfs(true);
         let mut d = discoverer(dir.path(), &rt);
-        let jobs = vec![("g".to_string(), UUID.to_string())];
+        let jobs = vec![job()];
         d.tick(&jobs).expect("readable");
         let peer = d.peers.discovered_peer(UUID).expect("discovered");
         assert_eq!(peer.address, "10.77.0.2".parse::<IpAddr>().expect("ip"));
@@ -315,7 +365,7 @@ mod tests {
         assert!(d.running.is_empty() && d.pids.is_empty());
     }
 
-    /// Issue 16: an impostor (a user's process with the domain's `-uuid` and a connection to
+    /// An impostor (a user's process with the domain's `-uuid` and a connection to
     /// an address of the user's choosing) listed before the real QEMU must not be probed.
     #[test]
     fn an_impostor_process_is_not_taken_for_qemu() {
@@ -339,8 +389,7 @@ mod tests {
         .expect("write");
         std::os::unix::fs::symlink("socket:[7001]", fake.join("fd/3")).expect("symlink");
         let mut d = discoverer(dir.path(), &rt);
-        d.tick(&[("g".to_string(), UUID.to_string())])
-            .expect("readable");
+        d.tick(&[job()]).expect("readable");
         let peer = d.peers.discovered_peer(UUID).expect("discovered");
         assert_eq!(
             peer.address,
@@ -355,7 +404,7 @@ mod tests {
         let rt = runtime();
         let dir = procfs(false);
         let mut d = discoverer(dir.path(), &rt);
-        let jobs = vec![("g".to_string(), UUID.to_string())];
+        let jobs = vec![job()];
         d.tick(&jobs).expect("readable");
         assert_eq!(d.peers.discovered_peer(UUID), None);
         assert_eq!(d.pids.get(UUID), Some(&4242), "the QEMU pid is remembered");
@@ -388,50 +437,48 @@ mod tests {
         (out, text.lines().map(str::to_string).collect())
     }
 
-    /// Set in the copy of this test that runs as the unprivileged user.
-    const AS_TESTER: &str = "VME_DISCOVERY_TEST_AS_TESTER";
+    /// This thread without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH in its effective set while
+    /// it lives: it gets the EACCES that the exporter without its capabilities gets from
+    /// another user's `/proc/<pid>/fd`, as root or not (capabilities are per thread; the
+    /// permitted set stays, so they come back on drop, also when the test panics).
+    struct WithoutDacCapabilities(rustix::thread::CapabilitySets);
 
-    /// Issue 15: a QEMU whose fd table the exporter may not read (no CAP_SYS_PTRACE /
+    impl WithoutDacCapabilities {
+        fn new() -> Self {
+            use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
+            let before = capabilities(None).expect("capget");
+            let mut sets = before;
+            sets.effective
+                .remove(CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH);
+            set_capabilities(None, sets).expect("capset: lower this thread's effective set");
+            WithoutDacCapabilities(before)
+        }
+    }
+
+    impl Drop for WithoutDacCapabilities {
+        fn drop(&mut self) {
+            let _ = rustix::thread::set_capabilities(None, self.0);
+        }
+    }
+
+    /// A QEMU whose fd table the exporter may not read (no CAP_SYS_PTRACE /
     /// CAP_DAC_READ_SEARCH) fails the discovery round, with one log line naming the fd table
     /// and the capabilities, however many rounds fail; readable again, it says so once.
-    /// The EACCES is real: root reads a mode-000 directory anyway, so as root the test runs
-    /// itself again as the unprivileged user `tester` (setpriv, no capabilities).
+    /// The EACCES is the kernel's: a mode-000 directory read by a thread without the DAC
+    /// capabilities (root's uid alone does not read it), whoever runs the test.
     #[test]
     fn an_unreadable_fd_table_fails_the_round_and_is_logged_once() {
         use std::os::unix::fs::PermissionsExt;
         let dir = procfs(true);
         let fd = dir.path().join("4242/fd");
         std::fs::set_permissions(&fd, std::fs::Permissions::from_mode(0o000)).expect("chmod");
-        if std::fs::read_dir(&fd).is_ok() {
-            assert!(
-                std::env::var_os(AS_TESTER).is_none(),
-                "even as tester the mode-000 directory was readable"
-            );
-            let exe = std::env::current_exe().expect("test binary");
-            let out = std::process::Command::new("setpriv")
-                .args(["--reuid=tester", "--regid=tester", "--clear-groups"])
-                .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
-                .arg(exe)
-                .args([
-                    "--exact",
-                    "net::probing::tests::an_unreadable_fd_table_fails_the_round_and_is_logged_once",
-                    "--nocapture",
-                ])
-                .env(AS_TESTER, "1")
-                .current_dir("/")
-                .output()
-                .expect("setpriv (util-linux) runs the test as tester");
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success() && text.contains("1 passed"),
-                "as tester: {text}"
-            );
-            return;
-        }
+        let caps = WithoutDacCapabilities::new();
+        let denied = std::fs::read_dir(&fd).map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(
+            denied,
+            Err(std::io::ErrorKind::PermissionDenied),
+            "the mode-000 directory must be unreadable to this thread"
+        );
         let rt = runtime();
         let statuses = crate::collector::Statuses::default();
         let mut runner = crate::collector::Runner::new(
@@ -440,10 +487,7 @@ mod tests {
             [Name::Discovery].into_iter().collect(),
         );
         let feed = Feed::new(runner.waker(Name::Discovery));
-        feed.publish(vec![DomainId {
-            name: "g".into(),
-            uuid: UUID.into(),
-        }]);
+        feed.publish(vec![job()]);
         let mut c = DiscoveryCollector::new(discoverer(dir.path(), &rt), feed);
         let (ok, log) = logged(|| {
             (0..3)
@@ -468,6 +512,7 @@ mod tests {
         }
         assert_eq!(c.discoverer.peers.discovered_peer(UUID), None);
         std::fs::set_permissions(&fd, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        drop(caps);
         let (ok, log) =
             logged(|| crate::collector::execute(&statuses, Name::Discovery, || c.round()));
         assert!(ok, "readable again: the round succeeds");

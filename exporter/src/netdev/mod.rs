@@ -2,13 +2,15 @@
 //! (under `--path.procfs` and `--path.sysfs`, so the exporter works in a container and tests run
 //! on fixture trees), in node_exporter's netdev collector's footsteps.
 
+pub mod routes;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use prometheus_client::collector::Collector as Families;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
@@ -16,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::clock::unix_now;
-use crate::collector::{CollectError, Collector, Name, Rounds};
+use crate::collector::{Collect, CollectError, Name, Registration, Rounds};
 use crate::exposition::GaugeFamily;
 
 pub use crate::record::NetworkSummary;
@@ -157,6 +159,16 @@ fn read_trimmed(p: &Path) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// The `netdev` collector; it publishes its transmit history (records and the forecast read it).
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Netdev,
+    start: |deps, runner| {
+        let c = NetdevCollector::new(deps.settings.netdev.clone());
+        deps.put(c.history());
+        runner.add_rounds(c)
+    },
+};
+
 /// How often NIC counters are read.
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -186,7 +198,7 @@ impl NetdevCollector {
     }
 }
 
-impl Collector for NetdevCollector {
+impl Collect for NetdevCollector {
     fn name(&self) -> Name {
         Name::Netdev
     }
@@ -230,7 +242,7 @@ struct NetdevFamilies {
     latest: Arc<Mutex<Vec<Device>>>,
 }
 
-impl Families for NetdevFamilies {
+impl Collector for NetdevFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         encode_netdev(&self.latest.lock(), &mut encoder)
     }
@@ -552,8 +564,8 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         );
     }
 
-    /// Issue 16, node_exporter's rule: a failed read used to leave the last counters in every
-    /// scrape beside `collector_success{collector="netdev"} 0`.
+    /// node_exporter's rule: after a failed read no stale counters are scraped beside
+    /// `collector_success{collector="netdev"} 0`.
     #[test]
     fn a_failed_read_withholds_the_device_series() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -569,22 +581,22 @@ weird:name: 5 6 7 8 0 0 0 0 9 10 11 12 0 0 0 0
         let mut registry = Registry::default();
         c.register(&mut registry);
         c.round().expect("reads");
-        let text = crate::sampler::replay::text(&registry);
+        let text = crate::jobs::replay::text(&registry);
         assert!(
             text.contains("vm_migration_network_transmit_bytes_total{device=\"eth0\"} 987654321"),
             "{text}"
         );
         std::fs::remove_file(dir.path().join("net/dev")).expect("rm");
         assert!(c.round().is_err());
-        let text = crate::sampler::replay::text(&registry);
+        let text = crate::jobs::replay::text(&registry);
         assert!(!text.contains("vm_migration_network_"), "{text}");
         std::fs::write(dir.path().join("net/dev"), DEV).expect("write");
         c.round().expect("reads again");
-        assert!(crate::sampler::replay::text(&registry).contains("device=\"eth0\""));
+        assert!(crate::jobs::replay::text(&registry).contains("device=\"eth0\""));
     }
 
-    /// Issue 16: tap devices come and go with their guests; the link-speed map kept every name
-    /// ever seen, and nothing capped the histories.
+    /// Tap devices come and go with their guests: the link-speed map and the histories must
+    /// not keep every name ever seen.
     #[test]
     fn ten_thousand_tap_devices_coming_and_going_leave_bounded_state() {
         let mut h = TxHistory::default();

@@ -19,10 +19,10 @@ use tracing::{debug, error, info, warn};
 
 use prometheus_client::registry::Registry;
 
-use super::peer_metrics::PeerCollector;
-use super::peers::{Origin, PeerState, ProbeKey, ProbeOutcome};
 use crate::clock::unix_now;
-use crate::collector::{Collector, Name, TaskRounds, Tasks};
+use crate::collector::{Collect, Name, Registration, TaskRounds, Tasks};
+use crate::peers::metrics::PeerFamilies;
+use crate::peers::state::{Origin, PeerState, ProbeKey, ProbeOutcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeKind {
@@ -122,6 +122,15 @@ impl Prober {
             rounds,
             limit: Arc::new(Semaphore::new(max_concurrency.max(1))),
             rt,
+        }
+    }
+
+    /// The same prober (peers' state, concurrency limit, runtime) reporting its rounds in
+    /// `rounds`.
+    pub fn with_rounds(&self, rounds: TaskRounds<ProbeKey>) -> Prober {
+        Prober {
+            rounds,
+            ..self.clone()
         }
     }
 
@@ -241,7 +250,7 @@ impl Prober {
         }
         let setup_failures = self.net.note_setup(key, setup_error);
         if setup_error && setup_failures == 1 {
-            warn!(peer = %key.peer, probe = key.probe, "probe cannot run; vm_migration_collector_success{{collector=\"probe\"}} is 0");
+            warn!(peer = %key.peer, probe = key.probe, collector = self.rounds.label(), "probe cannot run; the collector's vm_migration_collector_success is 0");
         }
         self.rounds.end(key, !setup_error);
     }
@@ -303,6 +312,32 @@ impl ConfiguredPeers {
     }
 }
 
+/// The `probe` collector; it publishes the peers' state (records and the forecast read it), the
+/// [`Prober`] (discovery probes through it) and the [`ConfiguredPeers`] (a reload replaces them).
+pub const REGISTRATION: Registration = Registration {
+    name: Name::Probe,
+    start: |deps, runner| {
+        let settings = &deps.settings.probe;
+        let peers = PeerState::default();
+        let prober = Prober::new(
+            peers.clone(),
+            runner.task_rounds(Name::Probe),
+            settings.max_concurrency,
+            tokio::runtime::Handle::current(),
+        );
+        let probe = ProbeCollector::new(
+            prober.clone(),
+            settings.peers.clone(),
+            runner.cancel_token().child_token(),
+        );
+        deps.put(peers);
+        deps.put(prober);
+        deps.put(probe.configured());
+        runner.add_tasks(probe);
+        Ok(())
+    },
+};
+
 /// The `probe` collector: the configured peers' probes, started with it and replaced on a
 /// reload ([`ConfiguredPeers`]); discovery adds and retires discovered peers' through the
 /// same [`Prober`].
@@ -327,13 +362,13 @@ impl ProbeCollector {
     }
 }
 
-impl Collector for ProbeCollector {
+impl Collect for ProbeCollector {
     fn name(&self) -> Name {
         Name::Probe
     }
 
     fn register(&self, registry: &mut Registry) {
-        registry.register_collector(Box::new(PeerCollector::new(self.prober.peers().clone())));
+        registry.register_collector(Box::new(PeerFamilies::new(self.prober.peers().clone())));
     }
 }
 

@@ -28,7 +28,7 @@ use prometheus_client::metrics::MetricType;
 use tracing::{error, warn};
 
 use crate::exposition::GaugeFamily;
-use crate::migration::tracker::FinishedMigration;
+use crate::jobs::tracker::FinishedMigration;
 
 pub const FILE_NAME: &str = "migrations.jsonl";
 /// Records kept in memory for the API and the landing page.
@@ -117,9 +117,9 @@ impl StoreStats {
 /// Encodes `vm_migration_storage_*` at scrape time from [`StoreStats`] (atomics: no lock that a
 /// disk write holds).
 #[derive(Debug)]
-pub struct StoreCollector(pub Arc<StoreStats>);
+pub struct StoreFamilies(pub Arc<StoreStats>);
 
-impl Collector for StoreCollector {
+impl Collector for StoreFamilies {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
         let mut records = GaugeFamily::new(
@@ -533,9 +533,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    use crate::jobs::stats::Direction;
+    use crate::jobs::tracker::{FigureSource, Outcome, Phase};
     use crate::libvirt::DomainId;
-    use crate::migration::stats::Direction;
-    use crate::migration::tracker::{FigureSource, Outcome, Phase};
 
     fn rec(i: u32) -> FinishedMigration {
         FinishedMigration {

@@ -1,13 +1,44 @@
-//! Encodes the `vm_migration_app_*` families from [`AppStats`] at scrape time.
+//! What the `app` collector's probes found ([`AppStats`]: it writes, scrapes read) and its
+//! `vm_migration_app_*` families, encoded from it at scrape time.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 
-use super::collector::{SharedAppStats, TargetStats};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::metrics::histogram::Histogram;
+
 use super::probe::ProbeOutcome;
 use crate::exposition::{GaugeFamily, Labels};
+use crate::libvirt::DomainId;
+
+/// Live figures of one target, read by scrapes.
+#[derive(Debug)]
+pub struct TargetStats {
+    pub domain: DomainId,
+    pub target: String,
+    pub up: Option<bool>,
+    pub outage_seconds: f64,
+    pub results: [u64; ProbeOutcome::ALL.len()],
+    pub duration: Histogram,
+}
+
+/// Everything the `vm_migration_app_*` families show.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// By (domain uuid, target name).
+    pub targets: BTreeMap<(String, String), TargetStats>,
+    /// Longest outage of each domain's last migration, by (domain, target).
+    pub last_outage: BTreeMap<(DomainId, String), f64>,
+    /// Outages over finished migrations, by mode.
+    pub migration_outage: BTreeMap<&'static str, Histogram>,
+}
+
+pub type SharedAppStats = Arc<Mutex<AppStats>>;
 
 #[derive(Debug)]
 pub struct AppFamilies {

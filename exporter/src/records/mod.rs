@@ -1,0 +1,3 @@
+//! Finished-migration records: the append-only record file ([`log`]).
+
+pub mod log;
