@@ -25,21 +25,9 @@ pub struct Window {
     pub measured_mibs: Option<f64>,
 }
 
-/// Clock ticks of `/proc/<pid>/stat` per second: Linux's USER_HZ is 100 on every architecture
-/// the lab runs on.
-fn ticks_per_second() -> f64 {
-    100.0
-}
-
 /// utime + stime of `pid`, seconds.
 fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) in parentheses.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_second())
+    testkit::cpu_seconds(u32::try_from(pid).ok()?)
 }
 
 fn rates_in(serial: &Path, skip_lines: usize) -> (usize, Option<f64>) {

@@ -43,7 +43,7 @@ pub fn record(exporter: &Exporter, s: &Scenario, domain: &str) -> Option<serde_j
     let mut last = None;
     loop {
         if let Some(report) = exporter
-            .get(&q)
+            .body(&q)
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
         {
             let entry = report["domains"]

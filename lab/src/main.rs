@@ -33,7 +33,7 @@ enum Cmd {
     Setup,
     /// Start both hosts and leave them running; prints their libvirt URIs.
     Up {
-        /// vm-migration-exporter binary (default: next to this one, or target/{release,debug}).
+        /// vm-migration-exporter binary (default: $VM_MIGRATION_EXPORTER, else next to this one).
         #[arg(long)]
         exporter: Option<PathBuf>,
     },

@@ -224,12 +224,7 @@ fn observe(m: &str, dom: &str, t: f64) -> Observation {
         ),
         phase: one_of("vm_migration_phase", "phase", &["precopy", "postcopy"]),
         postcopy_requests: sample(m, "vm_migration_postcopy_page_requests_total", &labels),
-        libvirt_up: sample(m, "vm_migration_libvirt_up", &[]).or_else(|| {
-            m.lines().find_map(|l| {
-                l.strip_prefix("vm_migration_libvirt_up ")
-                    .and_then(|v| v.parse().ok())
-            })
-        }),
+        libvirt_up: sample(m, "vm_migration_libvirt_up", &[]),
     }
 }
 
@@ -322,7 +317,7 @@ impl Lab {
             "--probe.peer".into(),
             format!("dst={dest_addr}"),
         ];
-        let exporter = Exporter::start(
+        let exporter = Exporter::launch(
             &self.exporter_bin,
             &Launch {
                 listen: self.exporter_listen,
@@ -334,7 +329,7 @@ impl Lab {
         let metrics_url = format!("http://{}/metrics", exporter.addr);
         eprintln!("migration-lab: {name}: vm-migration-exporter serving {metrics_url}");
         let ready_by = Instant::now() + Duration::from_secs(30);
-        while exporter.get("/-/ready").is_none() && Instant::now() < ready_by {
+        while exporter.body("/-/ready").is_none() && Instant::now() < ready_by {
             std::thread::sleep(Duration::from_millis(100));
         }
         let forecast = crate::forecast_eval::record(&exporter, s, name);

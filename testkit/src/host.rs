@@ -349,3 +349,14 @@ fn signal_and_wait(pid: i32, sig: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A tiny diskless TCG guest (it sits in the firmware): enough for a running QEMU domain on a
+/// [`Host`].
+pub fn tiny_guest_xml(name: &str) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
+         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
+         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
+    )
+}

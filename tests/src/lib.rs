@@ -1,5 +1,5 @@
-//! Helpers shared by the system tests (in `tests/`): the lab directory, a freshly built exporter
-//! binary, and the lock that keeps to one lab (and so one migration) at a time.
+//! Helpers shared by the system tests (in `tests/`): the lab directory, the exporter binary cargo
+//! built for them, and the lock that keeps to one lab (and so one migration) at a time.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -25,26 +25,12 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// The exporter under test, built from this checkout: `cargo test -p system-tests` alone would
-/// not rebuild it, and a stale binary would test old code.
-pub fn exporter_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "vm-migration-exporter",
-            "--bin",
-            "vm-migration-exporter",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building vm-migration-exporter failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    target.join("debug/vm-migration-exporter")
+/// The exporter under test: the `system-test-exporter` binary (the exporter's own `main.rs`)
+/// that cargo built for these tests. Cargo gives its path only to the tests of this package, so
+/// this expands there.
+#[macro_export]
+macro_rules! exporter_bin {
+    () => {
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_system-test-exporter"))
+    };
 }

@@ -12,7 +12,7 @@ use migration_lab::guest::Pattern;
 use migration_lab::prom::{rules_file, Alertmanager, Prometheus, Webhook};
 use migration_lab::scenario::Scenario;
 use migration_lab::Lab;
-use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+use system_tests::{exporter_bin, lab_dir, one_lab_at_a_time, scratch};
 
 /// The `for:` of VMMigrationNotConverging in the rules Prometheus runs here.
 fn rule_for() -> Duration {
@@ -55,7 +55,7 @@ fn non_converging_migration_pages_with_its_domain_and_converging_does_not() {
     let hook = Webhook::start();
     let am = Alertmanager::start(&dir, hook.addr);
     let prom = Prometheus::start(&dir, &[port], &rules_file(), Some(am.addr));
-    let bin = exporter_binary();
+    let bin = exporter_bin!();
     let mut lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
     lab.exporter_listen = Some(port);
 
@@ -66,7 +66,7 @@ fn non_converging_migration_pages_with_its_domain_and_converging_does_not() {
 
     // Guests that write several times faster than their capped link sends, with different
     // rates, patterns and pass lengths: 8 s passes; 1 s passes whose sampled remainders swing
-    // (the verdict of this one used to flap every pass); a hot set. Each must page while it
+    // (a verdict that must not flap every pass); a hot set. Each must page while it
     // runs. It is aborted once it has run this long after its page (at its 75 s deadline
     // only if it has not paged): a second alert series (labels that changed with the verdict's detail)
     // would have been pending before the abort for longer than the rule's `for:`, plus an

@@ -1,4 +1,4 @@
-//! Chaos in the lab (issue 16): real libvirtd and QEMU misbehave in the middle of a migration
+//! Chaos in the lab: real libvirtd and QEMU misbehave in the middle of a migration
 //! and the exporter must keep answering, tell the truth about libvirt, and count each
 //! migration once. One lab serves every case (set-up is the expensive part); each case has its
 //! own small guest and its own exporter. Assertions wait for the state they check.
@@ -11,7 +11,7 @@ use migration_lab::exporter::{sample, Exporter, Launch};
 use migration_lab::guest::{self, GuestSpec};
 use migration_lab::prom::poll_until;
 use migration_lab::{Host, Lab};
-use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+use system_tests::{exporter_bin, lab_dir, one_lab_at_a_time, scratch};
 
 /// QEMU's cap while a case needs the migration to keep running (MiB/s): a 256 MiB idle guest
 /// then takes well over a minute.
@@ -82,13 +82,13 @@ impl<'a> Case<'a> {
     /// An exporter watching `host`, keeping records in `storage`.
     fn exporter(&self, host: &Host, storage: &Path, tag: &str) -> Exporter {
         let trace = self.out.join(format!("trace-{tag}.jsonl"));
-        let e = Exporter::start(
+        let e = Exporter::launch(
             &self.lab.exporter_bin,
             &Launch::new(host.uri(), storage, &trace),
         )
         .expect("the exporter starts");
         assert!(
-            poll_until(Duration::from_secs(30), || e.get("/-/ready").is_some()),
+            poll_until(Duration::from_secs(30), || e.body("/-/ready").is_some()),
             "{tag} exporter ready"
         );
         e
@@ -219,7 +219,7 @@ fn libvirtd_killed_and_restarted(lab: &mut Lab, out: &Path, storage: &Path) {
     c.lab.src.kill();
     assert!(
         poll_until(Duration::from_secs(30), || e
-            .get("/metrics")
+            .body("/metrics")
             .is_some_and(|m| m.contains("vm_migration_libvirt_up 0"))),
         "libvirt_up 0 while libvirtd is dead"
     );
@@ -230,7 +230,7 @@ fn libvirtd_killed_and_restarted(lab: &mut Lab, out: &Path, storage: &Path) {
     c.lab.src.restart().expect("libvirtd starts again");
     assert!(
         poll_until(Duration::from_secs(60), || e
-            .get("/metrics")
+            .body("/metrics")
             .is_some_and(|m| m.contains("vm_migration_libvirt_up 1"))),
         "libvirt_up 1 once it is back"
     );
@@ -260,7 +260,7 @@ fn libvirtd_stopped_for_20s(lab: &mut Lab, out: &Path) {
     while stopped.elapsed() < Duration::from_secs(20) {
         let t = Instant::now();
         let m = e
-            .get("/metrics")
+            .body("/metrics")
             .expect("a scrape answers while libvirtd is frozen");
         assert!(
             t.elapsed() < Duration::from_secs(2),
@@ -278,7 +278,7 @@ fn libvirtd_stopped_for_20s(lab: &mut Lab, out: &Path) {
                 stopped.elapsed()
             );
         }
-        unready_seen |= e.get("/-/ready").is_none();
+        unready_seen |= e.body("/-/ready").is_none();
         scrapes += 1;
         // Pacing of a fixed 20 s observation window (every scrape must hold), not synchronisation.
         std::thread::sleep(Duration::from_millis(500));
@@ -294,11 +294,11 @@ fn libvirtd_stopped_for_20s(lab: &mut Lab, out: &Path) {
     drop(cont);
     assert!(
         poll_until(Duration::from_secs(60), || e
-            .get("/metrics")
+            .body("/metrics")
             .is_some_and(|m| m.contains("vm_migration_libvirt_up 1"))),
         "libvirt_up 1 after SIGCONT; virsh list: {:?}; exporter log:\n{}",
         c.lab.src.virsh(&["list", "--all"]),
-        e.log()
+        e.log().join("\n")
     );
     c.unthrottle();
     let status = virsh.wait().expect("virsh");
@@ -457,14 +457,14 @@ fn disk_full(lab: &mut Lab, out: &Path) {
         assert_eq!(v["domain"]["name"], "chaos-disk");
     }
     drop(guard);
-    assert!(e.get("/metrics").is_some(), "still serving");
+    assert!(e.body("/metrics").is_some(), "still serving");
 }
 
 #[test]
 fn chaos_mid_migration() {
     let _one = one_lab_at_a_time();
     let out = scratch("chaos");
-    let bin = exporter_binary();
+    let bin = exporter_bin!();
     let mut lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
     let storage = out.join("records-src");
     let started = Instant::now();

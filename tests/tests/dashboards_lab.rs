@@ -10,7 +10,7 @@ use migration_lab::guest::Pattern;
 use migration_lab::prom::{rules_file, Prometheus};
 use migration_lab::scenario::{Mode, Scenario};
 use migration_lab::{plots, Lab};
-use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+use system_tests::{exporter_bin, lab_dir, one_lab_at_a_time, scratch};
 
 fn now() -> f64 {
     SystemTime::now()
@@ -61,7 +61,7 @@ fn every_dashboard_panel_returns_data_from_a_real_migration() {
         .and_then(|l| l.local_addr())
         .expect("free port");
     let prom = Prometheus::start(&dir, &[port], &rules_file(), None);
-    let bin = exporter_binary();
+    let bin = exporter_bin!();
     let mut lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
     lab.exporter_listen = Some(port);
     let start = now();

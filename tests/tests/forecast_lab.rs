@@ -1,4 +1,4 @@
-//! The forecast before real migrations (issue 17): a guest that converges and one that cannot,
+//! The forecast before real migrations: a guest that converges and one that cannot,
 //! each forecast by the exporter (with a dirty-rate calculation on the source's read-write URI)
 //! before the lab migrates it; the verdicts must match what then happened. And the domain's
 //! migration bandwidth cap set in libvirt (`virsh migrate-setspeed`) limits its forecast.
@@ -11,14 +11,14 @@ use migration_lab::guest::{self, GuestSpec, Pattern};
 use migration_lab::prom::poll_until;
 use migration_lab::scenario::{RunResult, Scenario};
 use migration_lab::Lab;
-use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+use system_tests::{exporter_bin, lab_dir, one_lab_at_a_time, scratch};
 
 const MIB: f64 = 1048576.0;
 
 fn run(s: &Scenario) -> RunResult {
     let _one = one_lab_at_a_time();
     let out = scratch(&s.name);
-    let bin = exporter_binary();
+    let bin = exporter_bin!();
     let mut lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
     lab.run(s, &out, &|_| {}).expect("scenario ran")
 }
@@ -191,7 +191,7 @@ fn entry_when(
     let mut last = serde_json::Value::Null;
     let ok = poll_until(Duration::from_secs(60), || {
         let Some(report) = e
-            .get(query)
+            .body(query)
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
         else {
             return false;
@@ -214,7 +214,7 @@ fn entry_when(
 fn the_cap_set_in_libvirt_limits_the_forecast() {
     let _one = one_lab_at_a_time();
     let out = scratch("fc-test-libvirt-cap");
-    let bin = exporter_binary();
+    let bin = exporter_bin!();
     let lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
     let name = "fc-test-cap";
     let mut spec = GuestSpec::idle(name);
@@ -244,7 +244,7 @@ fn the_cap_set_in_libvirt_limits_the_forecast() {
             out.join(format!("records-{tag}")),
             out.join(format!("trace-{tag}.jsonl")),
         );
-        let e = Exporter::start(
+        let e = Exporter::launch(
             &lab.exporter_bin,
             &Launch {
                 extra,
@@ -253,7 +253,7 @@ fn the_cap_set_in_libvirt_limits_the_forecast() {
         )
         .expect("the exporter starts");
         assert!(poll_until(Duration::from_secs(30), || e
-            .get("/-/ready")
+            .body("/-/ready")
             .is_some()));
         e
     };
@@ -271,7 +271,7 @@ fn the_cap_set_in_libvirt_limits_the_forecast() {
     let (ok, x) = entry_when(&rw, "/api/v1/forecast", name, |x| {
         x["libvirt_cap"].is_object()
     });
-    assert!(ok, "{x}\n{}", rw.log());
+    assert!(ok, "{x}\n{}", rw.log().join("\n"));
     assert!(x["libvirt_cap"]["precopy_bytes"].is_null(), "{x}");
     assert_ne!(x["path"]["limit"], "libvirt_cap", "{x}");
 
@@ -292,7 +292,7 @@ fn the_cap_set_in_libvirt_limits_the_forecast() {
     assert!(
         ok,
         "the cap from libvirt never limited the forecast: {x}\n{}",
-        rw.log()
+        rw.log().join("\n")
     );
     assert_eq!(x["path"]["rate"].as_f64(), Some(20.0 * MIB), "{x}");
     assert_eq!(
@@ -310,13 +310,13 @@ fn the_cap_set_in_libvirt_limits_the_forecast() {
     assert!(ok);
     assert_eq!(x["path"]["limit"], "cap", "{x}");
     assert_eq!(x["path"]["rate"].as_f64(), Some(100.0 * MIB), "{x}");
-    let landing = rw.get("/").expect("landing page");
+    let landing = rw.body("/").expect("landing page");
     assert!(landing.contains("20.0 MiB/s (libvirt_cap)"), "{landing}");
 
     // Read-only (no --forecast.enable): the cap is unknown, not guessed.
     let ro = start("ro", &[]);
     let (ok, x) = entry_when(&ro, "/api/v1/forecast", name, |_| true);
-    assert!(ok, "{}", ro.log());
+    assert!(ok, "{}", ro.log().join("\n"));
     assert!(x["libvirt_cap"].is_null(), "{x}");
     assert_ne!(x["path"]["limit"], "libvirt_cap", "{x}");
 }

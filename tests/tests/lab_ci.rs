@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use migration_lab::exporter::sample;
 use migration_lab::scenario::{RunResult, Scenario};
 use migration_lab::{presets, Lab};
-use system_tests::{exporter_binary, lab_dir, one_lab_at_a_time, scratch};
+use system_tests::{exporter_bin, lab_dir, one_lab_at_a_time, scratch};
 
 fn ci(name: &str) -> Scenario {
     presets::ci()
@@ -18,7 +18,7 @@ fn ci(name: &str) -> Scenario {
 fn run(s: &Scenario) -> RunResult {
     let _one = one_lab_at_a_time();
     let out = scratch(&s.name);
-    let bin = exporter_binary();
+    let bin = exporter_bin!();
     let mut lab = Lab::up(&lab_dir(), Some(&bin), &|m| eprintln!("lab: {m}")).expect("lab up");
     let r = lab.run(s, &out, &|_| {}).expect("scenario ran");
     // VME_TRACE_DIR=dir keeps the exporter's raw traces (replay fixtures).

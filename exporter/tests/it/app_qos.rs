@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::exporter::{value, RunningExporter};
-use crate::support::{http_server, poll_until};
+use crate::support::poll_until;
+use crate::support::{value, Exporter, BIN};
+use testkit::http_server;
 
 #[test]
 fn config_targets_of_present_domains_are_probed_and_absent_ones_not() {
@@ -22,12 +23,15 @@ fn config_targets_of_present_domains_are_probed_and_absent_ones_not() {
         ),
     )
     .expect("write config");
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--config.file",
-        cfg.to_str().expect("utf-8 path"),
-    ]);
+    let e = Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--config.file",
+            cfg.to_str().expect("utf-8 path"),
+        ],
+    );
     let uuid = "6695eb01-f6a4-8304-79aa-97f2502e193f";
     let up = |target: &str| {
         value(
@@ -109,7 +113,7 @@ fn a_bad_app_section_is_one_line_and_exit_2() {
         "app:\n  targets:\n    - domain: test\n      name: http\n      http: {url: \"ftp://x/\"}\n",
     )
     .expect("write config");
-    let out = std::process::Command::new(crate::support::exporter::BIN)
+    let out = std::process::Command::new(crate::support::BIN)
         .args(["--libvirt.uri", "test:///default", "--config.file"])
         .arg(&cfg)
         .output()

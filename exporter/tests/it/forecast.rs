@@ -5,19 +5,19 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::exporter::{value, RunningExporter, BIN};
 use crate::support::poll_until;
+use crate::support::{value, Exporter, BIN};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn json(e: &RunningExporter, path: &str) -> (u16, serde_json::Value) {
+fn json(e: &Exporter, path: &str) -> (u16, serde_json::Value) {
     let (status, body) = e.get(path);
     let v = serde_json::from_str(&body).unwrap_or_else(|err| panic!("{path}: {err}: {body}"));
     (status, v)
 }
 
 /// Polls until the forecast lists the test driver's domain.
-fn forecast_of_test_domain(e: &RunningExporter) -> serde_json::Value {
+fn forecast_of_test_domain(e: &Exporter) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     assert!(
         poll_until(WAIT, || {
@@ -32,12 +32,15 @@ fn forecast_of_test_domain(e: &RunningExporter) -> serde_json::Value {
 
 #[test]
 fn the_api_answers_what_ifs_and_refuses_bad_ones() {
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--forecast.bandwidth",
-        "40MiB",
-    ]);
+    let e = Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--forecast.bandwidth",
+            "40MiB",
+        ],
+    );
     let r = forecast_of_test_domain(&e);
     let d = &r["domains"][0];
     // No dirty rate on the test driver: unknown, on the assumed bandwidth.
@@ -109,23 +112,29 @@ fn the_api_answers_what_ifs_and_refuses_bad_ones() {
 
 #[test]
 fn a_configured_peer_is_a_what_if_and_the_collector_can_be_off() {
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--probe.peer",
-        "dst=127.0.0.1",
-    ]);
+    let e = Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--probe.peer",
+            "dst=127.0.0.1",
+        ],
+    );
     forecast_of_test_domain(&e);
     for peer in ["dst", "127.0.0.1"] {
         let (status, r) = json(&e, &format!("/api/v1/forecast?peer={peer}"));
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["domains"][0]["peer"], "dst", "{r}");
     }
-    let off = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--no-collector.forecast",
-    ]);
+    let off = Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--no-collector.forecast",
+        ],
+    );
     let (status, r) = json(&off, "/api/v1/forecast");
     assert_eq!(status, 404);
     assert!(
@@ -142,13 +151,16 @@ fn a_configured_peer_is_a_what_if_and_the_collector_can_be_off() {
 /// and the forecast goes on read-only.
 #[test]
 fn calculations_that_libvirt_refuses_are_logged_and_the_forecast_goes_on() {
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--forecast.enable",
-        "--forecast.libvirt.uri",
-        "test:///default",
-    ]);
+    let e = Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--forecast.enable",
+            "--forecast.libvirt.uri",
+            "test:///default",
+        ],
+    );
     let r = forecast_of_test_domain(&e);
     assert_eq!(r["calculations"], true, "{r}");
     assert!(

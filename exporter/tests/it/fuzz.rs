@@ -1,4 +1,4 @@
-//! Property tests (issue 16): everything that parses outside input takes arbitrary bytes without
+//! Property tests: everything that parses outside input takes arbitrary bytes without
 //! panicking. No nightly toolchain is assumed, so this is proptest rather than cargo-fuzz:
 //! inputs are random bytes or a corpus file (`tests/fixtures/fuzz/<target>/`, real inputs) with
 //! random edits, for a bounded number of cases each; proptest keeps failing cases in
@@ -10,8 +10,10 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use vm_migration_exporter::jobs::stats::JobStats;
 use vm_migration_exporter::jobs::tracker::{JobObservation, Round, Tracker};
-use vm_migration_exporter::libvirt::jobs::{DomainEvent, DomainId, ParamValue, Params, RawJob};
+use vm_migration_exporter::libvirt::jobs::{DomainEvent, ParamValue, Params, RawJob};
 use vm_migration_exporter::records::log::RecordLog;
+
+use crate::support::dom;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = format!(
@@ -200,13 +202,6 @@ fn step() -> impl Strategy<Value = (f64, usize, Step)> {
         0usize..2,
         s,
     )
-}
-
-fn dom(i: usize) -> DomainId {
-    DomainId {
-        name: format!("g{i}"),
-        uuid: format!("00000000-0000-4000-8000-00000000000{i}"),
-    }
 }
 
 proptest! {

@@ -21,14 +21,7 @@ use vm_migration_exporter::peers::state::{
     DiscoveredPeer, Origin, PeerState, ProbeKey, ProbeOutcome,
 };
 
-use crate::support::normalise;
-
-fn dom(n: u8) -> DomainId {
-    DomainId {
-        name: format!("g{n}"),
-        uuid: format!("0b0b0b0b-0000-4000-8000-00000000000{n}"),
-    }
-}
+use crate::support::{dom, normalise};
 
 fn p(pairs: &[(&str, u64)]) -> Params {
     pairs
@@ -231,7 +224,7 @@ fn every_family() -> String {
     {
         use vm_migration_exporter::forecast::dirty::{DirtyRate, DirtySource, FirstPassSource};
         use vm_migration_exporter::forecast::report::{DomainView, HostView, PeerPath};
-        let guest = |n: u8, dirty_mibs: f64| DomainView {
+        let guest = |n: usize, dirty_mibs: f64| DomainView {
             domain: dom(n),
             migrating: false,
             memory_bytes: Some(512.0 * 1048576.0),

@@ -1,4 +1,4 @@
-//! Issue 16, HTTP: the listener stays usable under hostile clients (loopback only, bounded in
+//! HTTP: the listener stays usable under hostile clients (loopback only, bounded in
 //! count and time): half-open connections time out, a full descriptor table cannot lock scrapes
 //! out, connections and heads are capped.
 
@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::support::exporter::RunningExporter;
+use crate::support::{Exporter, BIN};
 
 /// Read until the server closes (EOF or reset) or `within` passes; true when it closed.
 fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
@@ -35,7 +35,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-fn scrape(e: &RunningExporter) -> Result<u16, String> {
+fn scrape(e: &Exporter) -> Result<u16, String> {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -51,7 +51,8 @@ fn scrape(e: &RunningExporter) -> Result<u16, String> {
 /// half-open connections stayed open for good.
 #[test]
 fn half_open_flood_at_a_1024_fd_limit_leaves_metrics_answering() {
-    let e = RunningExporter::start_wrapped(
+    let e = Exporter::start_wrapped(
+        BIN,
         &["prlimit", "--nofile=1024:8192", "--"],
         &["--libvirt.uri", "test:///default"],
     );
@@ -90,7 +91,7 @@ fn half_open_flood_at_a_1024_fd_limit_leaves_metrics_answering() {
 /// An idle keep-alive connection is closed after the same 10 s.
 #[test]
 fn idle_keep_alive_connection_is_closed() {
-    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    let e = Exporter::start(BIN, &["--libvirt.uri", "test:///default"]);
     let mut s = TcpStream::connect(e.addr).expect("connect");
     s.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
@@ -118,7 +119,7 @@ fn idle_keep_alive_connection_is_closed() {
 /// Heads past 16 KiB are refused (431), not buffered up to hyper's 400 KB default.
 #[test]
 fn oversized_request_head_is_refused() {
-    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    let e = Exporter::start(BIN, &["--libvirt.uri", "test:///default"]);
     let mut s = TcpStream::connect(e.addr).expect("connect");
     let big = "a".repeat(64 * 1024);
     let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
@@ -135,12 +136,15 @@ fn oversized_request_head_is_refused() {
 /// when a slot frees.
 #[test]
 fn connection_cap_closes_new_connections() {
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--web.max-connections",
-        "4",
-    ]);
+    let e = Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--web.max-connections",
+            "4",
+        ],
+    );
     let mut held: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(e.addr).expect("connect"))
         .collect();

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::exporter::RunningExporter;
+use crate::support::{Exporter, BIN};
 
 fn chromium(args: &[&str], url: &str) -> std::process::Output {
     let profile = tempfile::tempdir().expect("profile dir");
@@ -42,12 +42,15 @@ fn landing_page_renders_records_in_chromium() {
     });
     std::fs::write(dir.path().join("migrations.jsonl"), format!("{line}\n")).expect("write");
     let storage = dir.path().to_string_lossy().to_string();
-    let e = RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--storage.path",
-        &storage,
-    ]);
+    let e = Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--storage.path",
+            &storage,
+        ],
+    );
 
     let dom = chromium(&["--dump-dom"], &e.url("/"));
     assert!(

@@ -1,8 +1,9 @@
-//! Integration tests: one binary, one module per area. Shared helpers live in `support`.
+//! Integration tests, the hermetic tier: the library and the real binary, as an unprivileged user,
+//! with no libvirtd, QEMU or network namespace (libvirt's test driver stands in). What needs
+//! those is a system test (the `system-tests` crate in tests/). One binary, one module per area;
+//! shared helpers live in `support`.
 #![forbid(unsafe_code)]
 
-mod alerting;
-mod app_metadata;
 mod app_qos;
 mod binary;
 mod forecast;
@@ -11,8 +12,6 @@ mod golden;
 mod http_limits;
 mod landing;
 mod libvirt_source;
-mod migration_e2e;
-mod netns;
 mod nova_identity;
 mod process_metrics;
 mod records;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::support::exporter::{value, RunningExporter};
+use crate::support::{value, Exporter, BIN};
 
 fn now() -> f64 {
     SystemTime::now()
@@ -15,7 +15,7 @@ fn now() -> f64 {
 #[test]
 fn process_metrics_describe_the_exporter_process() {
     let before = now();
-    let e = RunningExporter::start(&["--libvirt.uri", "test:///default"]);
+    let e = Exporter::start(BIN, &["--libvirt.uri", "test:///default"]);
     let after = now();
     let m = e.metrics();
     let get = |name: &str| value(&m, name).unwrap_or_else(|| panic!("no {name} in\n{m}"));

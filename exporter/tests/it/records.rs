@@ -8,37 +8,23 @@ use serde_json::Value;
 use vm_migration_exporter::jobs::tracker::FinishedMigration;
 use vm_migration_exporter::records::log::{RecordLog, StoreOp};
 
-use crate::support::exporter::{value, RunningExporter, BIN};
-use crate::support::poll_until;
-
-fn record(name: &str, uuid: &str, finished_at: f64, outcome: &str) -> String {
-    serde_json::json!({
-        "domain": {"name": name, "uuid": uuid},
-        "direction": "out", "outcome": outcome, "mode": "precopy",
-        "started_at": finished_at - 10.0, "finished_at": finished_at,
-        "duration_seconds": 10.0, "downtime_seconds": if outcome == "completed" { Some(0.05) } else { None },
-        "data_processed_bytes": 1000, "data_total_bytes": 2000, "memory_total_bytes": 2000,
-        "iterations": 3, "postcopy_requests": null, "setup_time_seconds": 0.001,
-        "dirty_rate_max_bytes": 4096, "dirty_rate_mean_bytes": 2048.0, "transfer_rate_mean_bytes": 1e6,
-        "auto_converge_throttle_max_ratio": null,
-        "verdicts": [{"t": finished_at - 9.0, "verdict": "unknown"}, {"t": finished_at - 5.0, "verdict": "converging"}],
-        "figures": "event"
-    })
-    .to_string()
-}
+use crate::support::{poll_until, rec, record, value, Exporter, BIN};
 
 /// The exporter with its records under `dir`.
-fn start_on(dir: &std::path::Path) -> RunningExporter {
+fn start_on(dir: &std::path::Path) -> Exporter {
     let storage = dir.to_string_lossy().to_string();
-    RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--storage.path",
-        &storage,
-    ])
+    Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--storage.path",
+            &storage,
+        ],
+    )
 }
 
-fn get_json(e: &RunningExporter, path: &str) -> (u16, Value) {
+fn get_json(e: &Exporter, path: &str) -> (u16, Value) {
     let (status, body) = e.get(path);
     (
         status,
@@ -159,7 +145,7 @@ fn unusable_storage_is_bad_configuration() {
     assert!(err.contains("--storage.path") && err.contains(&p), "{err}");
 }
 
-/// The record file can never keep the exporter from starting (issue 16): damage before the last
+/// The record file can never keep the exporter from starting: damage before the last
 /// line moves the file aside, keeps every valid record and names the moved file in the log and
 /// in a metric.
 #[test]
@@ -227,7 +213,7 @@ fn damaged_record_file_is_moved_aside_valid_records_kept() {
     assert_eq!(value(&m, "vm_migration_storage_records"), Some(2.0), "{m}");
 }
 
-/// A write torn inside a multi-byte UTF-8 character made every start fail (issue 16).
+/// A write torn inside a multi-byte UTF-8 character does not keep the exporter from starting.
 #[test]
 fn torn_last_line_inside_a_utf8_character_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -252,108 +238,8 @@ fn torn_last_line_inside_a_utf8_character_is_cut() {
     );
 }
 
-fn rec(i: u32) -> FinishedMigration {
-    let uuid = format!("00000000-0000-4000-8000-{i:012}");
-    serde_json::from_str(&record(
-        &format!("g{i}"),
-        &uuid,
-        1000.0 + f64::from(i),
-        "completed",
-    ))
-    .expect("a record")
-}
-
 fn append(log: &mut RecordLog, r: &FinishedMigration) -> bool {
     log.append(r).is_ok()
-}
-
-/// A small tmpfs, unmounted on drop (the tests run as root, like the rest of this binary).
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount a tmpfs (needs root): {st}");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
-/// Fill `dir`'s file system with one file; returns its path.
-fn fill(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let p = dir.join("filler");
-    let mut f = std::fs::File::create(&p).expect("create filler");
-    let chunk = vec![b'x'; 4096];
-    while f.write(&chunk).map(|n| n > 0).unwrap_or(false) {}
-    let _ = f.write_all(b"x");
-    p
-}
-
-/// Disk full during record writes, then space freed: every record whose append succeeded is
-/// there after a restart, none glued to another, and the exporter keeps serving.
-#[test]
-fn disk_full_then_freed_loses_and_glues_nothing() {
-    let fs = Tmpfs::mount("64k");
-    let dir = fs.0.path();
-    let (mut log, _) = RecordLog::open(dir, 1 << 20).expect("open");
-    let mut stored = Vec::new();
-    let mut i = 0;
-    // Half-fill the last page, then take every free page: the next records fail part way.
-    while i < 3 {
-        assert!(append(&mut log, &rec(i)));
-        stored.push(i);
-        i += 1;
-    }
-    let filler = fill(dir);
-    let mut failures = 0;
-    for _ in 0..20 {
-        if append(&mut log, &rec(i)) {
-            stored.push(i);
-        } else {
-            failures += 1;
-        }
-        i += 1;
-    }
-    assert!(failures > 0, "the disk never filled");
-    assert!(log.stats().errors(StoreOp::Append) >= failures);
-
-    std::fs::remove_file(filler).expect("free space");
-    for _ in 0..3 {
-        assert!(append(&mut log, &rec(i)), "append after space came back");
-        stored.push(i);
-        i += 1;
-    }
-    drop(log);
-    let (log, back) = RecordLog::open(dir, 1 << 20).expect("reopen");
-    assert_eq!(log.stats().damaged_file(), None, "no damaged line");
-    let names: Vec<String> = back.iter().map(|r| r.domain.name.clone()).collect();
-    let want: Vec<String> = stored.iter().map(|i| format!("g{i}")).collect();
-    assert_eq!(names, want, "every stored record, once, in order");
-    // The exporter starts and serves on a full disk, with every record.
-    drop(log);
-    let _filler = fill(dir);
-    {
-        let e = start_on(dir);
-        let m = e.metrics();
-        assert_eq!(
-            value(&m, "vm_migration_storage_records"),
-            Some(stored.len() as f64),
-            "{m}"
-        );
-    }
 }
 
 /// A symlink planted where compaction writes its temp file is never followed.

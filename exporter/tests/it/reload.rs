@@ -1,4 +1,4 @@
-//! SIGHUP reloads `--config.file` and `--web.config.file` (issue 15): a rotated certificate, a
+//! SIGHUP reloads `--config.file` and `--web.config.file`: a rotated certificate, a
 //! changed password and changed configured peers apply without a restart; a bad file keeps the
 //! previous configuration, costs one log line naming it, and shows in
 //! `vm_migration_exporter_config_last_reload_successful`.
@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::exporter::{value, RunningExporter};
 use crate::support::poll_until;
+use crate::support::{value, Exporter, BIN};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -60,21 +60,24 @@ fn files(web: &str, cfg: &str) -> Files {
     }
 }
 
-fn start(f: &Files) -> RunningExporter {
-    RunningExporter::start(&[
-        "--libvirt.uri",
-        "test:///default",
-        "--probe.discovery=false",
-        "--config.file",
-        &f.config.to_string_lossy(),
-        "--web.config.file",
-        &f.web.to_string_lossy(),
-    ])
+fn start(f: &Files) -> Exporter {
+    Exporter::start(
+        BIN,
+        &[
+            "--libvirt.uri",
+            "test:///default",
+            "--probe.discovery=false",
+            "--config.file",
+            &f.config.to_string_lossy(),
+            "--web.config.file",
+            &f.web.to_string_lossy(),
+        ],
+    )
 }
 
 /// GET /metrics over a new TLS connection trusting only `ca`: the status, and the body when it
 /// was 200; `None` when no TLS session could be made with that trust.
-fn scrape(e: &RunningExporter, ca: &str, password: &str) -> Option<(u16, String)> {
+fn scrape(e: &Exporter, ca: &str, password: &str) -> Option<(u16, String)> {
     let client = reqwest::blocking::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))

@@ -1,41 +1,16 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the test kit's (the exporter as a process, polling,
+//! the series parser) and a few of the exporter's own types.
 #![allow(dead_code)] // not every test module uses every helper
 
-pub mod exporter;
-pub mod libvirtd;
+pub mod shared;
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
-
-use vm_migration_exporter::libvirt::SourceEvent;
-
-/// Polls a condition until it holds or a deadline passes (the test kit's helper).
+pub use shared::*;
+pub use testkit::expect_message as expect_event;
+pub use testkit::exporter::{value, Exporter};
 pub use testkit::prom::poll_until;
 
-/// Receives events until one matches `pred` (returned) or `timeout` passes (panics with the
-/// events seen, to make failures readable). Non-matching events are discarded.
-pub fn expect_event(
-    rx: &Receiver<SourceEvent>,
-    timeout: Duration,
-    what: &str,
-    mut pred: impl FnMut(&SourceEvent) -> bool,
-) -> SourceEvent {
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(ev) if pred(&ev) => return ev,
-            Ok(ev) => seen.push(ev),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("no {what} within {timeout:?}; saw instead: {seen:?}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("event channel closed while waiting for {what}; saw: {seen:?}")
-            }
-        }
-    }
-}
+/// The exporter under test, as cargo built it for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_vm-migration-exporter");
 
 /// Values that change from run to run are replaced, and series inside a family sorted (label
 /// sets of a family come out in hash order).
@@ -69,34 +44,4 @@ pub fn normalise(text: &str) -> String {
     }
     flush(&mut block, &mut out);
     out.join("\n")
-}
-
-/// A tiny diskless TCG guest (sits in the firmware): enough for a running QEMU domain.
-pub fn guest_xml(name: &str) -> String {
-    format!(
-        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
-         <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
-         <controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
-    )
-}
-
-/// An HTTP server on loopback for app probes: answers 200 while `healthy` says so, 503 after.
-pub fn http_server(healthy: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let ok = healthy.load(std::sync::atomic::Ordering::SeqCst);
-            let status = if ok { "200 OK" } else { "503 Down" };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            );
-        }
-    });
-    addr
 }

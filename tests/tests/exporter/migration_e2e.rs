@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::exporter::{value, RunningExporter};
-use crate::support::libvirtd::TestLibvirtd;
-use crate::support::poll_until;
 use testkit::events::EventWatch;
+use testkit::exporter::{value, Exporter};
+use testkit::prom::poll_until;
+use testkit::Host;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -36,7 +36,7 @@ fn num(fields: &BTreeMap<String, String>, key: &str) -> f64 {
 }
 
 /// `virsh domjobinfo --completed --keep-completed` on `uri`, as `key: value` (raw numbers).
-fn kept_completed(daemon: &TestLibvirtd, name: &str) -> BTreeMap<String, String> {
+fn kept_completed(daemon: &Host, name: &str) -> BTreeMap<String, String> {
     let out = daemon
         .virsh(&[
             "domjobinfo",
@@ -56,10 +56,10 @@ fn kept_completed(daemon: &TestLibvirtd, name: &str) -> BTreeMap<String, String>
 struct Pair {
     // Fields drop in this order: exporters, then daemons (which kill their QEMUs by pid file),
     // then the directory holding those pid files, and last the lock the next test waits on.
-    src_exp: RunningExporter,
-    dst_exp: RunningExporter,
-    src: TestLibvirtd,
-    dst: TestLibvirtd,
+    src_exp: Exporter,
+    dst_exp: Exporter,
+    src: Host,
+    dst: Host,
     _base: tempfile::TempDir,
     uuid: String,
     _serial: std::sync::MutexGuard<'static, ()>,
@@ -75,8 +75,8 @@ impl Pair {
             .prefix("vme2e")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let src = TestLibvirtd::start(&base.path().join("s")).expect("source libvirtd");
-        let dst = TestLibvirtd::start(&base.path().join("d")).expect("destination libvirtd");
+        let src = Host::start(&base.path().join("s")).expect("source libvirtd");
+        let dst = Host::start(&base.path().join("d")).expect("destination libvirtd");
         let xml = base.path().join("g.xml");
         std::fs::write(&xml, guest_xml(name)).expect("write xml");
         src.virsh(&["create", &xml.to_string_lossy()])
@@ -97,7 +97,7 @@ impl Pair {
                 ]);
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            RunningExporter::start(&args)
+            Exporter::start(crate::BIN, &args)
         };
         let src_exp = exporter(src.uri(), "source");
         let dst_exp = exporter(dst.uri(), "destination");

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::exporter::{value, RunningExporter};
-use crate::support::poll_until;
+use testkit::exporter::{value, Exporter};
+use testkit::prom::poll_until;
 
 const NEEDS_ROOT: &str =
     "a network namespace with a veth pair (run the tests as root: sudo bash scripts/test.sh)";
@@ -77,7 +77,10 @@ fn probes_across_veth_answering_silent_and_refusing_peers() {
     )
     .expect("write config");
     let cfg = cfg.display().to_string();
-    let e = RunningExporter::start(&["--libvirt.uri", "test:///default", "--config.file", &cfg]);
+    let e = Exporter::start(
+        crate::BIN,
+        &["--libvirt.uri", "test:///default", "--config.file", &cfg],
+    );
     let probes = |peer: &str, probe: &str, result: &str| {
         format!("vm_migration_peer_probes_total{{peer=\"{peer}\",probe=\"{probe}\",origin=\"config\",result=\"{result}\"}}")
     };
@@ -171,7 +174,7 @@ fn icmp_without_cap_net_raw_says_so() {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "setpriv"])
         .args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw"])
-        .arg(crate::support::exporter::BIN)
+        .arg(crate::BIN)
         .args([
             "--web.listen-address",
             "127.0.0.1:0",

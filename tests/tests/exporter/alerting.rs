@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::exporter::RunningExporter;
-use crate::support::libvirtd::TestLibvirtd;
-use crate::support::poll_until;
+use testkit::exporter::Exporter;
+use testkit::prom::poll_until;
 use testkit::prom::{rules_file, Alertmanager, Prometheus, Webhook};
+use testkit::Host;
 
 /// Alerts with `for: 1m` need a little over a minute at 1 s evaluation.
 const WAIT: Duration = Duration::from_secs(150);
@@ -27,13 +27,16 @@ fn libvirt_down_pages_and_resolves_through_alertmanager() {
         .tempdir_in("/tmp")
         .expect("tempdir");
     let lv_dir = dir.path().join("lv");
-    let uri = TestLibvirtd::uri_for(&lv_dir);
-    let exporter = RunningExporter::start(&[
-        "--libvirt.uri",
-        &uri,
-        "--libvirt.reconnect-max-backoff",
-        "1s",
-    ]);
+    let uri = Host::uri_for(&lv_dir);
+    let exporter = Exporter::start(
+        crate::BIN,
+        &[
+            "--libvirt.uri",
+            &uri,
+            "--libvirt.reconnect-max-backoff",
+            "1s",
+        ],
+    );
     let hook = Webhook::start();
     let am = Alertmanager::start(dir.path(), hook.addr);
     let prom = Prometheus::start(dir.path(), &[exporter.addr], &rules_file(), Some(am.addr));
@@ -67,7 +70,7 @@ fn libvirt_down_pages_and_resolves_through_alertmanager() {
     assert!(others.is_empty(), "unexpected alerts: {others:?}");
 
     // libvirtd comes up: the exporter reconnects by itself and the alert resolves.
-    let _daemon = TestLibvirtd::start(&lv_dir).expect("libvirtd");
+    let _daemon = Host::start(&lv_dir).expect("libvirtd");
     let up_at = Instant::now();
     assert!(
         poll_until(WAIT, || !alerts_named(

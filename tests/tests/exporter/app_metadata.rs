@@ -8,9 +8,12 @@ use std::time::Duration;
 use vm_migration_exporter::app::targets::METADATA_NS;
 use vm_migration_exporter::libvirt::{DomainEvent, JobSource, LibvirtSource, SourceEvent};
 
-use crate::support::exporter::{value, RunningExporter};
-use crate::support::libvirtd::TestLibvirtd;
-use crate::support::{expect_event, guest_xml, http_server, poll_until};
+use testkit::expect_message as expect_event;
+use testkit::exporter::{value, Exporter};
+use testkit::host::tiny_guest_xml as guest_xml;
+use testkit::http_server;
+use testkit::prom::poll_until;
+use testkit::Host;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -20,7 +23,7 @@ fn http_ok() -> std::net::SocketAddr {
     )))
 }
 
-fn set_metadata(daemon: &TestLibvirtd, domain: &str, xml: &str) {
+fn set_metadata(daemon: &Host, domain: &str, xml: &str) {
     daemon
         .virsh(&[
             "metadata",
@@ -41,7 +44,7 @@ fn metadata_targets_are_read_followed_and_bad_ones_named() {
         .prefix("vmemeta")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    let daemon = TestLibvirtd::start(dir.path()).expect("start libvirtd");
+    let daemon = Host::start(dir.path()).expect("start libvirtd");
     for g in ["m1", "m2"] {
         let xml = dir.path().join(format!("{g}.xml"));
         std::fs::write(&xml, guest_xml(g)).expect("write xml");
@@ -81,7 +84,7 @@ fn metadata_targets_are_read_followed_and_bad_ones_named() {
     src.shutdown();
 
     // The exporter probes it; m2 gets a bad element: one warning naming m2, m1 unaffected.
-    let e = RunningExporter::start(&["--libvirt.uri", daemon.uri()]);
+    let e = Exporter::start(crate::BIN, &["--libvirt.uri", daemon.uri()]);
     let up = |dom: &str, uuid: &str, target: &str| {
         value(
             &e.metrics(),

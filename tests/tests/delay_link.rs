@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use migration_lab::{delay, Lab};
+use system_tests::{exporter_bin, lab_dir, one_lab_at_a_time};
 
 #[test]
 fn delay_link_adds_the_rtt_ping_measures() {
-    let dir = std::path::PathBuf::from(
-        std::env::var("MIGRATION_LAB_DIR").unwrap_or_else(|_| "/var/tmp/migration-lab".into()),
-    );
-    let lab = Lab::up(&dir, None, &|m| eprintln!("lab: {m}")).expect("lab up");
+    let _one = one_lab_at_a_time();
+    let lab = Lab::up(&lab_dir(), Some(&exporter_bin!()), &|m| {
+        eprintln!("lab: {m}")
+    })
+    .expect("lab up");
     let base = delay::ping_rtt_ms().expect("ping answers over the delayed path");
     lab.delay.set_rtt(Duration::from_millis(80));
     let delayed = delay::ping_rtt_ms().expect("ping answers with the delay");
