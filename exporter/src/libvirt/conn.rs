@@ -93,7 +93,7 @@ struct Live {
     conn: Conn,
     /// One call at a time on this connection: libvirt 9.0's client crashed (SIGSEGV in its RPC
     /// loop) when the keepalive closed the connection under two calls in flight, the sampler's
-    /// and the forecast's (exporter/tests/it/binary.rs, frozen libvirtd with a guest).
+    /// and the forecast's (tests/tests/exporter/libvirtd_faults.rs, frozen libvirtd with a guest).
     calls: Mutex<()>,
     generation: u64,
     event_ids: Vec<i32>,

@@ -72,8 +72,11 @@ fn half_open_flood_at_a_1024_fd_limit_leaves_metrics_answering() {
     for _ in 0..3 {
         assert_eq!(scrape(&e), Ok(200), "a scrape during the flood");
     }
-    // Header-read timeout: the server closes every one of them (allow for a loaded machine).
-    let limit = Duration::from_secs(10) + Duration::from_secs(5);
+    // Header-read timeout: the server closes every one of them. Connections the kernel queued
+    // while the exporter was at its open-files cap are accepted only as earlier ones close, and
+    // get their own 10 s; a loaded machine adds more. A server without the timeout holds them
+    // all for good, which no bound here lets pass.
+    let limit = Duration::from_secs(2 * 10) + Duration::from_secs(20);
     let mut still_open = 0;
     for s in &mut conns {
         if !closed_within(s, limit.saturating_sub(opened.elapsed())) {
