@@ -323,6 +323,15 @@ impl Exporter {
     }
 
     /// What it logged so far (the last [`LOG_LINES`] lines), oldest first.
+    /// Waits up to `within` for `/-/ready` to answer 200; panics with the exporter's log if not.
+    pub fn wait_ready(&self, within: Duration) {
+        assert!(
+            poll_until(within, || self.get("/-/ready").0 == 200),
+            "exporter never became ready; log: {:?}",
+            self.log()
+        );
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log
             .lock()

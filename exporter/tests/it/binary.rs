@@ -10,18 +10,10 @@ use crate::support::{normalise, poll_until, value, Exporter, BIN};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn ready(e: &Exporter) {
-    assert!(
-        poll_until(WAIT, || e.get("/-/ready").0 == 200),
-        "exporter never became ready; log: {:?}",
-        e.log()
-    );
-}
-
 #[test]
 fn test_driver_is_up_lists_domains_and_shows_no_jobs() {
     let e = Exporter::start(BIN, &["--libvirt.uri", "test:///default"]);
-    ready(&e);
+    e.wait_ready(WAIT);
     // Ready means one round ran; it may have run before the connection opened.
     let mut m = String::new();
     assert!(
@@ -62,7 +54,7 @@ fn test_driver_is_up_lists_domains_and_shows_no_jobs() {
 #[test]
 fn content_negotiation_openmetrics_and_text() {
     let e = Exporter::start(BIN, &["--libvirt.uri", "test:///default"]);
-    ready(&e);
+    e.wait_ready(WAIT);
     let (_, ct, om) = e.get_accept(
         "/metrics",
         Some("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"),
@@ -87,7 +79,7 @@ fn custom_telemetry_path() {
             "/x/metrics",
         ],
     );
-    ready(&e);
+    e.wait_ready(WAIT);
     assert_eq!(e.get("/metrics").0, 404);
     assert!(e.get("/x/metrics").1.contains("vm_migration_libvirt_up"));
     assert!(e.get("/").1.contains("href=\"/x/metrics\""));
@@ -111,7 +103,7 @@ fn golden_metrics_against_the_test_driver() {
     let mut args = vec!["--libvirt.uri", "test:///default"];
     args.extend(paths.iter().map(String::as_str));
     let e = Exporter::start(BIN, &args);
-    ready(&e);
+    e.wait_ready(WAIT);
     // Connected, and every collector that runs by itself has reported a good round (the first
     // may run before the connection is open; the next one follows it).
     let mut m = String::new();
@@ -159,7 +151,7 @@ fn promtool_accepts_the_output() {
     // probes fill the same families, and need a ping socket or CAP_NET_RAW (the system tests
     // probe over ICMP: tests/tests/exporter/netns.rs).
     let (_listener, e) = probing_self("tcp", &[]);
-    ready(&e);
+    e.wait_ready(WAIT);
     let mut m = String::new();
     let probed = poll_until(Duration::from_secs(15), || {
         m = e.metrics();
@@ -203,7 +195,7 @@ fn no_collector_flags_turn_collectors_off() {
             "--no-collector.discovery",
         ],
     );
-    ready(&e);
+    e.wait_ready(WAIT);
     let mut m = String::new();
     assert!(
         poll_until(WAIT, || {
@@ -239,7 +231,7 @@ fn missing_libvirtd_serves_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let uri = testkit::Host::uri_for(dir.path());
     let e = Exporter::start(BIN, &["--libvirt.uri", &uri]);
-    ready(&e);
+    e.wait_ready(WAIT);
     let m = e.metrics();
     assert_eq!(value(&m, "vm_migration_libvirt_up"), Some(0.0), "{m}");
     assert_eq!(
@@ -338,7 +330,7 @@ fn config_file_sets_uri_and_flags_win() {
     std::fs::write(&path, "libvirt:\n  uri: test:///default\n").expect("write");
     let p = path.to_string_lossy().to_string();
     let e = Exporter::start(BIN, &["--config.file", &p]);
-    ready(&e);
+    e.wait_ready(WAIT);
     assert!(
         e.get("/").1.contains("test:///default"),
         "config file URI used"
@@ -347,7 +339,7 @@ fn config_file_sets_uri_and_flags_win() {
         BIN,
         &["--config.file", &p, "--libvirt.uri", "test:///default?x=1"],
     );
-    ready(&e2);
+    e2.wait_ready(WAIT);
     assert!(
         e2.get("/").1.contains("test:///default?x=1"),
         "flag wins over file"
@@ -413,7 +405,7 @@ fn port_in_use_is_a_clear_error() {
 #[test]
 fn sigterm_exits_within_10s() {
     let mut e = Exporter::start(BIN, &["--libvirt.uri", "test:///default"]);
-    ready(&e);
+    e.wait_ready(WAIT);
     let t0 = std::time::Instant::now();
     let st = e.terminate(Duration::from_secs(10));
     assert!(

@@ -14,14 +14,6 @@ use crate::BIN;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn ready(e: &Exporter) {
-    assert!(
-        poll_until(WAIT, || e.get("/-/ready").0 == 200),
-        "exporter never became ready; log: {:?}",
-        e.log()
-    );
-}
-
 #[test]
 fn missing_libvirtd_serves_down_then_recovers_by_itself() {
     let dir = tempfile::Builder::new()
@@ -38,7 +30,7 @@ fn missing_libvirtd_serves_down_then_recovers_by_itself() {
             "1s",
         ],
     );
-    ready(&e);
+    e.wait_ready(WAIT);
     let m = e.metrics();
     assert_eq!(value(&m, "vm_migration_libvirt_up"), Some(0.0), "{m}");
     assert_eq!(
@@ -105,7 +97,7 @@ impl Frozen {
                 "1s",
             ],
         );
-        ready(&e);
+        e.wait_ready(WAIT);
         assert!(poll_until(WAIT, || value(
             &e.metrics(),
             "vm_migration_libvirt_up"
@@ -242,5 +234,5 @@ fn ready_turns_503_while_the_sampler_is_stuck() {
     let stuck = poll_until(WAIT, || e.get("/-/ready").0 == 503);
     assert!(stuck, "/-/ready stayed 200 while no round completed");
     f.resume();
-    ready(e);
+    e.wait_ready(WAIT);
 }
